@@ -1,0 +1,88 @@
+//! The admin listener: `/metrics`, `/livez`, `/readyz`, `/healthz`.
+//!
+//! Kept apart from the public listener so probes and scrapes never compete with client
+//! limits, and so it can stay on a private address.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::server::App;
+
+fn text(
+    status: StatusCode,
+    body: impl Into<Bytes>,
+    content_type: &'static str,
+) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+async fn handle(
+    app: Arc<App>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() != Method::GET && req.method() != Method::HEAD {
+        return Ok(text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "GET only\n",
+            "text/plain",
+        ));
+    }
+    Ok(match req.uri().path() {
+        "/metrics" => text(
+            StatusCode::OK,
+            app.metrics.render(),
+            "text/plain; version=0.0.4; charset=utf-8",
+        ),
+        "/livez" => text(StatusCode::OK, "ok\n", "text/plain"),
+        "/readyz" | "/healthz" => match app.readiness() {
+            Ok(()) => text(StatusCode::OK, "ready\n", "text/plain"),
+            Err(why) => text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                format!("not ready: {why}\n"),
+                "text/plain",
+            ),
+        },
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics /livez /readyz /healthz\n",
+            "text/plain",
+        ),
+    })
+}
+
+/// Serves the admin endpoints until the process exits (probes must answer while draining).
+pub async fn serve(app: Arc<App>, listener: TcpListener) {
+    loop {
+        let (tcp, _) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!(error = %e, "admin accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                continue;
+            }
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| handle(app.clone(), req));
+            let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}

@@ -1,0 +1,88 @@
+//! `mosaic-gateway dev`: a complete local stack from one command.
+//!
+//! A real nostr relay (rust-nostr's relay with an HTTP front for NIP-11), an in-memory Mosaic
+//! backend speaking the seed-era messages, and the gateway in front of both, on ws:// and on
+//! wss:// with an ephemeral ed25519 key.
+
+pub mod mosaic_backend;
+pub mod nostr_relay;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use crate::tls::{CertificateMode, ClientAuth, MinVersion, TlsTerminator};
+
+/// Addresses for the dev stack.
+#[derive(Debug, Clone)]
+pub struct DevOptions {
+    /// Plain WebSocket listener.
+    pub listen: SocketAddr,
+    /// TLS WebSocket listener.
+    pub tls_listen: SocketAddr,
+    /// Admin listener.
+    pub admin: SocketAddr,
+}
+
+/// Runs the dev stack until SIGTERM or Ctrl-C.
+pub async fn run(opts: DevOptions) -> Result<(), String> {
+    let local = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+    let relay = nostr_relay::NostrRelayServer::spawn(local(0))
+        .await
+        .map_err(|e| format!("embedded nostr relay: {e}"))?;
+    let backend = mosaic_backend::MosaicBackend::spawn(
+        local(0),
+        mosaic_backend::MosaicBackendOptions::default(),
+    )
+    .await
+    .map_err(|e| format!("embedded Mosaic backend: {e}"))?;
+    let yaml = format!(
+        "listen: \"{}\"\nadmin:\n  listen: \"{}\"\nmosaic:\n  backends:\n    - url: ws://{}\n  health_check: {{ interval: 2s, timeout: 1s }}\nnostr:\n  upstream: ws://{}\nshutdown:\n  drain_timeout: 5s\n",
+        opts.listen,
+        opts.admin,
+        backend.local_addr(),
+        relay.local_addr()
+    );
+    let config = crate::config::parse(&yaml).map_err(|e| e.to_string())?;
+    crate::logging::init(config.log.format, &config.log.level);
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| format!("no OS randomness for the dev key: {e}"))?;
+    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let tls = TlsTerminator::new(
+        &key,
+        CertificateMode::Auto,
+        ClientAuth::Optional,
+        MinVersion::Tls12,
+    )?;
+    let server_key = crate::keys::server_key_string(&tls.server_public_key());
+    let running = crate::runtime::start(config, Some((opts.tls_listen, Arc::new(tls)))).await?;
+    let tls_addr = running.extra_tls_addr.unwrap_or(opts.tls_listen);
+    println!("mosaic-gateway dev stack is up\n");
+    println!(
+        "  Mosaic   ws://{}   (Sec-WebSocket-Protocol: mosaic2024)",
+        running.public_addr
+    );
+    println!("  Mosaic   wss://{tls_addr}  (TLS, ed25519; pin the server key below)");
+    println!(
+        "  nostr    ws://{}   (any other subprotocol, or none)",
+        running.public_addr
+    );
+    println!(
+        "  NIP-11   curl -H 'Accept: application/nostr+json' http://{}/",
+        running.public_addr
+    );
+    println!(
+        "  metrics  http://{}/metrics   probes: /livez /readyz",
+        running.admin_addr
+    );
+    println!("\n  server key (ephemeral): {server_key}");
+    println!("  embedded nostr relay:   ws://{}", relay.local_addr());
+    println!("  embedded Mosaic backend: ws://{}\n", backend.local_addr());
+    println!("Ctrl-C drains and stops.");
+    let _ = crate::shutdown::wait_for_stop(running.app.clone(), None)
+        .await
+        .map_err(|e| format!("signals: {e}"))?;
+    running.shutdown().await;
+    drop(backend);
+    drop(relay);
+    Ok(())
+}

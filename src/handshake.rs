@@ -1,0 +1,363 @@
+//! The client's upgrade request: validation, subprotocol tokens, X-Mosaic-Features
+//! negotiation and the headers sent upstream.
+//!
+//! Everything here is a pure function of header values, so the rules that decide what a
+//! client is told can be tested without sockets.
+
+use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::{Method, Request, StatusCode, Version};
+
+/// `X-Mosaic-Features`.
+pub const X_MOSAIC_FEATURES: &str = "x-mosaic-features";
+/// `X-Mosaic-Client-Key`: only the gateway may set it.
+pub const X_MOSAIC_CLIENT_KEY: &str = "x-mosaic-client-key";
+
+/// Why an upgrade request is refused before routing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// HTTP status to answer with.
+    pub status: StatusCode,
+    /// One-line reason, sent as the body.
+    pub reason: &'static str,
+    /// The `handshake_rejections_total{reason}` label.
+    pub label: &'static str,
+}
+
+impl Rejection {
+    fn bad(reason: &'static str, label: &'static str) -> Self {
+        Rejection {
+            status: StatusCode::BAD_REQUEST,
+            reason,
+            label,
+        }
+    }
+}
+
+/// Whether a request asks for a WebSocket upgrade at all (otherwise it is plain HTTP).
+pub fn wants_websocket(headers: &HeaderMap) -> bool {
+    header_tokens(headers, hyper::header::UPGRADE).any(|t| t.eq_ignore_ascii_case("websocket"))
+}
+
+fn header_tokens(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
+    headers
+        .get_all(name)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+}
+
+/// Checks an upgrade request against RFC 6455 §4.2.1; returns the client's key.
+pub fn validate_upgrade<B>(req: &Request<B>) -> Result<String, Rejection> {
+    if req.method() != Method::GET {
+        return Err(Rejection::bad(
+            "WebSocket upgrades must use GET",
+            "bad_method",
+        ));
+    }
+    if req.version() != Version::HTTP_11 {
+        return Err(Rejection::bad(
+            "WebSocket upgrades need HTTP/1.1",
+            "bad_version",
+        ));
+    }
+    let h = req.headers();
+    if !header_tokens(h, hyper::header::CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade")) {
+        return Err(Rejection::bad(
+            "Connection header must include Upgrade",
+            "no_connection_upgrade",
+        ));
+    }
+    let version = h
+        .get(hyper::header::SEC_WEBSOCKET_VERSION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim);
+    if version != Some("13") {
+        return Err(Rejection {
+            status: StatusCode::UPGRADE_REQUIRED,
+            reason: "Sec-WebSocket-Version must be 13",
+            label: "bad_ws_version",
+        });
+    }
+    let mut keys = h.get_all(hyper::header::SEC_WEBSOCKET_KEY).iter();
+    let key = match (keys.next(), keys.next()) {
+        (Some(k), None) => k.to_str().unwrap_or("").trim().to_string(),
+        _ => String::new(),
+    };
+    if !valid_key(&key) {
+        return Err(Rejection::bad(
+            "Sec-WebSocket-Key must be 16 base64-encoded bytes",
+            "bad_key",
+        ));
+    }
+    Ok(key)
+}
+
+/// A key is the base64 of 16 bytes: 22 base64 characters and `==`.
+fn valid_key(k: &str) -> bool {
+    k.len() == 24
+        && k.ends_with("==")
+        && k[..22]
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'+' || b == b'/')
+}
+
+/// Every offered subprotocol token, across all `Sec-WebSocket-Protocol` lines, in order.
+pub fn offered_protocols(headers: &HeaderMap) -> Vec<String> {
+    header_tokens(headers, hyper::header::SEC_WEBSOCKET_PROTOCOL)
+        .map(str::to_string)
+        .collect()
+}
+
+/// The items of every line of a `;`-separated header: trimmed, empty items and duplicates
+/// dropped, first-seen order kept. `None` when the header is absent.
+pub fn feature_list(headers: &HeaderMap, name: &str) -> Option<Vec<String>> {
+    let mut lines = headers.get_all(name).iter().peekable();
+    lines.peek()?;
+    let mut out: Vec<String> = Vec::new();
+    for line in lines {
+        // A header value that is not visible ASCII cannot name a feature the gateway knows.
+        let Ok(text) = line.to_str() else { continue };
+        for item in text.split(';').map(str::trim).filter(|i| !i.is_empty()) {
+            if !out.iter().any(|x| x == item) {
+                out.push(item.to_string());
+            }
+        }
+    }
+    Some(out)
+}
+
+/// The `X-Mosaic-Features` answer: client's list ∩ backend's list ∩ the gateway's, in the
+/// client's order, `;`-joined, or `-` when nothing is left.
+///
+/// `None` when the client did not ask (no header is sent back). A backend that does not
+/// answer the header grants nothing: features need the backend's support.
+pub fn negotiate_features(
+    client: Option<&[String]>,
+    backend: Option<&[String]>,
+    gateway: &[String],
+) -> Option<String> {
+    let client = client?;
+    let backend = backend.unwrap_or(&[]);
+    let granted: Vec<&str> = client
+        .iter()
+        .filter(|f| backend.contains(f) && gateway.contains(f))
+        .map(String::as_str)
+        .collect();
+    Some(if granted.is_empty() {
+        "-".to_string()
+    } else {
+        granted.join(";")
+    })
+}
+
+/// Headers never copied from the client to an upstream: hop-by-hop ones, the upgrade
+/// mechanics the gateway writes itself, and every header that claims identity or origin.
+fn dropped_towards_upstream(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "connection"
+            | "upgrade"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authorization"
+            | "proxy-authenticate"
+            | "te"
+            | "trailer"
+            | "transfer-encoding"
+            | "content-length"
+            | "sec-websocket-key"
+            | "sec-websocket-version"
+            | "sec-websocket-protocol"
+            | "sec-websocket-extensions"
+            | "x-mosaic-client-key"
+            | "x-real-ip"
+            | "x-forwarded-for"
+            | "x-forwarded-proto"
+            | "x-forwarded-host"
+            | "x-forwarded-port"
+            | "forwarded"
+    )
+}
+
+/// What the gateway knows about the client, for the headers it asserts upstream.
+#[derive(Debug, Clone)]
+pub struct ClientIdentity {
+    /// The real client address (after trusted proxies).
+    pub addr: std::net::IpAddr,
+    /// The X-Forwarded-For chain believed from trusted proxies, oldest first.
+    pub forwarded_chain: Vec<std::net::IpAddr>,
+    /// Whether the client reached the gateway over TLS.
+    pub tls: bool,
+    /// The TLS client key, `mopub0…`, for authenticated clients.
+    pub client_key: Option<String>,
+}
+
+/// Serializes the upstream upgrade request head.
+///
+/// `protocols` is what the upstream is offered; `extensions` is passed only on nostr
+/// connections (Mosaic frames must stay inspectable).
+pub fn upstream_request_head(
+    path_and_query: &str,
+    client_headers: &HeaderMap,
+    key: &str,
+    protocols: &[String],
+    pass_extensions: bool,
+    who: &ClientIdentity,
+    default_host: &str,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(b"GET ");
+    out.extend_from_slice(path_and_query.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    let mut push = |name: &[u8], value: &[u8]| {
+        out.extend_from_slice(name);
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    };
+    if !client_headers.contains_key(hyper::header::HOST) {
+        push(b"Host", default_host.as_bytes());
+    }
+    for (name, value) in client_headers {
+        if dropped_towards_upstream(name) {
+            continue;
+        }
+        push(name.as_str().as_bytes(), value.as_bytes());
+    }
+    push(b"Connection", b"Upgrade");
+    push(b"Upgrade", b"websocket");
+    push(b"Sec-WebSocket-Version", b"13");
+    push(b"Sec-WebSocket-Key", key.as_bytes());
+    if !protocols.is_empty() {
+        push(b"Sec-WebSocket-Protocol", protocols.join(", ").as_bytes());
+    }
+    if pass_extensions {
+        for v in client_headers.get_all(hyper::header::SEC_WEBSOCKET_EXTENSIONS) {
+            push(b"Sec-WebSocket-Extensions", v.as_bytes());
+        }
+    }
+    let mut xff: Vec<String> = who.forwarded_chain.iter().map(|a| a.to_string()).collect();
+    xff.push(who.addr.to_string());
+    push(b"X-Forwarded-For", xff.join(", ").as_bytes());
+    push(b"X-Real-IP", who.addr.to_string().as_bytes());
+    push(
+        b"X-Forwarded-Proto",
+        if who.tls { b"https" } else { b"http" },
+    );
+    if let Some(k) = &who.client_key {
+        push(b"X-Mosaic-Client-Key", k.as_bytes());
+    }
+    out.extend_from_slice(b"\r\n");
+    out
+}
+
+/// Builds a header value from text the gateway produced (always visible ASCII).
+pub fn header_value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static("-"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        h
+    }
+
+    fn s(xs: &[&str]) -> Vec<String> {
+        xs.iter().map(|x| x.to_string()).collect()
+    }
+
+    #[test]
+    fn protocols_across_lines() {
+        let h = headers(&[
+            ("sec-websocket-protocol", "chat,  mosaic2024"),
+            ("sec-websocket-protocol", " ,x"),
+        ]);
+        assert_eq!(offered_protocols(&h), s(&["chat", "mosaic2024", "x"]));
+    }
+
+    #[test]
+    fn feature_edge_cases() {
+        let h = headers(&[
+            ("x-mosaic-features", " a ; ;b;a"),
+            ("X-Mosaic-Features", "c;b"),
+        ]);
+        let client = feature_list(&h, X_MOSAIC_FEATURES).unwrap();
+        assert_eq!(client, s(&["a", "b", "c"]));
+        assert_eq!(feature_list(&HeaderMap::new(), X_MOSAIC_FEATURES), None);
+        let empty = feature_list(&headers(&[("x-mosaic-features", "")]), X_MOSAIC_FEATURES);
+        assert_eq!(empty, Some(vec![]));
+        let gw = s(&["c", "a", "b"]);
+        assert_eq!(
+            negotiate_features(Some(&client), Some(&s(&["b", "a"])), &gw).as_deref(),
+            Some("a;b")
+        );
+        assert_eq!(
+            negotiate_features(Some(&client), None, &gw).as_deref(),
+            Some("-")
+        );
+        assert_eq!(
+            negotiate_features(Some(&[]), Some(&gw), &gw).as_deref(),
+            Some("-")
+        );
+        assert_eq!(negotiate_features(None, Some(&gw), &gw), None);
+        assert_eq!(
+            negotiate_features(Some(&client), Some(&gw), &s(&["b"])).as_deref(),
+            Some("b")
+        );
+    }
+
+    #[test]
+    fn keys() {
+        assert!(valid_key("dGhlIHNhbXBsZSBub25jZQ=="));
+        assert!(!valid_key("dGhlIHNhbXBsZSBub25jZQ"));
+        assert!(!valid_key("dGhlIHNhbXBsZSBub25jZ!=="));
+    }
+
+    #[test]
+    fn upstream_head_rebuilds_identity() {
+        let h = headers(&[
+            ("host", "relay.example"),
+            ("x-mosaic-client-key", "mopub0forged"),
+            ("x-forwarded-for", "6.6.6.6"),
+            ("x-real-ip", "6.6.6.6"),
+            ("sec-websocket-extensions", "permessage-deflate"),
+            ("x-mosaic-features", "a;b"),
+        ]);
+        let who = ClientIdentity {
+            addr: "10.1.2.3".parse().unwrap(),
+            forwarded_chain: vec![],
+            tls: false,
+            client_key: None,
+        };
+        let head = upstream_request_head(
+            "/",
+            &h,
+            "dGhlIHNhbXBsZSBub25jZQ==",
+            &s(&["mosaic2024"]),
+            false,
+            &who,
+            "x",
+        );
+        let text = String::from_utf8(head).unwrap();
+        assert!(!text.contains("forged"));
+        assert!(!text.contains("6.6.6.6"));
+        assert!(!text.contains("permessage-deflate"));
+        assert!(text.contains("X-Forwarded-For: 10.1.2.3\r\n"));
+        assert!(text.contains("X-Real-IP: 10.1.2.3\r\n"));
+        assert!(text.contains("X-Forwarded-Proto: http\r\n"));
+        assert!(text.contains("x-mosaic-features: a;b\r\n"));
+        assert!(text.contains("Sec-WebSocket-Protocol: mosaic2024\r\n"));
+        assert!(text.ends_with("\r\n\r\n"));
+    }
+}

@@ -1,0 +1,210 @@
+//! Connection limits and the real client address.
+//!
+//! Limits count proxied connections (and upgrades being set up) globally and per real
+//! client address; a permit is held for the whole life of the connection. The real
+//! address is the peer's, unless the peer is a trusted proxy: then it is the rightmost
+//! `X-Forwarded-For` entry that is not itself a trusted proxy.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use hyper::header::HeaderMap;
+use ipnet::IpNet;
+use tokio::sync::Notify;
+
+/// Which limit refused a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitHit {
+    /// `limits.max_connections` (503).
+    Global,
+    /// `limits.max_connections_per_ip` (429).
+    PerIp,
+}
+
+/// Shared connection counters.
+#[derive(Default)]
+pub struct Limits {
+    total: AtomicUsize,
+    per_ip: Mutex<HashMap<IpAddr, usize>>,
+    /// Woken whenever a connection ends (the drain waits on it).
+    pub changed: Notify,
+}
+
+/// Holds one connection's place in the limits until dropped.
+pub struct Permit {
+    limits: Arc<Limits>,
+    ip: IpAddr,
+}
+
+impl Limits {
+    /// Open connections counted.
+    pub fn total(&self) -> usize {
+        self.total.load(Ordering::Relaxed)
+    }
+
+    /// Takes a place for `ip`, or says which limit is full.
+    pub fn try_acquire(
+        self: &Arc<Self>,
+        ip: IpAddr,
+        max_total: usize,
+        max_per_ip: usize,
+    ) -> Result<Permit, LimitHit> {
+        let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if self.total.load(Ordering::Relaxed) >= max_total {
+            return Err(LimitHit::Global);
+        }
+        let n = map.entry(ip).or_insert(0);
+        if *n >= max_per_ip {
+            return Err(LimitHit::PerIp);
+        }
+        *n += 1;
+        self.total.fetch_add(1, Ordering::Relaxed);
+        Ok(Permit {
+            limits: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for Permit {
+    fn drop(&mut self) {
+        let mut map = self.limits.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = map.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.ip);
+            }
+        }
+        self.limits.total.fetch_sub(1, Ordering::Relaxed);
+        drop(map);
+        self.limits.changed.notify_waiters();
+    }
+}
+
+/// The trusted proxy ranges.
+#[derive(Debug, Clone, Default)]
+pub struct TrustedProxies(Vec<IpNet>);
+
+impl TrustedProxies {
+    /// From validated CIDR strings.
+    pub fn new(cidrs: &[String]) -> Self {
+        TrustedProxies(
+            cidrs
+                .iter()
+                .filter_map(|c| crate::config::parse_cidr(c).ok())
+                .collect(),
+        )
+    }
+
+    /// Whether `ip` is a trusted proxy.
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = canonical(ip);
+        self.0.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// IPv4-mapped IPv6 addresses are the IPv4 address for every purpose here.
+pub fn canonical(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
+
+/// The real client address and the forwarded chain believed, oldest first.
+pub fn real_client(
+    peer: IpAddr,
+    headers: &HeaderMap,
+    trusted: &TrustedProxies,
+) -> (IpAddr, Vec<IpAddr>) {
+    let peer = canonical(peer);
+    if !trusted.contains(peer) {
+        return (peer, Vec::new());
+    }
+    let mut chain: Vec<IpAddr> = Vec::new();
+    for v in headers.get_all("x-forwarded-for") {
+        let Ok(text) = v.to_str() else {
+            // An unreadable header from a trusted proxy: believe nothing of it.
+            return (peer, Vec::new());
+        };
+        for item in text.split(',') {
+            match parse_forwarded_addr(item.trim()) {
+                Some(ip) => chain.push(canonical(ip)),
+                None => return (peer, Vec::new()),
+            }
+        }
+    }
+    // Walk from the right: every hop we trust vouches for the one before it.
+    let mut client = peer;
+    while let Some(last) = chain.pop() {
+        client = last;
+        if !trusted.contains(last) {
+            break;
+        }
+    }
+    (client, chain)
+}
+
+/// Parses an X-Forwarded-For item: `1.2.3.4`, `1.2.3.4:5678`, `::1`, `[::1]:5678`.
+fn parse_forwarded_addr(s: &str) -> Option<IpAddr> {
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Some(ip);
+    }
+    if let Ok(sa) = s.parse::<std::net::SocketAddr>() {
+        return Some(sa.ip());
+    }
+    s.strip_prefix('[')
+        .and_then(|r| r.strip_suffix(']'))
+        .and_then(|r| r.parse().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::header::HeaderValue;
+
+    fn xff(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_str(v).unwrap());
+        h
+    }
+
+    #[test]
+    fn untrusted_peer_is_the_client() {
+        let t = TrustedProxies::new(&["10.0.0.0/8".into()]);
+        let (c, chain) = real_client("1.2.3.4".parse().unwrap(), &xff("6.6.6.6"), &t);
+        assert_eq!(c, "1.2.3.4".parse::<IpAddr>().unwrap());
+        assert!(chain.is_empty());
+    }
+
+    #[test]
+    fn rightmost_untrusted_hop_wins() {
+        let t = TrustedProxies::new(&["10.0.0.0/8".into(), "fd00::/8".into()]);
+        let h = xff("6.6.6.6, 203.0.113.9, 10.0.0.2");
+        let (c, chain) = real_client("10.0.0.1".parse().unwrap(), &h, &t);
+        assert_eq!(c, "203.0.113.9".parse::<IpAddr>().unwrap());
+        assert_eq!(chain, vec!["6.6.6.6".parse::<IpAddr>().unwrap()]);
+        let (c, _) = real_client("fd00::1".parse().unwrap(), &xff("[2001:db8::5]:443"), &t);
+        assert_eq!(c, "2001:db8::5".parse::<IpAddr>().unwrap());
+        let (c, _) = real_client("10.0.0.1".parse().unwrap(), &xff("garbage"), &t);
+        assert_eq!(c, "10.0.0.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn limits_count_and_release() {
+        let l = Arc::new(Limits::default());
+        let ip: IpAddr = "1.1.1.1".parse().unwrap();
+        let a = l.try_acquire(ip, 3, 2).unwrap();
+        let _b = l.try_acquire(ip, 3, 2).unwrap();
+        assert_eq!(l.try_acquire(ip, 3, 2).err(), Some(LimitHit::PerIp));
+        let _c = l.try_acquire("2.2.2.2".parse().unwrap(), 3, 2).unwrap();
+        assert_eq!(
+            l.try_acquire("3.3.3.3".parse().unwrap(), 3, 2).err(),
+            Some(LimitHit::Global)
+        );
+        drop(a);
+        assert!(l.try_acquire(ip, 3, 2).is_ok());
+    }
+}

@@ -1,0 +1,6 @@
+//! After the upgrade: frame tracking, Mosaic message rules and the byte pump.
+
+pub mod frame;
+pub mod mosaic;
+pub mod pump;
+pub mod tracker;

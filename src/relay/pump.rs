@@ -1,0 +1,507 @@
+//! Moving bytes both ways between a client and its upstream.
+//!
+//! Each direction reads what its peer sent, lets its [`Tracker`] decide how much may pass,
+//! and writes exactly those bytes on: frames are never rebuilt. Both directions run in one
+//! task, concurrently, so a peer that writes before it reads cannot deadlock the gateway.
+//! The gateway's own frames (close frames on violations, idle timeouts and drain, Query
+//! Closed on drain) are injected by the direction that owns the writer, at a frame boundary.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::sync::{watch, Notify};
+
+use crate::relay::frame::{encode_close, encode_frame};
+use crate::relay::mosaic::{
+    query_closed, Direction, QueryEvent, Violation, QUERY_CLOSED_SHUTTING_DOWN,
+};
+use crate::relay::tracker::{MosaicRules, Tracker};
+
+/// Read size per wake-up; the buffer exists only while data moves.
+const READ_CHUNK: usize = 16 * 1024;
+
+/// How long a side may take to answer the gateway's close before the socket is cut.
+const CLOSE_LINGER: Duration = Duration::from_secs(3);
+
+/// A read half that can wait for data without holding a buffer.
+pub trait Source: AsyncRead + Unpin + Send {
+    /// Resolves when a read would make progress (or immediately, if unknown).
+    fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send {
+        std::future::ready(Ok(()))
+    }
+}
+
+impl Source for tokio::net::tcp::OwnedReadHalf {
+    async fn readable(&self) -> io::Result<()> {
+        tokio::net::tcp::OwnedReadHalf::readable(self).await
+    }
+}
+
+impl<T: AsyncRead + Unpin + Send> Source for tokio::io::ReadHalf<T> {}
+
+/// How a relayed connection ended, from the gateway's point of view.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Closer {
+    /// The client closed first.
+    Client,
+    /// The upstream closed first.
+    Upstream,
+    /// The gateway closed it (violation, idle timeout, drain).
+    Gateway,
+}
+
+impl Closer {
+    /// The log label.
+    pub fn label(self) -> &'static str {
+        match self {
+            Closer::Client => "client",
+            Closer::Upstream => "upstream",
+            Closer::Gateway => "gateway",
+        }
+    }
+}
+
+/// What the pump reports when a connection ends.
+#[derive(Debug, Clone, Default)]
+pub struct RelayReport {
+    /// Bytes forwarded client → upstream.
+    pub bytes_up: u64,
+    /// Bytes forwarded upstream → client.
+    pub bytes_down: u64,
+    /// Messages forwarded client → upstream.
+    pub messages_up: u64,
+    /// Messages forwarded upstream → client.
+    pub messages_down: u64,
+    /// The close code the gateway sent to the client, if it sent one.
+    pub gateway_close_code: Option<u16>,
+    /// Who ended the connection.
+    pub closer: Option<Closer>,
+    /// The violation that ended it, if any.
+    pub violation: Option<(Violation, Direction)>,
+}
+
+/// Settings for one relayed connection.
+#[derive(Debug, Clone, Copy)]
+pub struct PumpOptions {
+    /// `Some` on Mosaic connections: inspect every message.
+    pub mosaic: Option<MosaicRules>,
+    /// Close with 1001 after this long without traffic either way.
+    pub idle_timeout: Duration,
+}
+
+/// Drain instructions, broadcast by the shutdown sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DrainState {
+    /// Serving normally.
+    Running,
+    /// Close open queries now; close every connection with 1001 before `close_by`.
+    Draining {
+        /// The end of the window in which connections are closed; each connection picks its
+        /// own point in it so clients do not reconnect in one burst.
+        close_by: tokio::time::Instant,
+    },
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Command {
+    /// Send Query Closed 0x30 for every open query (towards the client only).
+    CloseQueries,
+    /// Send a close frame with this code, then stop forwarding.
+    Close(u16),
+}
+
+/// Commands for the direction that owns one writer.
+struct Control {
+    commands: Mutex<Vec<Command>>,
+    notify: Notify,
+}
+
+impl Control {
+    fn new() -> Self {
+        Control {
+            commands: Mutex::new(Vec::new()),
+            notify: Notify::new(),
+        }
+    }
+
+    fn send(&self, c: Command) {
+        if let Ok(mut q) = self.commands.lock() {
+            q.push(c);
+        }
+        self.notify.notify_one();
+    }
+
+    fn peek(&self) -> Option<Command> {
+        self.commands.lock().ok().and_then(|q| q.first().copied())
+    }
+
+    fn pop(&self) {
+        if let Ok(mut q) = self.commands.lock() {
+            if !q.is_empty() {
+                q.remove(0);
+            }
+        }
+    }
+}
+
+/// What one direction has done so far. Kept outside the direction's future so nothing is
+/// lost when a lingering direction is cut.
+#[derive(Default)]
+struct DirCounters {
+    bytes: AtomicU64,
+    messages: AtomicU64,
+    close_seen: AtomicBool,
+    /// The close code the gateway itself sent on this direction's writer (0: none).
+    sent_close: AtomicU16,
+}
+
+/// State both directions share: open queries, counters and the last time anything moved.
+struct Shared {
+    queries: Mutex<Vec<[u8; 2]>>,
+    last_activity_ms: AtomicU64,
+    started: Instant,
+    up: DirCounters,
+    down: DirCounters,
+    violation: Mutex<Option<(Violation, Direction)>>,
+}
+
+impl Shared {
+    fn touch(&self) {
+        let ms = self.started.elapsed().as_millis() as u64;
+        self.last_activity_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn on_query(&self, ev: QueryEvent) {
+        let Ok(mut q) = self.queries.lock() else {
+            return;
+        };
+        match ev {
+            QueryEvent::Opened(id) => {
+                if !q.contains(&id) {
+                    q.push(id);
+                }
+            }
+            QueryEvent::Closed(id) => q.retain(|x| *x != id),
+        }
+    }
+}
+
+struct DirReport {
+    /// The source ended with a close frame or EOF of its own accord.
+    source_ended: bool,
+    /// This direction's source broke a rule.
+    violated: bool,
+}
+
+fn random_mask() -> [u8; 4] {
+    let mut m = [0u8; 4];
+    // A failing OS RNG only weakens cache-poisoning protection on a hop the gateway controls.
+    let _ = getrandom::fill(&mut m);
+    m
+}
+
+/// One direction: `src` → `dst`. `to_client` says whether `dst` is the client.
+#[allow(clippy::too_many_arguments)]
+async fn forward<R: Source, W: AsyncWrite + Unpin>(
+    mut src: R,
+    mut dst: W,
+    mut pending: BytesMut,
+    mut tracker: Tracker,
+    dir: Direction,
+    mine: &Control,
+    peer: &Control,
+    shared: &Shared,
+) -> DirReport {
+    let to_client = dir == Direction::UpstreamToClient;
+    let counters = if to_client { &shared.down } else { &shared.up };
+    let mut rep = DirReport {
+        source_ended: false,
+        violated: false,
+    };
+    // After the gateway sent its own close on `dst`, it only reads `src` to see the peer go.
+    let mut closing = false;
+    let mut out = Vec::new();
+    'relay: loop {
+        if !pending.is_empty() {
+            let scan = tracker.scan(&pending, |q| shared.on_query(q));
+            if closing {
+                // Discard what the peer still sends, but notice its close frame.
+                pending.advance(scan.safe);
+                tracker.consumed(scan.safe);
+                if tracker.close_seen() || scan.violation.is_some() {
+                    counters.close_seen.store(true, Ordering::Relaxed);
+                    break 'relay;
+                }
+            } else {
+                if scan.safe > 0 {
+                    if dst.write_all(&pending[..scan.safe]).await.is_err() {
+                        break 'relay;
+                    }
+                    counters
+                        .bytes
+                        .fetch_add(scan.safe as u64, Ordering::Relaxed);
+                    counters
+                        .messages
+                        .store(tracker.messages(), Ordering::Relaxed);
+                    counters
+                        .close_seen
+                        .store(tracker.close_seen(), Ordering::Relaxed);
+                    pending.advance(scan.safe);
+                    tracker.consumed(scan.safe);
+                }
+                if let Some(v) = scan.violation {
+                    rep.violated = true;
+                    if let Ok(mut slot) = shared.violation.lock() {
+                        slot.get_or_insert((v, dir));
+                    }
+                    let (mine_code, peer_code) = if to_client {
+                        (v.client_close_code(dir), v.upstream_close_code(dir))
+                    } else {
+                        (v.upstream_close_code(dir), v.client_close_code(dir))
+                    };
+                    peer.send(Command::Close(peer_code));
+                    mine.send(Command::Close(mine_code));
+                }
+            }
+        }
+        if pending.is_empty() {
+            // Give the memory back while the connection is idle.
+            pending = BytesMut::new();
+        }
+        // Act on commands at the first boundary where they are legal.
+        while let Some(cmd) = mine.peek() {
+            if closing {
+                mine.pop();
+                continue;
+            }
+            let ready = match cmd {
+                Command::CloseQueries => tracker.at_message_boundary(),
+                Command::Close(_) => tracker.at_frame_boundary(),
+            };
+            if !ready {
+                break;
+            }
+            mine.pop();
+            out.clear();
+            let mask = (!to_client).then(random_mask);
+            match cmd {
+                Command::CloseQueries => {
+                    let ids = shared
+                        .queries
+                        .lock()
+                        .map(|mut q| std::mem::take(&mut *q))
+                        .unwrap_or_default();
+                    for id in ids {
+                        let msg = query_closed(id, QUERY_CLOSED_SHUTTING_DOWN);
+                        encode_frame(&mut out, 0x2, &msg, mask);
+                    }
+                }
+                Command::Close(code) => {
+                    encode_close(&mut out, code, close_reason(code), mask);
+                    counters.sent_close.store(code, Ordering::Relaxed);
+                    closing = true;
+                    // From here on the tracker only looks for the peer's close frame.
+                    tracker.make_transparent();
+                }
+            }
+            if dst.write_all(&out).await.is_err() {
+                break 'relay;
+            }
+        }
+        if closing && tracker.close_seen() {
+            break;
+        }
+        tokio::select! {
+            biased;
+            _ = mine.notify.notified() => continue,
+            r = src.readable() => {
+                if r.is_err() {
+                    rep.source_ended = true;
+                    break;
+                }
+            }
+        }
+        pending.reserve(READ_CHUNK);
+        match src.read_buf(&mut pending).await {
+            Ok(0) | Err(_) => {
+                rep.source_ended = true;
+                break;
+            }
+            Ok(_) => shared.touch(),
+        }
+    }
+    if rep.source_ended && !closing && !tracker.close_seen() && tracker.at_frame_boundary() {
+        // The peer vanished without a close frame: say so on the other side.
+        out.clear();
+        let code = if to_client { 1014 } else { 1001 };
+        encode_close(
+            &mut out,
+            code,
+            close_reason(code),
+            (!to_client).then(random_mask),
+        );
+        if dst.write_all(&out).await.is_ok() {
+            counters.sent_close.store(code, Ordering::Relaxed);
+        }
+    }
+    let _ = dst.shutdown().await;
+    rep
+}
+
+fn close_reason(code: u16) -> &'static str {
+    match code {
+        1001 => "going away",
+        1003 => "binary messages only",
+        1009 => "message too big",
+        1014 => "bad gateway",
+        _ => "protocol error",
+    }
+}
+
+/// Relays one upgraded connection until it ends; returns what happened.
+#[allow(clippy::too_many_arguments)]
+pub async fn relay<CR, CW, UR, UW>(
+    client_read: CR,
+    client_write: CW,
+    client_leftover: BytesMut,
+    upstream_read: UR,
+    upstream_write: UW,
+    upstream_leftover: BytesMut,
+    opts: PumpOptions,
+    mut drain: watch::Receiver<DrainState>,
+) -> RelayReport
+where
+    CR: Source,
+    CW: AsyncWrite + Unpin,
+    UR: Source,
+    UW: AsyncWrite + Unpin,
+{
+    let to_client = Control::new();
+    let to_upstream = Control::new();
+    let shared = Shared {
+        queries: Mutex::new(Vec::new()),
+        last_activity_ms: AtomicU64::new(0),
+        started: Instant::now(),
+        up: DirCounters::default(),
+        down: DirCounters::default(),
+        violation: Mutex::new(None),
+    };
+    let up = forward(
+        client_read,
+        upstream_write,
+        client_leftover,
+        Tracker::new(Direction::ClientToUpstream, opts.mosaic),
+        Direction::ClientToUpstream,
+        &to_upstream,
+        &to_client,
+        &shared,
+    );
+    let down = forward(
+        upstream_read,
+        client_write,
+        upstream_leftover,
+        Tracker::new(Direction::UpstreamToClient, opts.mosaic),
+        Direction::UpstreamToClient,
+        &to_client,
+        &to_upstream,
+        &shared,
+    );
+    tokio::pin!(up);
+    tokio::pin!(down);
+    let mut up_rep: Option<DirReport> = None;
+    let mut down_rep: Option<DirReport> = None;
+    let mut closer: Option<Closer> = None;
+    let mut linger_until: Option<tokio::time::Instant> = None;
+    let mut drain_close_at: Option<tokio::time::Instant> = None;
+    let mut drain_open = true;
+    // A connection that starts while draining must still hear about it.
+    drain.mark_changed();
+    let far = || tokio::time::Instant::now() + Duration::from_secs(86_400);
+    let close_both = |linger: &mut Option<tokio::time::Instant>| {
+        to_client.send(Command::Close(1001));
+        to_upstream.send(Command::Close(1001));
+        linger.get_or_insert(tokio::time::Instant::now() + CLOSE_LINGER);
+    };
+
+    while up_rep.is_none() || down_rep.is_none() {
+        // Once one side is done and the other has already sent its close frame, the
+        // WebSocket is over: no need to wait for the second TCP close.
+        let done_up = up_rep.is_some() || shared.up.close_seen.load(Ordering::Relaxed);
+        let done_down = down_rep.is_some() || shared.down.close_seen.load(Ordering::Relaxed);
+        if (up_rep.is_some() || down_rep.is_some()) && done_up && done_down {
+            break;
+        }
+        let last = Duration::from_millis(shared.last_activity_ms.load(Ordering::Relaxed));
+        let idle_at = tokio::time::Instant::from_std(shared.started + last + opts.idle_timeout);
+        tokio::select! {
+            r = &mut up, if up_rep.is_none() => {
+                if r.violated {
+                    closer.get_or_insert(Closer::Gateway);
+                } else if r.source_ended {
+                    closer.get_or_insert(Closer::Client);
+                }
+                up_rep = Some(r);
+                linger_until.get_or_insert(tokio::time::Instant::now() + CLOSE_LINGER);
+            }
+            r = &mut down, if down_rep.is_none() => {
+                if r.violated {
+                    closer.get_or_insert(Closer::Gateway);
+                } else if r.source_ended {
+                    closer.get_or_insert(Closer::Upstream);
+                }
+                down_rep = Some(r);
+                linger_until.get_or_insert(tokio::time::Instant::now() + CLOSE_LINGER);
+            }
+            _ = tokio::time::sleep_until(idle_at), if closer.is_none() && linger_until.is_none() => {
+                let still = shared.last_activity_ms.load(Ordering::Relaxed) == last.as_millis() as u64;
+                if still {
+                    closer = Some(Closer::Gateway);
+                    close_both(&mut linger_until);
+                }
+            }
+            _ = tokio::time::sleep_until(linger_until.unwrap_or_else(far)), if linger_until.is_some() => break,
+            _ = tokio::time::sleep_until(drain_close_at.unwrap_or_else(far)), if drain_close_at.is_some() => {
+                drain_close_at = None;
+                closer.get_or_insert(Closer::Gateway);
+                close_both(&mut linger_until);
+            }
+            r = drain.changed(), if drain_open => {
+                if r.is_err() {
+                    drain_open = false;
+                    continue;
+                }
+                let state = *drain.borrow_and_update();
+                if let DrainState::Draining { close_by } = state {
+                    drain_open = false;
+                    if opts.mosaic.is_some() {
+                        to_client.send(Command::CloseQueries);
+                    }
+                    let now = tokio::time::Instant::now();
+                    let window = close_by.saturating_duration_since(now);
+                    let mut r = [0u8; 4];
+                    let _ = getrandom::fill(&mut r);
+                    let frac = f64::from(u32::from_le_bytes(r)) / f64::from(u32::MAX);
+                    drain_close_at = Some(now + window.mul_f64(frac));
+                }
+            }
+        }
+    }
+    let sent = |c: &DirCounters| match c.sent_close.load(Ordering::Relaxed) {
+        0 => None,
+        code => Some(code),
+    };
+    let violation = shared.violation.lock().ok().and_then(|v| *v);
+    RelayReport {
+        bytes_up: shared.up.bytes.load(Ordering::Relaxed),
+        bytes_down: shared.down.bytes.load(Ordering::Relaxed),
+        messages_up: shared.up.messages.load(Ordering::Relaxed),
+        messages_down: shared.down.messages.load(Ordering::Relaxed),
+        gateway_close_code: sent(&shared.down),
+        closer: closer.or(Some(Closer::Gateway)),
+        violation,
+    }
+}

@@ -1,0 +1,965 @@
+//! The public listener: accept, TLS, HTTP/1.1, routing and the upgrade into a relayed
+//! connection.
+//!
+//! The order is fixed by the design: the upstream (backend or relay) must accept the
+//! WebSocket upgrade before the client hears 101, so every failure before that point is an
+//! HTTP status the client understands, and retries on another backend stay invisible.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
+
+use bytes::{Bytes, BytesMut};
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+
+use crate::config::{Config, UpstreamUrl};
+use crate::handshake::{
+    feature_list, header_value, negotiate_features, offered_protocols, upstream_request_head,
+    validate_upgrade, wants_websocket, ClientIdentity, Rejection, X_MOSAIC_FEATURES,
+};
+use crate::listener::{real_client, LimitHit, Limits, Permit, TrustedProxies};
+use crate::metrics::Metrics;
+use crate::pool::{Backend, BackendGuard, Pool};
+use crate::relay::mosaic::Direction;
+use crate::relay::pump::{relay, DrainState, PumpOptions, RelayReport, Source};
+use crate::relay::tracker::MosaicRules;
+use crate::route::{route, Route};
+use crate::tls::TlsTerminator;
+use crate::upstream::{connect_and_upgrade, Upgraded, UpstreamStream};
+
+/// Response bodies of the public listener.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// One configuration generation: what new connections use. A reload builds a new one;
+/// open connections keep the one they started with.
+pub struct Gateway {
+    /// The validated config.
+    pub config: Config,
+    /// The pool for every Mosaic client.
+    pub pool: Arc<Pool>,
+    /// The pool for TLS-authenticated clients, when configured.
+    pub auth_pool: Option<Arc<Pool>>,
+    /// The nostr relay, when served.
+    pub nostr: Option<UpstreamUrl>,
+    /// Proxies whose X-Forwarded-For is believed.
+    pub trusted: TrustedProxies,
+    /// TLS termination, when configured.
+    pub tls: Option<Arc<TlsTerminator>>,
+}
+
+impl Gateway {
+    /// Builds a generation from a validated config (loads the key, builds the pools).
+    /// `dns:` backends join once the discovery task resolves them (`runtime::start` does a
+    /// first lookup before serving).
+    pub fn build(config: Config, metrics: &Arc<Metrics>) -> Result<Gateway, String> {
+        Gateway::assemble(config, None, metrics)
+    }
+
+    /// Builds the next generation on reload. The pools are kept and reconfigured with the
+    /// new backend list and balancing, so backends that stay keep their health and
+    /// connection counts, DNS answers for names still listed stay, and removed backends
+    /// drain (open connections keep running, no new ones). Nothing changes if it fails.
+    pub fn rebuild(
+        config: Config,
+        old: &Gateway,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Gateway, String> {
+        Gateway::assemble(config, Some(old), metrics)
+    }
+
+    fn assemble(
+        config: Config,
+        old: Option<&Gateway>,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Gateway, String> {
+        // Everything that can fail comes first: the old generation must stay untouched
+        // when a reload is refused.
+        let tls = match &config.tls {
+            Some(t) => {
+                let key = crate::keys::load_signing_key(&t.key_file).map_err(|e| e.to_string())?;
+                let term = TlsTerminator::new(&key, t.certificate, t.client_auth, t.min_version)
+                    .map_err(|e| format!("tls: {e}"))?;
+                Some(Arc::new(term))
+            }
+            None => None,
+        };
+        let m = &config.mosaic;
+        let pool = match old {
+            Some(o) => {
+                o.pool.reconfigure(&m.backends, m.balance);
+                o.pool.clone()
+            }
+            None => Arc::new(Pool::from_config(
+                "default",
+                &m.backends,
+                m.balance,
+                metrics.clone(),
+            )),
+        };
+        let auth_pool = match (
+            old.and_then(|o| o.auth_pool.clone()),
+            m.authenticated_backends.is_empty(),
+        ) {
+            (Some(p), false) => {
+                p.reconfigure(&m.authenticated_backends, m.balance);
+                Some(p)
+            }
+            (Some(p), true) => {
+                // The pool goes away: its backends drain like removed ones.
+                p.reconfigure(&[], m.balance);
+                None
+            }
+            (None, false) => Some(Arc::new(Pool::from_config(
+                "authenticated",
+                &m.authenticated_backends,
+                m.balance,
+                metrics.clone(),
+            ))),
+            (None, true) => None,
+        };
+        Ok(Gateway {
+            nostr: config.nostr_upstream(),
+            trusted: TrustedProxies::new(&config.forwarded.trusted_proxies),
+            tls,
+            pool,
+            auth_pool,
+            config,
+        })
+    }
+
+    /// Every pool, for health checks and readiness.
+    pub fn pools(&self) -> Vec<Arc<Pool>> {
+        let mut v = vec![self.pool.clone()];
+        v.extend(self.auth_pool.clone());
+        v
+    }
+}
+
+/// Process-wide state shared by the listeners, the admin endpoints and shutdown.
+pub struct App {
+    current: RwLock<Arc<Gateway>>,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Connection counters.
+    pub limits: Arc<Limits>,
+    /// Drain broadcast to every relayed connection.
+    pub drain: watch::Sender<DrainState>,
+    /// Set once the public listener is bound.
+    pub listening: AtomicBool,
+    next_id: AtomicU64,
+}
+
+impl App {
+    /// Wraps a first generation.
+    pub fn new(gateway: Gateway, metrics: Arc<Metrics>) -> Arc<App> {
+        let (drain, _) = watch::channel(DrainState::Running);
+        Arc::new(App {
+            current: RwLock::new(Arc::new(gateway)),
+            metrics,
+            limits: Arc::new(Limits::default()),
+            drain,
+            listening: AtomicBool::new(false),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// The generation new connections use.
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.current
+            .read()
+            .map(|g| g.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Makes `g` the generation for new connections.
+    pub fn swap(&self, g: Gateway) {
+        if let Ok(mut cur) = self.current.write() {
+            *cur = Arc::new(g);
+        }
+    }
+
+    /// Whether SIGTERM started the drain.
+    pub fn is_draining(&self) -> bool {
+        matches!(*self.drain.borrow(), DrainState::Draining { .. })
+    }
+
+    /// Readiness: listening, a healthy backend in every pool, not draining.
+    pub fn readiness(&self) -> Result<(), String> {
+        if self.is_draining() {
+            return Err("draining".into());
+        }
+        if !self.listening.load(Ordering::Relaxed) {
+            return Err("listener not bound yet".into());
+        }
+        for p in self.gateway().pools() {
+            if !p.has_healthy() {
+                return Err(format!("no healthy backend in pool {}", p.name));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the gateway knows about one accepted connection before HTTP starts.
+#[derive(Clone, Copy)]
+struct ConnInfo {
+    peer: SocketAddr,
+    tls: bool,
+    client_key: Option<[u8; 32]>,
+}
+
+/// Accepts connections until the drain starts. `tls` overrides the config's TLS setting
+/// for this listener (the `dev` stack serves ws:// and wss:// side by side).
+pub async fn serve(app: Arc<App>, listener: TcpListener, tls: Option<Arc<TlsTerminator>>) {
+    app.listening.store(true, Ordering::Relaxed);
+    let mut drain = app.drain.subscribe();
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok((tcp, peer)) => {
+                    let app = app.clone();
+                    let tls = tls.clone();
+                    tokio::spawn(async move { handle_connection(app, tcp, peer, tls).await });
+                }
+                Err(e) => {
+                    // Out of file descriptors or similar: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            },
+            r = drain.changed() => {
+                if r.is_err() || matches!(*drain.borrow(), DrainState::Draining { .. }) {
+                    break;
+                }
+            }
+        }
+    }
+    tracing::info!("public listener closed");
+}
+
+async fn handle_connection(
+    app: Arc<App>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    tls: Option<Arc<TlsTerminator>>,
+) {
+    let _ = tcp.set_nodelay(true);
+    let gw = app.gateway();
+    let Some(tls) = tls.or_else(|| gw.tls.clone()) else {
+        let info = ConnInfo {
+            peer,
+            tls: false,
+            client_key: None,
+        };
+        return serve_http(app, gw, TokioIo::new(tcp), info).await;
+    };
+    let timeout = gw.config.limits.handshake_timeout.0;
+    match tokio::time::timeout(timeout, tls.accept(tcp)).await {
+        Ok(Ok((stream, client_key))) => {
+            let label = crate::tls::client_auth_label(client_key.as_ref());
+            app.metrics
+                .tls_handshakes_total
+                .with_label_values(&[label])
+                .inc();
+            tracing::debug!(client = %peer, client_auth = label, "TLS handshake done");
+            let info = ConnInfo {
+                peer,
+                tls: true,
+                client_key,
+            };
+            serve_http(app, gw, TokioIo::new(stream), info).await;
+        }
+        Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
+    }
+}
+
+async fn serve_http<I>(app: Arc<App>, gw: Arc<Gateway>, io: TokioIo<I>, info: ConnInfo)
+where
+    I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let limits = &gw.config.limits;
+    let svc_app = app.clone();
+    let svc = service_fn(move |req| handle_request(svc_app.clone(), info, req));
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.handshake_timeout.0)
+        .max_buf_size(limits.max_request_header_bytes.max(8192))
+        .serve_connection(io, svc)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let mut drain = app.drain.subscribe();
+    let draining = async move {
+        let _ = drain
+            .wait_for(|d| matches!(d, DrainState::Draining { .. }))
+            .await
+            .map(|_| ());
+    };
+    let finished = tokio::select! {
+        r = conn.as_mut() => {
+            if let Err(e) = r {
+                tracing::debug!(client = %info.peer, error = %e, "HTTP connection ended with an error");
+            }
+            true
+        }
+        _ = draining => false,
+    };
+    if !finished {
+        // Answer what is in flight, then close; upgraded connections drain on their own.
+        conn.as_mut().graceful_shutdown();
+        let _ = conn.await;
+    }
+}
+
+fn full(text: impl Into<Bytes>) -> Body {
+    Full::new(text.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+fn reject(app: &App, r: Rejection) -> Response<Body> {
+    app.metrics
+        .handshake_rejections_total
+        .with_label_values(&[r.label])
+        .inc();
+    let mut resp = Response::new(full(format!("{}\n", r.reason)));
+    *resp.status_mut() = r.status;
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    match r.status {
+        StatusCode::UPGRADE_REQUIRED => {
+            h.insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+        }
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        _ => {}
+    }
+    resp
+}
+
+fn rejection(status: StatusCode, reason: &'static str, label: &'static str) -> Rejection {
+    Rejection {
+        status,
+        reason,
+        label,
+    }
+}
+
+async fn handle_request(
+    app: Arc<App>,
+    info: ConnInfo,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    if wants_websocket(req.headers()) {
+        Ok(upgrade(app, info, req).await)
+    } else {
+        Ok(http_passthrough(app, info, req).await)
+    }
+}
+
+/// The protocol a relayed connection speaks, for metrics and logs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Protocol {
+    Mosaic,
+    Nostr,
+}
+
+impl Protocol {
+    fn label(self) -> &'static str {
+        match self {
+            Protocol::Mosaic => "mosaic",
+            Protocol::Nostr => "nostr",
+        }
+    }
+}
+
+/// Everything the relay task needs once the client's upgrade completes.
+struct Accepted {
+    protocol: Protocol,
+    subprotocol: Option<String>,
+    upstream: Upgraded,
+    upstream_label: String,
+    backend: Option<BackendGuard>,
+    response: Response<Body>,
+}
+
+async fn upgrade(app: Arc<App>, info: ConnInfo, mut req: Request<Incoming>) -> Response<Body> {
+    let gw = app.gateway();
+    let key = match validate_upgrade(&req) {
+        Ok(k) => k,
+        Err(r) => return reject(&app, r),
+    };
+    if app.is_draining() {
+        return reject(
+            &app,
+            rejection(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "gateway is shutting down",
+                "draining",
+            ),
+        );
+    }
+    let (client_ip, chain) = real_client(info.peer.ip(), req.headers(), &gw.trusted);
+    let limits = &gw.config.limits;
+    let permit = match app.limits.try_acquire(
+        client_ip,
+        limits.max_connections,
+        limits.max_connections_per_ip,
+    ) {
+        Ok(p) => p,
+        Err(LimitHit::Global) => {
+            return reject(
+                &app,
+                rejection(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many connections",
+                    "max_connections",
+                ),
+            )
+        }
+        Err(LimitHit::PerIp) => {
+            return reject(
+                &app,
+                rejection(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many connections from this address",
+                    "max_connections_per_ip",
+                ),
+            )
+        }
+    };
+    let who = ClientIdentity {
+        addr: client_ip,
+        forwarded_chain: chain,
+        tls: info.tls,
+        client_key: info.client_key.as_ref().map(crate::keys::user_key_string),
+    };
+    let offered = offered_protocols(req.headers());
+    let accepted = match route(&offered, &gw.config.mosaic.subprotocols, gw.nostr.is_some()) {
+        Route::Refuse => Err(rejection(
+            StatusCode::BAD_REQUEST,
+            "no Mosaic subprotocol offered and this endpoint serves no nostr relay",
+            "no_route",
+        )),
+        Route::Nostr => upgrade_nostr(&app, &gw, &req, &key, &offered, &who).await,
+        Route::Mosaic(token) => {
+            upgrade_mosaic(
+                &app,
+                &gw,
+                &req,
+                &key,
+                token.as_str(),
+                &who,
+                info.client_key.as_ref(),
+            )
+            .await
+        }
+    };
+    let mut accepted = match accepted {
+        Ok(a) => a,
+        Err(r) => return reject(&app, r),
+    };
+    let response = std::mem::replace(&mut accepted.response, Response::new(full("")));
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let id = app.next_id.fetch_add(1, Ordering::Relaxed);
+    let opts = PumpOptions {
+        mosaic: (accepted.protocol == Protocol::Mosaic).then_some(MosaicRules {
+            validation: gw.config.mosaic.validate,
+            max_message_bytes: gw.config.mosaic.max_message_bytes,
+        }),
+        idle_timeout: gw.config.limits.idle_timeout.0,
+    };
+    tokio::spawn(async move {
+        match on_upgrade.await {
+            Ok(upgraded) => {
+                run_connection(app, id, info, who, accepted, upgraded, opts, permit).await
+            }
+            Err(e) => tracing::debug!(conn = id, error = %e, "client upgrade did not complete"),
+        }
+    });
+    response
+}
+
+fn switching_protocols(key: &str) -> Response<Body> {
+    let mut resp = Response::new(full(""));
+    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let h = resp.headers_mut();
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    h.insert(header::SEC_WEBSOCKET_ACCEPT, header_value(&accept));
+    resp
+}
+
+async fn upgrade_nostr(
+    app: &App,
+    gw: &Gateway,
+    req: &Request<Incoming>,
+    key: &str,
+    offered: &[String],
+    who: &ClientIdentity,
+) -> Result<Accepted, Rejection> {
+    let Some(url) = gw.nostr.as_ref() else {
+        return Err(rejection(
+            StatusCode::BAD_REQUEST,
+            "nostr is not served here",
+            "no_route",
+        ));
+    };
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let head = upstream_request_head(
+        path,
+        req.headers(),
+        key,
+        offered,
+        true,
+        who,
+        &url.authority(),
+    );
+    let timeout = gw
+        .config
+        .nostr
+        .as_ref()
+        .map(|n| n.connect_timeout.0)
+        .unwrap_or(Duration::from_secs(5));
+    let upstream = match connect_and_upgrade(url, None, &head, key, timeout).await {
+        Ok(u) => u,
+        Err(e) => {
+            tracing::warn!(relay = %url, error = %e, "nostr relay refused or failed the upgrade");
+            app.metrics
+                .upstream_failures_total
+                .with_label_values(&["nostr", failure_kind(&e)])
+                .inc();
+            return Err(rejection(
+                StatusCode::BAD_GATEWAY,
+                "nostr relay unavailable",
+                "upstream_failed",
+            ));
+        }
+    };
+    let mut response = switching_protocols(key);
+    // The relay's choice must be one the client offered; otherwise the client would fail.
+    let chosen = upstream
+        .headers
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .map(|s| s.trim().to_string());
+    if let Some(p) = &chosen {
+        if !offered.iter().any(|o| o == p) {
+            return Err(rejection(
+                StatusCode::BAD_GATEWAY,
+                "nostr relay chose a subprotocol the client did not offer",
+                "upstream_bad_protocol",
+            ));
+        }
+        response
+            .headers_mut()
+            .insert(header::SEC_WEBSOCKET_PROTOCOL, header_value(p));
+    }
+    for v in upstream.headers.get_all(header::SEC_WEBSOCKET_EXTENSIONS) {
+        response
+            .headers_mut()
+            .append(header::SEC_WEBSOCKET_EXTENSIONS, v.clone());
+    }
+    Ok(Accepted {
+        protocol: Protocol::Nostr,
+        subprotocol: chosen,
+        upstream,
+        upstream_label: url.to_string(),
+        backend: None,
+        response,
+    })
+}
+
+fn failure_kind(e: &crate::upstream::UpstreamError) -> &'static str {
+    use crate::upstream::UpstreamError::*;
+    match e {
+        Connect(_) => "connect",
+        Timeout => "timeout",
+        Refused(_) => "refused",
+        BadResponse(_) => "bad_response",
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn upgrade_mosaic(
+    app: &App,
+    gw: &Gateway,
+    req: &Request<Incoming>,
+    key: &str,
+    token: &str,
+    who: &ClientIdentity,
+    client_key: Option<&[u8; 32]>,
+) -> Result<Accepted, Rejection> {
+    let m = &gw.config.mosaic;
+    let pool = match (&gw.auth_pool, client_key) {
+        (Some(auth), Some(_)) => auth.clone(),
+        _ => gw.pool.clone(),
+    };
+    if !pool.has_healthy() {
+        return Err(rejection(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "no healthy Mosaic backend",
+            "no_healthy_backend",
+        ));
+    }
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str())
+        .unwrap_or("/");
+    let protocols = [token.to_string()];
+    let mut tried: Vec<Arc<Backend>> = Vec::new();
+    let mut found: Option<(Arc<Backend>, Upgraded)> = None;
+    for _ in 0..m.max_tries {
+        let Some(b) = pool.pick(&tried, client_key) else {
+            break;
+        };
+        let head = upstream_request_head(
+            path,
+            req.headers(),
+            key,
+            &protocols,
+            false,
+            who,
+            &b.url.authority(),
+        );
+        let started = Instant::now();
+        let result =
+            connect_and_upgrade(&b.url, b.tls.as_ref(), &head, key, m.connect_timeout.0).await;
+        let result = result.and_then(|up| {
+            let chosen = up
+                .headers
+                .get(header::SEC_WEBSOCKET_PROTOCOL)
+                .and_then(|v| v.to_str().ok());
+            if chosen.map(str::trim) == Some(token) {
+                Ok(up)
+            } else {
+                Err(crate::upstream::UpstreamError::BadResponse(
+                    "backend did not select the Mosaic subprotocol",
+                ))
+            }
+        });
+        match result {
+            Ok(up) => {
+                app.metrics
+                    .backend_connect_duration_seconds
+                    .with_label_values(&[pool.name])
+                    .observe(started.elapsed().as_secs_f64());
+                found = Some((b, up));
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(pool = pool.name, backend = %b.label, error = %e, "backend failed the upgrade");
+                app.metrics
+                    .upstream_failures_total
+                    .with_label_values(&[pool.name, failure_kind(&e)])
+                    .inc();
+                pool.mark_failed(&b);
+                tried.push(b);
+            }
+        }
+    }
+    let Some((backend, upstream)) = found else {
+        return Err(if tried.is_empty() {
+            rejection(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no healthy Mosaic backend",
+                "no_healthy_backend",
+            )
+        } else {
+            rejection(
+                StatusCode::BAD_GATEWAY,
+                "no Mosaic backend accepted the upgrade",
+                "upstream_failed",
+            )
+        });
+    };
+    let mut response = switching_protocols(key);
+    let h = response.headers_mut();
+    h.insert(header::SEC_WEBSOCKET_PROTOCOL, header_value(token));
+    if token == "mosaic2024" {
+        let client = feature_list(req.headers(), X_MOSAIC_FEATURES);
+        let granted = feature_list(&upstream.headers, X_MOSAIC_FEATURES);
+        if let Some(v) = negotiate_features(client.as_deref(), granted.as_deref(), &m.features) {
+            h.insert(X_MOSAIC_FEATURES, header_value(&v));
+        }
+    } else {
+        // Later Mosaic versions negotiate in X-Mosaic-* headers the gateway does not own.
+        for (name, value) in upstream.headers.iter() {
+            if name.as_str().starts_with("x-mosaic-") {
+                h.append(name.clone(), value.clone());
+            }
+        }
+    }
+    Ok(Accepted {
+        protocol: Protocol::Mosaic,
+        subprotocol: Some(token.to_string()),
+        upstream,
+        upstream_label: backend.label.clone(),
+        backend: Some(BackendGuard::new(backend)),
+        response,
+    })
+}
+
+/// The client side of an upgraded connection, unwrapped back to its socket.
+enum ClientIo {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Other(TokioIo<hyper::upgrade::Upgraded>),
+}
+
+fn unwrap_client(upgraded: hyper::upgrade::Upgraded) -> (ClientIo, BytesMut) {
+    let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
+        Ok(parts) => {
+            return (
+                ClientIo::Tcp(parts.io.into_inner()),
+                BytesMut::from(&parts.read_buf[..]),
+            )
+        }
+        Err(u) => u,
+    };
+    match upgraded.downcast::<TokioIo<tokio_rustls::server::TlsStream<TcpStream>>>() {
+        Ok(parts) => (
+            ClientIo::Tls(Box::new(parts.io.into_inner())),
+            BytesMut::from(&parts.read_buf[..]),
+        ),
+        Err(u) => (ClientIo::Other(TokioIo::new(u)), BytesMut::new()),
+    }
+}
+
+async fn relay_to_upstream<CR, CW>(
+    cr: CR,
+    cw: CW,
+    client_leftover: BytesMut,
+    up: UpstreamStream,
+    up_leftover: BytesMut,
+    opts: PumpOptions,
+    drain: watch::Receiver<DrainState>,
+) -> RelayReport
+where
+    CR: Source,
+    CW: AsyncWrite + Unpin,
+{
+    match up {
+        UpstreamStream::Tcp(s) => {
+            let (ur, uw) = s.into_split();
+            relay(cr, cw, client_leftover, ur, uw, up_leftover, opts, drain).await
+        }
+        UpstreamStream::Tls(s) => {
+            let (ur, uw) = tokio::io::split(*s);
+            relay(cr, cw, client_leftover, ur, uw, up_leftover, opts, drain).await
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_connection(
+    app: Arc<App>,
+    id: u64,
+    info: ConnInfo,
+    who: ClientIdentity,
+    accepted: Accepted,
+    upgraded: hyper::upgrade::Upgraded,
+    opts: PumpOptions,
+    permit: Permit,
+) {
+    let protocol = accepted.protocol.label();
+    let m = &app.metrics;
+    m.connections_total.with_label_values(&[protocol]).inc();
+    let active = m.connections_active.with_label_values(&[protocol]);
+    active.inc();
+    let started = Instant::now();
+    let subprotocol = accepted.subprotocol.as_deref().unwrap_or("");
+    tracing::info!(
+        conn = id,
+        client = %who.addr,
+        peer = %info.peer,
+        protocol,
+        subprotocol,
+        upstream = %accepted.upstream_label,
+        authenticated = who.client_key.is_some(),
+        "connection opened"
+    );
+    let (client, client_leftover) = unwrap_client(upgraded);
+    let drain = app.drain.subscribe();
+    let up = accepted.upstream.stream;
+    let up_left = accepted.upstream.leftover;
+    let report = match client {
+        ClientIo::Tcp(s) => {
+            let (cr, cw) = s.into_split();
+            relay_to_upstream(cr, cw, client_leftover, up, up_left, opts, drain).await
+        }
+        ClientIo::Tls(s) => {
+            let (cr, cw) = tokio::io::split(*s);
+            relay_to_upstream(cr, cw, client_leftover, up, up_left, opts, drain).await
+        }
+        ClientIo::Other(s) => {
+            let (cr, cw) = tokio::io::split(s);
+            relay_to_upstream(cr, cw, client_leftover, up, up_left, opts, drain).await
+        }
+    };
+    let up_dir = Direction::ClientToUpstream.label();
+    let down_dir = Direction::UpstreamToClient.label();
+    m.messages_total
+        .with_label_values(&[protocol, up_dir])
+        .inc_by(report.messages_up);
+    m.messages_total
+        .with_label_values(&[protocol, down_dir])
+        .inc_by(report.messages_down);
+    m.bytes_total
+        .with_label_values(&[protocol, up_dir])
+        .inc_by(report.bytes_up);
+    m.bytes_total
+        .with_label_values(&[protocol, down_dir])
+        .inc_by(report.bytes_down);
+    if let Some((v, _)) = report.violation {
+        m.protocol_violations_total
+            .with_label_values(&[v.label()])
+            .inc();
+    }
+    if let Some(code) = report.gateway_close_code {
+        m.closes_sent_total
+            .with_label_values(&[&code.to_string()])
+            .inc();
+    }
+    // Last, so a scrape that sees the connection gone also sees its counters.
+    active.dec();
+    tracing::info!(
+        conn = id,
+        client = %who.addr,
+        protocol,
+        subprotocol,
+        upstream = %accepted.upstream_label,
+        close_code = report.gateway_close_code.map(i64::from).unwrap_or(-1),
+        closed_by = report.closer.map(|c| c.label()).unwrap_or("gateway"),
+        violation = report.violation.map(|(v, _)| v.label()).unwrap_or(""),
+        duration_ms = started.elapsed().as_millis() as u64,
+        bytes_up = report.bytes_up,
+        bytes_down = report.bytes_down,
+        messages_up = report.messages_up,
+        messages_down = report.messages_down,
+        "connection closed"
+    );
+    drop(accepted.backend);
+    drop(permit);
+}
+
+async fn http_passthrough(
+    app: Arc<App>,
+    info: ConnInfo,
+    mut req: Request<Incoming>,
+) -> Response<Body> {
+    let gw = app.gateway();
+    // Identity and origin are the gateway's to assert, on plain HTTP as on upgrades.
+    let (client_ip, chain) = real_client(info.peer.ip(), req.headers(), &gw.trusted);
+    let h = req.headers_mut();
+    for name in [
+        "x-mosaic-client-key",
+        "x-real-ip",
+        "x-forwarded-for",
+        "x-forwarded-proto",
+        "forwarded",
+    ] {
+        h.remove(name);
+    }
+    let mut xff: Vec<String> = chain.iter().map(|a| a.to_string()).collect();
+    xff.push(client_ip.to_string());
+    h.insert("x-forwarded-for", header_value(&xff.join(", ")));
+    h.insert("x-real-ip", header_value(&client_ip.to_string()));
+    h.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if info.tls { "https" } else { "http" }),
+    );
+    if let Some(k) = info.client_key.as_ref() {
+        h.insert(
+            "x-mosaic-client-key",
+            header_value(&crate::keys::user_key_string(k)),
+        );
+    }
+    let Some(url) = gw.nostr.clone() else {
+        let mut r = Response::new(full(
+            "not found: this endpoint serves WebSocket upgrades only\n",
+        ));
+        *r.status_mut() = StatusCode::NOT_FOUND;
+        return r;
+    };
+    let timeout = gw
+        .config
+        .nostr
+        .as_ref()
+        .map(|n| n.connect_timeout.0)
+        .unwrap_or(Duration::from_secs(5));
+    let result = tokio::time::timeout(timeout, async {
+        let tcp = TcpStream::connect((url.host.as_str(), url.port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        sender.send_request(req).await.map_err(|e| e.to_string())
+    })
+    .await;
+    match result {
+        Ok(Ok(resp)) => {
+            let status = resp.status().as_u16();
+            let class = match status {
+                100..=199 => "1xx",
+                200..=299 => "2xx",
+                300..=399 => "3xx",
+                400..=499 => "4xx",
+                _ => "5xx",
+            };
+            app.metrics
+                .http_requests_total
+                .with_label_values(&[class])
+                .inc();
+            resp.map(|b| b.boxed())
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(relay = %url, error = %e, "HTTP pass-through to the nostr relay failed");
+            app.metrics
+                .http_requests_total
+                .with_label_values(&["5xx"])
+                .inc();
+            let mut r = Response::new(full("nostr relay unavailable\n"));
+            *r.status_mut() = StatusCode::BAD_GATEWAY;
+            r
+        }
+        Err(_) => {
+            app.metrics
+                .http_requests_total
+                .with_label_values(&["5xx"])
+                .inc();
+            let mut r = Response::new(full("nostr relay timed out\n"));
+            *r.status_mut() = StatusCode::GATEWAY_TIMEOUT;
+            r
+        }
+    }
+}

@@ -1,0 +1,397 @@
+//! Shared pieces of the operator scenarios: a gateway started in-process on 127.0.0.1 with
+//! real backends (the in-repo Mosaic backend, rust-nostr's relay) and real clients.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use mosaic_gateway::dev::mosaic_backend::{MosaicBackend, MosaicBackendOptions};
+use mosaic_gateway::dev::nostr_relay::NostrRelayServer;
+use mosaic_gateway::runtime::Running;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+/// A WebSocket client connection.
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+
+/// Generous bound for anything that should happen "promptly".
+pub const T: Duration = Duration::from_secs(10);
+
+/// Any free port on loopback.
+pub fn any_port() -> SocketAddr {
+    "127.0.0.1:0".parse().unwrap()
+}
+
+/// A Mosaic backend with default options.
+pub async fn mosaic_backend() -> MosaicBackend {
+    MosaicBackend::spawn(any_port(), MosaicBackendOptions::default())
+        .await
+        .unwrap()
+}
+
+/// A Mosaic backend that serves these features.
+pub async fn mosaic_backend_with_features(features: &[&str]) -> MosaicBackend {
+    MosaicBackend::spawn(
+        any_port(),
+        MosaicBackendOptions {
+            features: features.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// rust-nostr's relay behind its HTTP front.
+pub async fn nostr_relay() -> NostrRelayServer {
+    NostrRelayServer::spawn(any_port()).await.unwrap()
+}
+
+/// Starts a gateway from YAML; `listen` and `admin.listen` default to free ports.
+pub async fn gateway(yaml: &str) -> Running {
+    let mut text = String::new();
+    if !yaml.contains("\nlisten:") && !yaml.starts_with("listen:") {
+        text.push_str("listen: \"127.0.0.1:0\"\n");
+    }
+    if !yaml.contains("admin:") {
+        text.push_str("admin:\n  listen: \"127.0.0.1:0\"\n");
+    }
+    text.push_str(yaml);
+    let cfg = mosaic_gateway::config::parse(&text)
+        .unwrap_or_else(|e| panic!("test config is invalid: {e}\n{text}"));
+    mosaic_gateway::runtime::start(cfg, None).await.unwrap()
+}
+
+/// A gateway in front of one Mosaic backend and, optionally, a nostr relay.
+pub async fn gateway_for(
+    backend: &MosaicBackend,
+    relay: Option<&NostrRelayServer>,
+    extra: &str,
+) -> Running {
+    let mut yaml = format!(
+        "mosaic:\n  backends:\n    - url: ws://{}\n{extra}",
+        backend.local_addr()
+    );
+    if let Some(r) = relay {
+        yaml.push_str(&format!("nostr:\n  upstream: ws://{}\n", r.local_addr()));
+    }
+    gateway(&yaml).await
+}
+
+/// Connects with these extra request headers.
+pub async fn connect(
+    addr: SocketAddr,
+    headers: &[(&str, &str)],
+) -> Result<
+    (
+        Ws,
+        tokio_tungstenite::tungstenite::handshake::client::Response,
+    ),
+    tokio_tungstenite::tungstenite::Error,
+> {
+    let mut req = format!("ws://{addr}/").into_client_request().unwrap();
+    for (k, v) in headers {
+        req.headers_mut().append(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
+    }
+    tokio::time::timeout(T, tokio_tungstenite::connect_async(req))
+        .await
+        .expect("handshake finished in time")
+}
+
+/// A Mosaic client (`Sec-WebSocket-Protocol: mosaic2024`).
+pub async fn mosaic_client(addr: SocketAddr) -> Ws {
+    connect(addr, &[("Sec-WebSocket-Protocol", "mosaic2024")])
+        .await
+        .expect("Mosaic upgrade accepted")
+        .0
+}
+
+/// The HTTP status the gateway answered an upgrade with, when it was not 101.
+pub async fn refused_status(addr: SocketAddr, headers: &[(&str, &str)]) -> u16 {
+    match connect(addr, headers).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => resp.status().as_u16(),
+        Err(e) => panic!("expected an HTTP refusal, got {e}"),
+        Ok(_) => panic!("expected an HTTP refusal, got 101"),
+    }
+}
+
+/// Sends a binary message.
+pub async fn send(ws: &mut Ws, bytes: Vec<u8>) {
+    ws.send(Message::Binary(bytes.into())).await.unwrap();
+}
+
+/// The next data message's bytes (pings and pongs skipped); panics on close or timeout.
+pub async fn recv(ws: &mut Ws) -> Vec<u8> {
+    loop {
+        let m = tokio::time::timeout(T, ws.next())
+            .await
+            .expect("message in time")
+            .expect("stream open")
+            .expect("no error");
+        match m {
+            Message::Binary(b) => return b.to_vec(),
+            Message::Text(t) => return t.as_bytes().to_vec(),
+            Message::Close(c) => panic!("unexpected close: {c:?}"),
+            _ => continue,
+        }
+    }
+}
+
+/// Reads until the close frame and returns its code (None if the stream ended without one).
+pub async fn close_code(ws: &mut Ws) -> Option<u16> {
+    loop {
+        match tokio::time::timeout(T, ws.next())
+            .await
+            .expect("close in time")
+        {
+            Some(Ok(Message::Close(Some(f)))) => return Some(u16::from(f.code)),
+            Some(Ok(Message::Close(None))) => return None,
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => return None,
+        }
+    }
+}
+
+/// A raw HTTP/1.1 exchange: sends `request` and returns the whole response text.
+pub async fn raw_http(addr: SocketAddr, request: &str) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match tokio::time::timeout(Duration::from_secs(3), s.read(&mut buf)).await {
+            Ok(Ok(0)) | Err(_) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => {
+                out.extend_from_slice(&buf[..n]);
+                if out.windows(4).any(|w| w == b"\r\n\r\n")
+                    && !request.contains("Connection: close")
+                {
+                    // Headers are in; give a body a moment to follow, then stop.
+                    if let Ok(Ok(n)) =
+                        tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await
+                    {
+                        out.extend_from_slice(&buf[..n]);
+                    }
+                    break;
+                }
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// GETs an admin path and returns (status, body).
+pub async fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let text = raw_http(
+        addr,
+        &format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"),
+    )
+    .await;
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|x| x.1.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// The value of one metric sample (exact label text, e.g. `{protocol="mosaic"}`), or 0.
+pub fn metric(text: &str, name_and_labels: &str) -> f64 {
+    text.lines()
+        .find_map(|l| {
+            let (k, v) = l.rsplit_once(' ')?;
+            (k == name_and_labels).then(|| v.parse().ok())?
+        })
+        .unwrap_or(0.0)
+}
+
+/// Waits until `cond` holds (polling), or panics after `T`.
+pub async fn eventually<F: FnMut() -> bool>(what: &str, mut cond: F) {
+    let start = std::time::Instant::now();
+    while !cond() {
+        if start.elapsed() > T {
+            panic!("timed out waiting for: {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// What a [`RawWs`] read.
+#[derive(Debug, PartialEq, Eq)]
+pub enum RawMessage {
+    /// A binary message.
+    Binary(Vec<u8>),
+    /// A text message.
+    Text(String),
+    /// A close frame and its code.
+    Close(Option<u16>),
+    /// The socket ended without a close frame.
+    Eof,
+}
+
+/// A minimal WebSocket client over a raw socket. tungstenite rewrites close codes it does
+/// not know (1014 becomes 1002) and refuses a 101 without the offered subprotocol, both of
+/// which these scenarios must observe as sent.
+pub struct RawWs {
+    /// The socket.
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+    /// The 101's head.
+    pub response: String,
+}
+
+impl RawWs {
+    /// Upgrades with these extra header lines (`Name: value`).
+    pub async fn connect(addr: SocketAddr, extra: &[&str]) -> Result<RawWs, String> {
+        let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let mut req = String::from("GET / HTTP/1.1\r\nHost: gateway\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n");
+        for h in extra {
+            req.push_str(h);
+            req.push_str("\r\n");
+        }
+        req.push_str("\r\n");
+        s.write_all(req.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        let end = loop {
+            if let Some(p) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break p + 4;
+            }
+            let n = tokio::time::timeout(T, s.read(&mut chunk))
+                .await
+                .map_err(|_| "timeout".to_string())?
+                .map_err(|e| e.to_string())?;
+            if n == 0 {
+                return Err("closed during handshake".into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let response = String::from_utf8_lossy(&buf[..end]).into_owned();
+        if !response.starts_with("HTTP/1.1 101") {
+            return Err(response);
+        }
+        buf.drain(..end);
+        Ok(RawWs {
+            stream: s,
+            buf,
+            response,
+        })
+    }
+
+    /// Sends one masked frame.
+    pub async fn send_frame(&mut self, fin: bool, opcode: u8, payload: &[u8]) {
+        let mut out = Vec::new();
+        mosaic_gateway::relay::frame::encode_frame(
+            &mut out,
+            opcode,
+            payload,
+            Some([0x11, 0x22, 0x33, 0x44]),
+        );
+        if !fin {
+            out[0] &= 0x7F;
+        }
+        self.stream.write_all(&out).await.unwrap();
+    }
+
+    /// Sends a binary message in one frame.
+    pub async fn send_binary(&mut self, payload: &[u8]) {
+        self.send_frame(true, 0x2, payload).await;
+    }
+
+    /// Sends a text message in one frame.
+    pub async fn send_text(&mut self, text: &str) {
+        self.send_frame(true, 0x1, text.as_bytes()).await;
+    }
+
+    /// Reads the next data message or close (answers pings, skips pongs).
+    pub async fn read(&mut self) -> RawMessage {
+        let mut assembling: Option<(u8, Vec<u8>)> = None;
+        loop {
+            let h = loop {
+                match mosaic_gateway::relay::frame::parse_header(&self.buf) {
+                    Ok(Some(h)) if self.buf.len() as u64 >= h.header_len as u64 + h.payload_len => {
+                        break h
+                    }
+                    Ok(_) => {}
+                    Err(e) => panic!("bad frame from the gateway: {e:?}"),
+                }
+                let mut chunk = [0u8; 65536];
+                let n = match tokio::time::timeout(T, self.stream.read(&mut chunk)).await {
+                    Ok(Ok(n)) => n,
+                    Ok(Err(_)) => 0,
+                    Err(_) => panic!("no frame in time"),
+                };
+                if n == 0 {
+                    return RawMessage::Eof;
+                }
+                self.buf.extend_from_slice(&chunk[..n]);
+            };
+            assert!(
+                h.mask.is_none(),
+                "frames towards the client must not be masked"
+            );
+            let start = h.header_len;
+            let end = start + h.payload_len as usize;
+            let payload = self.buf[start..end].to_vec();
+            self.buf.drain(..end);
+            use mosaic_gateway::relay::frame::Opcode;
+            match h.opcode {
+                Opcode::Close => {
+                    let code =
+                        (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                    return RawMessage::Close(code);
+                }
+                Opcode::Ping => self.send_frame(true, 0xA, &payload).await,
+                Opcode::Pong => {}
+                Opcode::Binary | Opcode::Text | Opcode::Continuation => {
+                    let (op, mut data) = assembling
+                        .take()
+                        .unwrap_or((if h.opcode == Opcode::Text { 1 } else { 2 }, Vec::new()));
+                    data.extend_from_slice(&payload);
+                    if h.fin {
+                        return if op == 1 {
+                            RawMessage::Text(String::from_utf8(data).unwrap())
+                        } else {
+                            RawMessage::Binary(data)
+                        };
+                    }
+                    assembling = Some((op, data));
+                }
+                Opcode::Reserved(b) => panic!("reserved opcode {b}"),
+            }
+        }
+    }
+
+    /// Reads until a close frame (or EOF) and returns its code.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        loop {
+            match self.read().await {
+                RawMessage::Close(c) => return c,
+                RawMessage::Eof => return None,
+                _ => {}
+            }
+        }
+    }
+}
+
+/// The sum of every sample of a metric family.
+pub fn metric_sum(text: &str, family: &str) -> f64 {
+    text.lines()
+        .filter(|l| l.starts_with(family) && l[family.len()..].starts_with(['{', ' ']))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
