@@ -72,9 +72,11 @@ async fn fragmented_messages_with_interleaved_pings_pass_intact() {
     // Frames: binary (3 bytes, less than the message head), ping, continuation, continuation.
     use tokio_tungstenite::tungstenite::protocol::frame::{coding::*, Frame, FrameHeader};
     let frame = |fin: bool, op: OpCode, payload: &[u8]| {
-        let mut h = FrameHeader::default();
-        h.is_final = fin;
-        h.opcode = op;
+        let h = FrameHeader {
+            is_final: fin,
+            opcode: op,
+            ..FrameHeader::default()
+        };
         Message::Frame(Frame::from_payload(h, payload.to_vec().into()))
     };
     ws.send(frame(false, OpCode::Data(Data::Binary), &msg[..3]))
@@ -323,6 +325,7 @@ async fn oversized_message_is_closed_with_1009_before_it_reaches_the_backend() {
 }
 
 /// A misbehaving backend: accepts the Mosaic upgrade, then sends `bad` to the client.
+#[allow(clippy::result_large_err)] // tungstenite's callback signature, not ours
 async fn rogue_backend(bad: Vec<u8>) -> std::net::SocketAddr {
     let l = tokio::net::TcpListener::bind(any_port()).await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -431,7 +434,7 @@ async fn malformed_upgrades_get_a_clear_http_answer() {
     );
     let post = raw_http(
         gw.public_addr,
-        &format!("POST / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nContent-Length: 0\r\n\r\n"),
+        "POST / HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nContent-Length: 0\r\n\r\n",
     )
     .await;
     assert!(post.starts_with("HTTP/1.1 400"), "{post}");

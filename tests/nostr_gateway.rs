@@ -7,7 +7,7 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use futures_util::{SinkExt, StreamExt};
+use futures_util::SinkExt;
 use soketto::extension::deflate::Deflate;
 use soketto::handshake::{self, Server};
 use tokio::net::{TcpListener, TcpStream};
