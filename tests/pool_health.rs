@@ -17,7 +17,9 @@ const SLOW_CHECKS: &str =
     "  health_check: { interval: 10m, timeout: 1s, unhealthy_threshold: 1, healthy_threshold: 1 }\n";
 
 fn backends_yaml(addrs: &[SocketAddr], balance: &str, health: &str) -> String {
-    let mut y = format!("mosaic:\n  balance: {balance}\n{health}  backends:\n");
+    let mut y = format!(
+        "shutdown:\n  drain_timeout: 1s\nmosaic:\n  balance: {balance}\n{health}  backends:\n"
+    );
     for a in addrs {
         y.push_str(&format!("    - url: ws://{a}\n"));
     }

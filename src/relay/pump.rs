@@ -112,6 +112,9 @@ enum Command {
     CloseQueries,
     /// Send a close frame with this code, then stop forwarding.
     Close(u16),
+    /// Send a ping (towards the client only): a live client's pong is traffic and keeps
+    /// the connection from idling out.
+    Ping,
 }
 
 /// Commands for the direction that owns one writer.
@@ -280,7 +283,7 @@ async fn forward<R: Source, W: AsyncWrite + Unpin>(
             }
             let ready = match cmd {
                 Command::CloseQueries => tracker.at_message_boundary(),
-                Command::Close(_) => tracker.at_frame_boundary(),
+                Command::Close(_) | Command::Ping => tracker.at_frame_boundary(),
             };
             if !ready {
                 break;
@@ -300,6 +303,7 @@ async fn forward<R: Source, W: AsyncWrite + Unpin>(
                         encode_frame(&mut out, 0x2, &msg, mask);
                     }
                 }
+                Command::Ping => encode_frame(&mut out, 0x9, b"mosaic-gateway", mask),
                 Command::Close(code) => {
                     encode_close(&mut out, code, close_reason(code), mask);
                     counters.sent_close.store(code, Ordering::Relaxed);
@@ -427,6 +431,8 @@ where
         linger.get_or_insert(tokio::time::Instant::now() + CLOSE_LINGER);
     };
 
+    // The activity mark (ms) at which the last keepalive ping was sent.
+    let mut pinged_at: Option<u64> = None;
     while up_rep.is_none() || down_rep.is_none() {
         // Once one side is done and the other has already sent its close frame, the
         // WebSocket is over: no need to wait for the second TCP close.
@@ -435,8 +441,11 @@ where
         if (up_rep.is_some() || down_rep.is_some()) && done_up && done_down {
             break;
         }
-        let last = Duration::from_millis(shared.last_activity_ms.load(Ordering::Relaxed));
+        let last_ms = shared.last_activity_ms.load(Ordering::Relaxed);
+        let last = Duration::from_millis(last_ms);
         let idle_at = tokio::time::Instant::from_std(shared.started + last + opts.idle_timeout);
+        let ping_at = tokio::time::Instant::from_std(shared.started + last + opts.idle_timeout / 2);
+        let ping_due = pinged_at != Some(last_ms) && closer.is_none() && linger_until.is_none();
         tokio::select! {
             r = &mut up, if up_rep.is_none() => {
                 if r.violated {
@@ -461,6 +470,12 @@ where
                 if still {
                     closer = Some(Closer::Gateway);
                     close_both(&mut linger_until);
+                }
+            }
+            _ = tokio::time::sleep_until(ping_at), if ping_due => {
+                if shared.last_activity_ms.load(Ordering::Relaxed) == last_ms {
+                    pinged_at = Some(last_ms);
+                    to_client.send(Command::Ping);
                 }
             }
             _ = tokio::time::sleep_until(linger_until.unwrap_or_else(far)), if linger_until.is_some() => break,
