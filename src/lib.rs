@@ -18,6 +18,7 @@ pub mod listener;
 pub mod logging;
 pub mod metrics;
 pub mod pool;
+pub mod proxy_protocol;
 pub mod relay;
 pub mod route;
 pub mod runtime;

@@ -360,6 +360,9 @@ impl RawWs {
                 Opcode::Close => {
                     let code =
                         (payload.len() >= 2).then(|| u16::from_be_bytes([payload[0], payload[1]]));
+                    // Complete the closing handshake as a well-behaved client does.
+                    let echo = payload.get(..2).unwrap_or(&[]).to_vec();
+                    self.send_frame(true, 0x8, &echo).await;
                     return RawMessage::Close(code);
                 }
                 Opcode::Ping => {
