@@ -32,7 +32,7 @@ use crate::listener::{real_client, LimitHit, Limits, Permit, TrustedProxies};
 use crate::metrics::Metrics;
 use crate::pool::{Backend, BackendGuard, Pool};
 use crate::relay::mosaic::Direction;
-use crate::relay::pump::{relay, DrainState, PumpOptions, RelayReport, Source};
+use crate::relay::pump::{relay, DrainState, PumpOptions, RelayReport, Source, Traffic};
 use crate::relay::tracker::MosaicRules;
 use crate::route::{route, Route};
 use crate::tls::TlsTerminator;
@@ -272,7 +272,7 @@ async fn handle_connection(
                 .tls_handshakes_total
                 .with_label_values(&[label])
                 .inc();
-            tracing::debug!(client = %peer, client_auth = label, "TLS handshake done");
+            tracing::info!(client = %peer, client_auth = label, "TLS handshake");
             let info = ConnInfo {
                 peer,
                 tls: true,
@@ -280,8 +280,8 @@ async fn handle_connection(
             };
             serve_http(app, gw, TokioIo::new(stream), info).await;
         }
-        Ok(Err(e)) => tracing::debug!(client = %peer, error = %e, "TLS handshake failed"),
-        Err(_) => tracing::debug!(client = %peer, "TLS handshake timed out"),
+        Ok(Err(e)) => tracing::info!(client = %peer, error = %e, "TLS handshake failed"),
+        Err(_) => tracing::info!(client = %peer, "TLS handshake timed out"),
     }
 }
 
@@ -750,7 +750,8 @@ fn unwrap_client(upgraded: hyper::upgrade::Upgraded) -> (ClientIo, BytesMut) {
     }
 }
 
-async fn relay_to_upstream<CR, CW>(
+#[allow(clippy::too_many_arguments)]
+async fn relay_to_upstream<CR, CW, F>(
     cr: CR,
     cw: CW,
     client_leftover: BytesMut,
@@ -758,19 +759,43 @@ async fn relay_to_upstream<CR, CW>(
     up_leftover: BytesMut,
     opts: PumpOptions,
     drain: watch::Receiver<DrainState>,
+    fold: &F,
 ) -> RelayReport
 where
     CR: Source,
     CW: AsyncWrite + Unpin,
+    F: Fn(Traffic) + Sync,
 {
     match up {
         UpstreamStream::Tcp(s) => {
             let (ur, uw) = s.into_split();
-            relay(cr, cw, client_leftover, ur, uw, up_leftover, opts, drain).await
+            relay(
+                cr,
+                cw,
+                client_leftover,
+                ur,
+                uw,
+                up_leftover,
+                opts,
+                drain,
+                fold,
+            )
+            .await
         }
         UpstreamStream::Tls(s) => {
             let (ur, uw) = tokio::io::split(*s);
-            relay(cr, cw, client_leftover, ur, uw, up_leftover, opts, drain).await
+            relay(
+                cr,
+                cw,
+                client_leftover,
+                ur,
+                uw,
+                up_leftover,
+                opts,
+                drain,
+                fold,
+            )
+            .await
         }
     }
 }
@@ -805,36 +830,36 @@ async fn run_connection(
     );
     let (client, client_leftover) = unwrap_client(upgraded);
     let drain = app.drain.subscribe();
+    let up_dir = Direction::ClientToUpstream.label();
+    let down_dir = Direction::UpstreamToClient.label();
+    let counters = [
+        m.messages_total.with_label_values(&[protocol, up_dir]),
+        m.messages_total.with_label_values(&[protocol, down_dir]),
+        m.bytes_total.with_label_values(&[protocol, up_dir]),
+        m.bytes_total.with_label_values(&[protocol, down_dir]),
+    ];
+    let fold = |t: Traffic| {
+        counters[0].inc_by(t.messages_up);
+        counters[1].inc_by(t.messages_down);
+        counters[2].inc_by(t.bytes_up);
+        counters[3].inc_by(t.bytes_down);
+    };
     let up = accepted.upstream.stream;
     let up_left = accepted.upstream.leftover;
     let report = match client {
         ClientIo::Tcp(s) => {
             let (cr, cw) = s.into_split();
-            relay_to_upstream(cr, cw, client_leftover, up, up_left, opts, drain).await
+            relay_to_upstream(cr, cw, client_leftover, up, up_left, opts, drain, &fold).await
         }
         ClientIo::Tls(s) => {
             let (cr, cw) = tokio::io::split(*s);
-            relay_to_upstream(cr, cw, client_leftover, up, up_left, opts, drain).await
+            relay_to_upstream(cr, cw, client_leftover, up, up_left, opts, drain, &fold).await
         }
         ClientIo::Other(s) => {
             let (cr, cw) = tokio::io::split(s);
-            relay_to_upstream(cr, cw, client_leftover, up, up_left, opts, drain).await
+            relay_to_upstream(cr, cw, client_leftover, up, up_left, opts, drain, &fold).await
         }
     };
-    let up_dir = Direction::ClientToUpstream.label();
-    let down_dir = Direction::UpstreamToClient.label();
-    m.messages_total
-        .with_label_values(&[protocol, up_dir])
-        .inc_by(report.messages_up);
-    m.messages_total
-        .with_label_values(&[protocol, down_dir])
-        .inc_by(report.messages_down);
-    m.bytes_total
-        .with_label_values(&[protocol, up_dir])
-        .inc_by(report.bytes_up);
-    m.bytes_total
-        .with_label_values(&[protocol, down_dir])
-        .inc_by(report.bytes_down);
     if let Some((v, _)) = report.violation {
         m.protocol_violations_total
             .with_label_values(&[v.label()])

@@ -259,6 +259,8 @@ async fn violation_closes_with(client_sends: Message, expected: u16, extra: &str
     let mut ws = mosaic_client(gw.public_addr).await;
     ws.send(client_sends).await.unwrap();
     assert_eq!(close_code(&mut ws).await, Some(expected));
+    // Leaving ends the client's side of the closing handshake.
+    drop(ws);
     let m = gw.app.metrics.clone();
     eventually("the violation is counted", || {
         metric_sum(&m.render(), "mosaic_gateway_protocol_violations_total") == 1.0

@@ -84,6 +84,33 @@ pub struct RelayReport {
     pub violation: Option<(Violation, Direction)>,
 }
 
+/// Traffic moved since the last fold, handed to the caller's metrics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Bytes client → upstream.
+    pub bytes_up: u64,
+    /// Bytes upstream → client.
+    pub bytes_down: u64,
+    /// Messages client → upstream.
+    pub messages_up: u64,
+    /// Messages upstream → client.
+    pub messages_down: u64,
+}
+
+impl Traffic {
+    fn since(self, earlier: Traffic) -> Traffic {
+        Traffic {
+            bytes_up: self.bytes_up - earlier.bytes_up,
+            bytes_down: self.bytes_down - earlier.bytes_down,
+            messages_up: self.messages_up - earlier.messages_up,
+            messages_down: self.messages_down - earlier.messages_down,
+        }
+    }
+}
+
+/// How often a long-lived connection's counters are folded into the metrics.
+const FOLD_EVERY: Duration = Duration::from_secs(5);
+
 /// Settings for one relayed connection.
 #[derive(Debug, Clone, Copy)]
 pub struct PumpOptions {
@@ -173,6 +200,15 @@ struct Shared {
 }
 
 impl Shared {
+    fn traffic(&self) -> Traffic {
+        Traffic {
+            bytes_up: self.up.bytes.load(Ordering::Relaxed),
+            bytes_down: self.down.bytes.load(Ordering::Relaxed),
+            messages_up: self.up.messages.load(Ordering::Relaxed),
+            messages_down: self.down.messages.load(Ordering::Relaxed),
+        }
+    }
+
     fn touch(&self) {
         let ms = self.started.elapsed().as_millis() as u64;
         self.last_activity_ms.store(ms, Ordering::Relaxed);
@@ -366,9 +402,11 @@ fn close_reason(code: u16) -> &'static str {
     }
 }
 
-/// Relays one upgraded connection until it ends; returns what happened.
+/// Relays one upgraded connection until it ends; returns what happened. `fold` receives
+/// the traffic moved every few seconds and once at the end, so metrics stay current for
+/// long-lived connections without touching shared counters per message.
 #[allow(clippy::too_many_arguments)]
-pub async fn relay<CR, CW, UR, UW>(
+pub async fn relay<CR, CW, UR, UW, F>(
     client_read: CR,
     client_write: CW,
     client_leftover: BytesMut,
@@ -377,12 +415,14 @@ pub async fn relay<CR, CW, UR, UW>(
     upstream_leftover: BytesMut,
     opts: PumpOptions,
     mut drain: watch::Receiver<DrainState>,
+    fold: &F,
 ) -> RelayReport
 where
     CR: Source,
     CW: AsyncWrite + Unpin,
     UR: Source,
     UW: AsyncWrite + Unpin,
+    F: Fn(Traffic) + Sync,
 {
     let to_client = Control::new();
     let to_upstream = Control::new();
@@ -433,6 +473,8 @@ where
 
     // The activity mark (ms) at which the last keepalive ping was sent.
     let mut pinged_at: Option<u64> = None;
+    let mut folded = Traffic::default();
+    let mut next_fold = tokio::time::Instant::now() + FOLD_EVERY;
     while up_rep.is_none() || down_rep.is_none() {
         // Once one side is done and the other has already sent its close frame, the
         // WebSocket is over: no need to wait for the second TCP close.
@@ -472,6 +514,12 @@ where
                     close_both(&mut linger_until);
                 }
             }
+            _ = tokio::time::sleep_until(next_fold) => {
+                let now = shared.traffic();
+                fold(now.since(folded));
+                folded = now;
+                next_fold += FOLD_EVERY;
+            }
             _ = tokio::time::sleep_until(ping_at), if ping_due => {
                 if shared.last_activity_ms.load(Ordering::Relaxed) == last_ms {
                     pinged_at = Some(last_ms);
@@ -510,11 +558,13 @@ where
         code => Some(code),
     };
     let violation = shared.violation.lock().ok().and_then(|v| *v);
+    let total = shared.traffic();
+    fold(total.since(folded));
     RelayReport {
-        bytes_up: shared.up.bytes.load(Ordering::Relaxed),
-        bytes_down: shared.down.bytes.load(Ordering::Relaxed),
-        messages_up: shared.up.messages.load(Ordering::Relaxed),
-        messages_down: shared.down.messages.load(Ordering::Relaxed),
+        bytes_up: total.bytes_up,
+        bytes_down: total.bytes_down,
+        messages_up: total.messages_up,
+        messages_down: total.messages_down,
         gateway_close_code: sent(&shared.down),
         closer: closer.or(Some(Closer::Gateway)),
         violation,
