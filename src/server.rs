@@ -256,6 +256,26 @@ async fn handle_connection(
 ) {
     let _ = tcp.set_nodelay(true);
     let gw = app.gateway();
+    let mut peer = peer;
+    if gw.config.forwarded.proxy_protocol && gw.trusted.contains(peer.ip()) {
+        let timeout = gw.config.limits.handshake_timeout.0;
+        match tokio::time::timeout(timeout, read_proxy_header(&tcp)).await {
+            Ok(Ok(Some(source))) => peer = source,
+            Ok(Ok(None)) => {}
+            Ok(Err(e)) => {
+                tracing::info!(client = %peer, error = %e, "bad PROXY header: connection closed");
+                app.metrics
+                    .handshake_rejections_total
+                    .with_label_values(&["bad_proxy_header"])
+                    .inc();
+                return;
+            }
+            Err(_) => {
+                tracing::info!(client = %peer, "no PROXY header in time: connection closed");
+                return;
+            }
+        }
+    }
     let Some(tls) = tls.or_else(|| gw.tls.clone()) else {
         let info = ConnInfo {
             peer,
@@ -282,6 +302,47 @@ async fn handle_connection(
         }
         Ok(Err(e)) => tracing::info!(client = %peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::info!(client = %peer, "TLS handshake timed out"),
+    }
+}
+
+/// Reads the PROXY v1/v2 header a trusted load balancer sends before anything else and
+/// returns the original client's address (`None` for LOCAL/UNKNOWN: the peer is the client).
+///
+/// It peeks first and then consumes exactly the header, so the socket stays a plain
+/// `TcpStream` for TLS and HTTP (and for the relay's zero-copy unwrapping).
+async fn read_proxy_header(tcp: &TcpStream) -> Result<Option<SocketAddr>, String> {
+    use crate::proxy_protocol::{parse, Parsed, MAX_HEADER_LEN};
+    let mut buf = vec![0u8; MAX_HEADER_LEN];
+    let mut seen = 0;
+    loop {
+        let n = tcp.peek(&mut buf).await.map_err(|e| e.to_string())?;
+        if n == 0 {
+            return Err("connection closed before the PROXY header".into());
+        }
+        match parse(&buf[..n]).map_err(|e| e.to_string())? {
+            Parsed::Complete { header, consumed } => {
+                let mut sink = vec![0u8; consumed];
+                let mut got = 0;
+                while got < consumed {
+                    tcp.readable().await.map_err(|e| e.to_string())?;
+                    match tcp.try_read(&mut sink[got..]) {
+                        Ok(0) => return Err("connection closed inside the PROXY header".into()),
+                        Ok(k) => got += k,
+                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                        Err(e) => return Err(e.to_string()),
+                    }
+                }
+                return Ok(header.source);
+            }
+            Parsed::Incomplete => {
+                if n == seen {
+                    // peek returns at once while the partial header sits in the buffer;
+                    // wait a little for the rest instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                seen = n;
+            }
+        }
     }
 }
 

@@ -303,3 +303,137 @@ async fn ipv6_clients_are_served_and_reported() {
         .unwrap();
     assert_eq!(backend.last_request_headers().unwrap()["x-real-ip"], "::1");
 }
+
+/// Opens a connection, sends `prefix` (a PROXY header) and then a Mosaic upgrade; returns
+/// the gateway's first answer line.
+async fn upgrade_after(addr: std::net::SocketAddr, prefix: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut bytes = prefix.to_vec();
+    bytes.extend_from_slice(UPGRADE.as_bytes());
+    bytes.extend_from_slice(b"\r\n");
+    s.write_all(&bytes).await.unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = tokio::time::timeout(T, s.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap_or(0);
+    let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+    // Keep the upgraded connection open until the caller has looked at the backend.
+    std::mem::forget(s);
+    text.lines().next().unwrap_or("").to_string()
+}
+
+fn proxy_v2(src: std::net::SocketAddr, dst: std::net::SocketAddr) -> Vec<u8> {
+    let mut h = b"\r\n\r\n\x00\r\nQUIT\n".to_vec();
+    h.push(0x21); // version 2, PROXY
+    match (src, dst) {
+        (std::net::SocketAddr::V6(s), std::net::SocketAddr::V6(d)) => {
+            h.push(0x21); // AF_INET6, STREAM
+            h.extend_from_slice(&36u16.to_be_bytes());
+            h.extend_from_slice(&s.ip().octets());
+            h.extend_from_slice(&d.ip().octets());
+            h.extend_from_slice(&s.port().to_be_bytes());
+            h.extend_from_slice(&d.port().to_be_bytes());
+        }
+        (std::net::SocketAddr::V4(s), std::net::SocketAddr::V4(d)) => {
+            h.push(0x11); // AF_INET, STREAM
+            h.extend_from_slice(&12u16.to_be_bytes());
+            h.extend_from_slice(&s.ip().octets());
+            h.extend_from_slice(&d.ip().octets());
+            h.extend_from_slice(&s.port().to_be_bytes());
+            h.extend_from_slice(&d.port().to_be_bytes());
+        }
+        _ => unreachable!("same family"),
+    }
+    h
+}
+
+#[tokio::test]
+async fn proxy_protocol_from_a_trusted_balancer_gives_the_real_client_address() {
+    let backend = mosaic_backend().await;
+    let gw = gateway_for(
+        &backend,
+        None,
+        "forwarded:\n  trusted_proxies: [127.0.0.1/32]\n  proxy_protocol: true\nlimits:\n  handshake_timeout: 1s\n",
+    )
+    .await;
+    let v1 = upgrade_after(
+        gw.public_addr,
+        b"PROXY TCP4 198.51.100.23 10.0.0.1 40000 443\r\n",
+    )
+    .await;
+    assert!(v1.starts_with("HTTP/1.1 101"), "{v1}");
+    assert_eq!(
+        backend.last_request_headers().unwrap()["x-real-ip"],
+        "198.51.100.23"
+    );
+
+    let src: std::net::SocketAddr = "[2001:db8::42]:5555".parse().unwrap();
+    let dst: std::net::SocketAddr = "[2001:db8::1]:443".parse().unwrap();
+    let v2 = upgrade_after(gw.public_addr, &proxy_v2(src, dst)).await;
+    assert!(v2.starts_with("HTTP/1.1 101"), "{v2}");
+    assert_eq!(
+        backend.last_request_headers().unwrap()["x-real-ip"],
+        "2001:db8::42"
+    );
+
+    // UNKNOWN: the balancer's own address stands.
+    let unknown = upgrade_after(gw.public_addr, b"PROXY UNKNOWN\r\n").await;
+    assert!(unknown.starts_with("HTTP/1.1 101"), "{unknown}");
+    assert_eq!(
+        backend.last_request_headers().unwrap()["x-real-ip"],
+        "127.0.0.1"
+    );
+
+    // A malformed header gets the connection closed; the gateway keeps serving.
+    let mut s = TcpStream::connect(gw.public_addr).await.unwrap();
+    s.write_all(b"PROXY TCP4 999.1.1.1 10.0.0.1 1 2\r\nGET / HTTP/1.1\r\n\r\n")
+        .await
+        .unwrap();
+    let (said, _) = until_closed(&mut s).await;
+    assert!(said.is_empty(), "{said}");
+    let (_, metrics) = admin_get(gw.admin_addr, "/metrics").await;
+    assert_eq!(
+        metric(
+            &metrics,
+            "mosaic_gateway_handshake_rejections_total{reason=\"bad_proxy_header\"}"
+        ),
+        1.0
+    );
+    // A client that never completes its header is cut at the handshake timeout.
+    let mut slow = TcpStream::connect(gw.public_addr).await.unwrap();
+    slow.write_all(b"PROXY TCP4 1.2.3.4").await.unwrap();
+    let (_, took) = until_closed(&mut slow).await;
+    assert!(took < Duration::from_secs(5));
+    let ok = upgrade_after(gw.public_addr, b"PROXY TCP4 192.0.2.5 10.0.0.1 1 2\r\n").await;
+    assert!(ok.starts_with("HTTP/1.1 101"), "{ok}");
+}
+
+#[tokio::test]
+async fn proxy_headers_from_untrusted_peers_are_not_believed() {
+    let backend = mosaic_backend().await;
+    let gw = gateway_for(
+        &backend,
+        None,
+        "forwarded:\n  trusted_proxies: [10.0.0.0/8]\n  proxy_protocol: true\n",
+    )
+    .await;
+    let answer = upgrade_after(
+        gw.public_addr,
+        b"PROXY TCP4 198.51.100.23 10.0.0.1 40000 443\r\n",
+    )
+    .await;
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(backend.request_headers().iter().all(|h| h
+        .get("x-real-ip")
+        .map(|v| v != "198.51.100.23")
+        .unwrap_or(true)));
+    // Without a header, the untrusted peer is simply the client.
+    let (_ws, _) = connect(gw.public_addr, &[("Sec-WebSocket-Protocol", "mosaic2024")])
+        .await
+        .unwrap();
+    assert_eq!(
+        backend.last_request_headers().unwrap()["x-real-ip"],
+        "127.0.0.1"
+    );
+}
