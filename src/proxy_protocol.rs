@@ -227,7 +227,7 @@ fn check_v1_partial(rest: &[u8]) -> Result<(), ProxyError> {
     let word_end = rest.iter().position(|&b| b == b' ');
     let word = &rest[..word_end.unwrap_or(rest.len())];
     let known = match word_end {
-        Some(_) => V1_PROTOCOLS.iter().any(|p| *p == word),
+        Some(_) => V1_PROTOCOLS.contains(&word),
         None => V1_PROTOCOLS.iter().any(|p| p.starts_with(word)),
     };
     if !known {
