@@ -905,8 +905,13 @@ async fn run_connection(
         counters[2].inc_by(t.bytes_up);
         counters[3].inc_by(t.bytes_down);
     };
-    let up = accepted.upstream.stream;
-    let up_left = accepted.upstream.leftover;
+    // The 101's headers served their purpose; an idle connection should not keep them.
+    let Upgraded {
+        stream: up,
+        leftover: up_left,
+        headers,
+    } = accepted.upstream;
+    drop(headers);
     let report = match client {
         ClientIo::Tcp(s) => {
             let (cr, cw) = s.into_split();
