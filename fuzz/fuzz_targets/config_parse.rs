@@ -1,2 +1,3 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| { let _ = data; });
+//! Fuzz target `config_parse`: see `mosaic_gateway_fuzz::config_parse`.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| mosaic_gateway_fuzz::config_parse(data));

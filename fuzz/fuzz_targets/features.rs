@@ -1,2 +1,3 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| { let _ = data; });
+//! Fuzz target `features`: see `mosaic_gateway_fuzz::features`.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| mosaic_gateway_fuzz::features(data));

@@ -1,2 +1,3 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| { let _ = data; });
+//! Fuzz target `frame_tracker`: see `mosaic_gateway_fuzz::frame_tracker`.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| mosaic_gateway_fuzz::frame_tracker(data));

@@ -1,2 +1,3 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| { let _ = data; });
+//! Fuzz target `proxy_protocol`: see `mosaic_gateway_fuzz::proxy_protocol`.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| mosaic_gateway_fuzz::proxy_protocol(data));

@@ -1,2 +1,3 @@
 #![no_main]
-libfuzzer_sys::fuzz_target!(|data: &[u8]| { let _ = data; });
+//! Fuzz target `upgrade_route`: see `mosaic_gateway_fuzz::upgrade_route`.
+libfuzzer_sys::fuzz_target!(|data: &[u8]| mosaic_gateway_fuzz::upgrade_route(data));
