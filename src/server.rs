@@ -5,10 +5,11 @@
 //! WebSocket upgrade before the client hears 101, so every failure before that point is an
 //! HTTP status the client understands, and retries on another backend stay invisible.
 
+use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
@@ -32,7 +33,9 @@ use crate::listener::{real_client, LimitHit, Limits, Permit, TrustedProxies};
 use crate::metrics::Metrics;
 use crate::pool::{Backend, BackendGuard, Pool};
 use crate::relay::mosaic::Direction;
-use crate::relay::pump::{relay, DrainState, PumpOptions, RelayReport, Source, Traffic};
+use crate::relay::pump::{
+    relay, Buffered, DrainSignal, DrainState, PumpOptions, RelayReport, Source, Traffic,
+};
 use crate::relay::tracker::MosaicRules;
 use crate::route::{route, Route};
 use crate::tls::TlsTerminator;
@@ -157,6 +160,8 @@ pub struct App {
     pub drain: watch::Sender<DrainState>,
     /// Set once the public listener is bound.
     pub listening: AtomicBool,
+    /// Drain signals of the relayed connections.
+    pub relayed: Relayed,
     next_id: AtomicU64,
 }
 
@@ -170,6 +175,7 @@ impl App {
             limits: Arc::new(Limits::default()),
             drain,
             listening: AtomicBool::new(false),
+            relayed: Relayed::default(),
             next_id: AtomicU64::new(1),
         })
     }
@@ -209,6 +215,44 @@ impl App {
         }
         Ok(())
     }
+}
+
+/// The drain signal of every relayed connection, so the drain reaches each one without the
+/// connections polling anything shared.
+#[derive(Default)]
+pub struct Relayed {
+    draining: Mutex<Option<tokio::time::Instant>>,
+    conns: Mutex<HashMap<u64, Arc<DrainSignal>>>,
+}
+
+impl Relayed {
+    fn register(&self, id: u64) -> Arc<DrainSignal> {
+        let signal = Arc::new(DrainSignal::default());
+        lock(&self.conns).insert(id, signal.clone());
+        // Checked after inserting: a drain that started meanwhile has either seen this
+        // connection in the map or is seen here.
+        if let Some(close_by) = *lock(&self.draining) {
+            signal.fire(close_by);
+        }
+        signal
+    }
+
+    fn unregister(&self, id: u64) {
+        lock(&self.conns).remove(&id);
+    }
+
+    /// Tells every relayed connection, present and future, to drain by `close_by`.
+    pub fn drain_all(&self, close_by: tokio::time::Instant) {
+        *lock(&self.draining) = Some(close_by);
+        for s in lock(&self.conns).values() {
+            s.fire(close_by);
+        }
+    }
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// What the gateway knows about one accepted connection before HTTP starts.
@@ -819,7 +863,7 @@ async fn relay_to_upstream<CR, CW, F>(
     up: UpstreamStream,
     up_leftover: BytesMut,
     opts: PumpOptions,
-    drain: watch::Receiver<DrainState>,
+    drain: &DrainSignal,
     fold: &F,
 ) -> RelayReport
 where
@@ -849,7 +893,7 @@ where
                 cr,
                 cw,
                 client_leftover,
-                ur,
+                Buffered(ur),
                 uw,
                 up_leftover,
                 opts,
@@ -890,7 +934,8 @@ async fn run_connection(
         "connection opened"
     );
     let (client, client_leftover) = unwrap_client(upgraded);
-    let drain = app.drain.subscribe();
+    let signal = app.relayed.register(id);
+    let drain = &*signal;
     let up_dir = Direction::ClientToUpstream.label();
     let down_dir = Direction::UpstreamToClient.label();
     let counters = [
@@ -919,11 +964,31 @@ async fn run_connection(
         }
         ClientIo::Tls(s) => {
             let (cr, cw) = tokio::io::split(*s);
-            relay_to_upstream(cr, cw, client_leftover, up, up_left, opts, drain, &fold).await
+            relay_to_upstream(
+                Buffered(cr),
+                cw,
+                client_leftover,
+                up,
+                up_left,
+                opts,
+                drain,
+                &fold,
+            )
+            .await
         }
         ClientIo::Other(s) => {
             let (cr, cw) = tokio::io::split(s);
-            relay_to_upstream(cr, cw, client_leftover, up, up_left, opts, drain, &fold).await
+            relay_to_upstream(
+                Buffered(cr),
+                cw,
+                client_leftover,
+                up,
+                up_left,
+                opts,
+                drain,
+                &fold,
+            )
+            .await
         }
     };
     if let Some((v, _)) = report.violation {
@@ -954,6 +1019,7 @@ async fn run_connection(
         messages_down = report.messages_down,
         "connection closed"
     );
+    app.relayed.unregister(id);
     drop(accepted.backend);
     drop(permit);
 }

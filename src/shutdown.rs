@@ -75,6 +75,7 @@ pub async fn drain(app: &App) {
     let close_by = start + timeout / 2;
     app.metrics.draining.set(1.0);
     let _ = app.drain.send(DrainState::Draining { close_by });
+    app.relayed.drain_all(close_by);
     tracing::info!(
         open = app.limits.total(),
         drain_timeout_ms = timeout.as_millis() as u64,

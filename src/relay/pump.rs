@@ -9,11 +9,12 @@
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::Mutex;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use bytes::{Buf, BytesMut};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::sync::{watch, Notify};
+use futures_util::task::AtomicWaker;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::relay::frame::{encode_close, encode_frame};
 use crate::relay::mosaic::{
@@ -27,21 +28,86 @@ const READ_CHUNK: usize = 16 * 1024;
 /// How long a side may take to answer the gateway's close before the socket is cut.
 const CLOSE_LINGER: Duration = Duration::from_secs(3);
 
-/// A read half that can wait for data without holding a buffer.
-pub trait Source: AsyncRead + Unpin + Send {
-    /// Resolves when a read would make progress (or immediately, if unknown).
-    fn readable(&self) -> impl std::future::Future<Output = io::Result<()>> + Send {
-        std::future::ready(Ok(()))
-    }
+/// A read half the pump can wait on without holding a buffer.
+///
+/// Plain TCP halves wait for readiness first and read only then, so an idle connection parks
+/// with no buffer at all; other streams (TLS) need a buffer to make progress.
+pub trait Source: Unpin + Send {
+    /// Ready when a read would make progress (may be spurious).
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+    /// Reads what is available into the spare capacity of `buf`; 0 means end of stream.
+    fn poll_fill(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>>;
 }
 
 impl Source for tokio::net::tcp::OwnedReadHalf {
-    async fn readable(&self) -> io::Result<()> {
-        tokio::net::tcp::OwnedReadHalf::readable(self).await
+    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.as_ref().poll_read_ready(cx)
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
+        loop {
+            match self.as_ref().try_read_buf(buf) {
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::task::ready!(self.as_ref().poll_read_ready(cx))?;
+                }
+                r => return Poll::Ready(r),
+            }
+        }
     }
 }
 
-impl<T: AsyncRead + Unpin + Send> Source for tokio::io::ReadHalf<T> {}
+/// Any `AsyncRead` (TLS streams, split halves) as a [`Source`].
+pub struct Buffered<R>(pub R);
+
+impl<R: AsyncRead + Unpin + Send> Source for Buffered<R> {
+    fn poll_readable(&mut self, _cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_fill(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
+        tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut self.0), cx, buf)
+    }
+}
+
+/// Tells one relayed connection that the gateway drains. Each connection has its own, so
+/// waiting for the drain costs a relayed connection no shared lock on any wake-up.
+#[derive(Default)]
+pub struct DrainSignal {
+    fired: AtomicBool,
+    close_by: Mutex<Option<tokio::time::Instant>>,
+    waker: AtomicWaker,
+}
+
+impl DrainSignal {
+    /// Starts this connection's drain: close its queries now, the connection before `close_by`.
+    pub fn fire(&self, close_by: tokio::time::Instant) {
+        if let Ok(mut c) = self.close_by.lock() {
+            *c = Some(close_by);
+        }
+        self.fired.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    fn poll_fired(&self, cx: &mut Context<'_>) -> Poll<tokio::time::Instant> {
+        let get = || {
+            self.fired.load(Ordering::Acquire).then(|| {
+                self.close_by
+                    .lock()
+                    .ok()
+                    .and_then(|c| *c)
+                    .unwrap_or_else(tokio::time::Instant::now)
+            })
+        };
+        if let Some(at) = get() {
+            return Poll::Ready(at);
+        }
+        self.waker.register(cx.waker());
+        match get() {
+            Some(at) => Poll::Ready(at),
+            None => Poll::Pending,
+        }
+    }
+}
 
 /// How a relayed connection ended, from the gateway's point of view.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -144,17 +210,20 @@ enum Command {
     Ping,
 }
 
-/// Commands for the direction that owns one writer.
+/// Commands for the direction that owns one writer. Sent rarely (violations, drain,
+/// keepalive); checked on every wake-up with one atomic load, never a lock.
 struct Control {
     commands: Mutex<Vec<Command>>,
-    notify: Notify,
+    pending: AtomicBool,
+    waker: AtomicWaker,
 }
 
 impl Control {
     fn new() -> Self {
         Control {
             commands: Mutex::new(Vec::new()),
-            notify: Notify::new(),
+            pending: AtomicBool::new(false),
+            waker: AtomicWaker::new(),
         }
     }
 
@@ -162,10 +231,18 @@ impl Control {
         if let Ok(mut q) = self.commands.lock() {
             q.push(c);
         }
-        self.notify.notify_one();
+        self.pending.store(true, Ordering::Release);
+        self.waker.wake();
+    }
+
+    fn has_pending(&self) -> bool {
+        self.pending.load(Ordering::Acquire)
     }
 
     fn peek(&self) -> Option<Command> {
+        if !self.has_pending() {
+            return None;
+        }
         self.commands.lock().ok().and_then(|q| q.first().copied())
     }
 
@@ -174,8 +251,17 @@ impl Control {
             if !q.is_empty() {
                 q.remove(0);
             }
+            if q.is_empty() {
+                self.pending.store(false, Ordering::Release);
+            }
         }
     }
+}
+
+/// Why a direction woke up.
+enum Woke {
+    Command,
+    Read(io::Result<usize>),
 }
 
 /// What one direction has done so far. Kept outside the direction's future so nothing is
@@ -307,10 +393,6 @@ async fn forward<R: Source, W: AsyncWrite + Unpin>(
                 }
             }
         }
-        if pending.is_empty() {
-            // Give the memory back while the connection is idle.
-            pending = BytesMut::new();
-        }
         // Act on commands at the first boundary where they are legal.
         while let Some(cmd) = mine.peek() {
             if closing {
@@ -355,23 +437,41 @@ async fn forward<R: Source, W: AsyncWrite + Unpin>(
         if closing && tracker.close_seen() {
             break;
         }
-        tokio::select! {
-            biased;
-            _ = mine.notify.notified() => continue,
-            r = src.readable() => {
-                if r.is_err() {
-                    rep.source_ended = true;
-                    break;
+        // Read more, or act on a command. Under load the buffer is reused from read to
+        // read; it is released only when the socket has nothing to give, so an idle
+        // connection parks without one.
+        let woke = std::future::poll_fn(|cx| {
+            if mine.has_pending() {
+                return Poll::Ready(Woke::Command);
+            }
+            mine.waker.register(cx.waker());
+            if mine.has_pending() {
+                return Poll::Ready(Woke::Command);
+            }
+            if pending.capacity() == pending.len() {
+                if let Err(e) = std::task::ready!(src.poll_readable(cx)) {
+                    return Poll::Ready(Woke::Read(Err(e)));
+                }
+                pending.reserve(READ_CHUNK);
+            }
+            match src.poll_fill(cx, &mut pending) {
+                Poll::Ready(r) => Poll::Ready(Woke::Read(r)),
+                Poll::Pending => {
+                    if pending.is_empty() {
+                        pending = BytesMut::new();
+                    }
+                    Poll::Pending
                 }
             }
-        }
-        pending.reserve(READ_CHUNK);
-        match src.read_buf(&mut pending).await {
-            Ok(0) | Err(_) => {
+        })
+        .await;
+        match woke {
+            Woke::Command => continue,
+            Woke::Read(Ok(0)) | Woke::Read(Err(_)) => {
                 rep.source_ended = true;
                 break;
             }
-            Ok(_) => shared.touch(),
+            Woke::Read(Ok(_)) => shared.touch(),
         }
     }
     if rep.source_ended && !closing && !tracker.close_seen() && tracker.at_frame_boundary() {
@@ -414,7 +514,7 @@ pub async fn relay<CR, CW, UR, UW, F>(
     upstream_write: UW,
     upstream_leftover: BytesMut,
     opts: PumpOptions,
-    mut drain: watch::Receiver<DrainState>,
+    drain: &DrainSignal,
     fold: &F,
 ) -> RelayReport
 where
@@ -461,20 +561,17 @@ where
     let mut closer: Option<Closer> = None;
     let mut linger_until: Option<tokio::time::Instant> = None;
     let mut drain_close_at: Option<tokio::time::Instant> = None;
-    let mut drain_open = true;
-    // A connection that starts while draining must still hear about it.
-    drain.mark_changed();
-    let far = || tokio::time::Instant::now() + Duration::from_secs(86_400);
-    let close_both = |linger: &mut Option<tokio::time::Instant>| {
-        to_client.send(Command::Close(1001));
-        to_upstream.send(Command::Close(1001));
-        linger.get_or_insert(tokio::time::Instant::now() + CLOSE_LINGER);
-    };
-
+    let mut drain_seen = false;
     // The activity mark (ms) at which the last keepalive ping was sent.
     let mut pinged_at: Option<u64> = None;
     let mut folded = Traffic::default();
     let mut next_fold = tokio::time::Instant::now() + FOLD_EVERY;
+    // One timer for every deadline (idle, keepalive, fold, linger, drain close): it is
+    // re-armed only when it fires or a deadline appears, never per message.
+    let timer = tokio::time::sleep(FOLD_EVERY);
+    tokio::pin!(timer);
+    let mut armed_for = timer.deadline();
+
     while up_rep.is_none() || down_rep.is_none() {
         // Once one side is done and the other has already sent its close frame, the
         // WebSocket is over: no need to wait for the second TCP close.
@@ -485,9 +582,24 @@ where
         }
         let last_ms = shared.last_activity_ms.load(Ordering::Relaxed);
         let last = Duration::from_millis(last_ms);
+        let quiet = closer.is_none() && linger_until.is_none();
         let idle_at = tokio::time::Instant::from_std(shared.started + last + opts.idle_timeout);
         let ping_at = tokio::time::Instant::from_std(shared.started + last + opts.idle_timeout / 2);
-        let ping_due = pinged_at != Some(last_ms) && closer.is_none() && linger_until.is_none();
+        let mut next = next_fold;
+        if quiet {
+            next = next.min(if pinged_at == Some(last_ms) {
+                idle_at
+            } else {
+                ping_at
+            });
+        }
+        for d in [linger_until, drain_close_at].into_iter().flatten() {
+            next = next.min(d);
+        }
+        if next != armed_for {
+            timer.as_mut().reset(next);
+            armed_for = next;
+        }
         tokio::select! {
             r = &mut up, if up_rep.is_none() => {
                 if r.violated {
@@ -507,48 +619,49 @@ where
                 down_rep = Some(r);
                 linger_until.get_or_insert(tokio::time::Instant::now() + CLOSE_LINGER);
             }
-            _ = tokio::time::sleep_until(idle_at), if closer.is_none() && linger_until.is_none() => {
-                let still = shared.last_activity_ms.load(Ordering::Relaxed) == last.as_millis() as u64;
-                if still {
-                    closer = Some(Closer::Gateway);
-                    close_both(&mut linger_until);
+            close_by = std::future::poll_fn(|cx| drain.poll_fired(cx)), if !drain_seen => {
+                drain_seen = true;
+                if opts.mosaic.is_some() {
+                    to_client.send(Command::CloseQueries);
                 }
+                let now = tokio::time::Instant::now();
+                let window = close_by.saturating_duration_since(now);
+                let mut r = [0u8; 4];
+                let _ = getrandom::fill(&mut r);
+                let frac = f64::from(u32::from_le_bytes(r)) / f64::from(u32::MAX);
+                drain_close_at = Some(now + window.mul_f64(frac));
             }
-            _ = tokio::time::sleep_until(next_fold) => {
-                let now = shared.traffic();
-                fold(now.since(folded));
-                folded = now;
-                next_fold += FOLD_EVERY;
-            }
-            _ = tokio::time::sleep_until(ping_at), if ping_due => {
-                if shared.last_activity_ms.load(Ordering::Relaxed) == last_ms {
-                    pinged_at = Some(last_ms);
-                    to_client.send(Command::Ping);
+            () = &mut timer => {
+                let now = tokio::time::Instant::now();
+                // Force a re-arm on the next turn even if the deadline is unchanged.
+                armed_for = now;
+                if linger_until.is_some_and(|l| now >= l) {
+                    break;
                 }
-            }
-            _ = tokio::time::sleep_until(linger_until.unwrap_or_else(far)), if linger_until.is_some() => break,
-            _ = tokio::time::sleep_until(drain_close_at.unwrap_or_else(far)), if drain_close_at.is_some() => {
-                drain_close_at = None;
-                closer.get_or_insert(Closer::Gateway);
-                close_both(&mut linger_until);
-            }
-            r = drain.changed(), if drain_open => {
-                if r.is_err() {
-                    drain_open = false;
-                    continue;
+                if now >= next_fold {
+                    let t = shared.traffic();
+                    fold(t.since(folded));
+                    folded = t;
+                    next_fold = now + FOLD_EVERY;
                 }
-                let state = *drain.borrow_and_update();
-                if let DrainState::Draining { close_by } = state {
-                    drain_open = false;
-                    if opts.mosaic.is_some() {
-                        to_client.send(Command::CloseQueries);
+                if drain_close_at.is_some_and(|d| now >= d) {
+                    drain_close_at = None;
+                    closer.get_or_insert(Closer::Gateway);
+                    to_client.send(Command::Close(1001));
+                    to_upstream.send(Command::Close(1001));
+                    linger_until.get_or_insert(now + CLOSE_LINGER);
+                }
+                let still_ms = shared.last_activity_ms.load(Ordering::Relaxed);
+                if quiet && still_ms == last_ms && closer.is_none() {
+                    if pinged_at == Some(last_ms) && now >= idle_at {
+                        closer = Some(Closer::Gateway);
+                        to_client.send(Command::Close(1001));
+                        to_upstream.send(Command::Close(1001));
+                        linger_until.get_or_insert(now + CLOSE_LINGER);
+                    } else if pinged_at != Some(last_ms) && now >= ping_at {
+                        pinged_at = Some(last_ms);
+                        to_client.send(Command::Ping);
                     }
-                    let now = tokio::time::Instant::now();
-                    let window = close_by.saturating_duration_since(now);
-                    let mut r = [0u8; 4];
-                    let _ = getrandom::fill(&mut r);
-                    let frac = f64::from(u32::from_le_bytes(r)) / f64::from(u32::MAX);
-                    drain_close_at = Some(now + window.mul_f64(frac));
                 }
             }
         }
