@@ -70,8 +70,10 @@ pub fn execute(cli: Cli) -> Result<(), String> {
     }
 }
 
+/// The control runtime: signals, admin, health checks and discovery. Client traffic runs
+/// on the worker threads `runtime::start` creates.
 fn runtime() -> Result<tokio::runtime::Runtime, String> {
-    tokio::runtime::Builder::new_multi_thread()
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start the runtime: {e}"))

@@ -33,6 +33,10 @@ pub struct Config {
     /// The public WebSocket listener.
     #[serde(default = "default_listen")]
     pub listen: String,
+    /// Threads serving the public listener, each with its own socket and event loop
+    /// (0: one per CPU).
+    #[serde(default)]
+    pub workers: usize,
     /// TLS termination; absent for plain ws://.
     #[serde(default)]
     pub tls: Option<TlsConfig>,
@@ -564,6 +568,9 @@ impl Config {
         };
         addr("listen", &self.listen);
         addr("admin.listen", &self.admin.listen);
+        if self.workers > 1024 {
+            errs.push("workers: at most 1024 (0 means one per CPU)".into());
+        }
         if let Some(tls) = &self.tls {
             if tls.key_file.as_os_str().is_empty() {
                 errs.push("tls.key_file: must name the server's ed25519 key file".into());
@@ -687,6 +694,14 @@ impl Config {
         self.listen
             .parse()
             .unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 8443)))
+    }
+
+    /// How many worker threads serve the public listener.
+    pub fn worker_count(&self) -> usize {
+        match self.workers {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
     }
 
     /// The parsed admin listen address (validated).

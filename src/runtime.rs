@@ -2,6 +2,11 @@
 //!
 //! Used by `run`, by `dev` and by the integration tests, so all three start the gateway
 //! the same way.
+//!
+//! The public listeners are served thread-per-core, as nginx's workers are: each worker
+//! thread has its own socket on the same address (SO_REUSEPORT) and its own single-threaded
+//! event loop, so a connection lives on one thread from accept to close and waking it never
+//! crosses threads. Admin, health checks and discovery run on the caller's runtime.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -25,6 +30,61 @@ pub struct Running {
     /// Where the extra TLS listener is bound, when one was asked for.
     pub extra_tls_addr: Option<SocketAddr>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    stop: tokio::sync::watch::Sender<bool>,
+}
+
+/// Binds one socket of a SO_REUSEPORT group.
+fn bind_reuseport(addr: SocketAddr) -> std::io::Result<std::net::TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    s.set_reuse_address(true)?;
+    s.set_reuse_port(true)?;
+    s.bind(&addr.into())?;
+    s.listen(1024)?;
+    s.set_nonblocking(true)?;
+    Ok(s.into())
+}
+
+/// `n` sockets on one address; with port 0 the first picks the port the others share.
+fn bind_group(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    let first = bind_reuseport(addr)?;
+    let actual = first.local_addr()?;
+    let mut all = vec![first];
+    for _ in 1..n {
+        all.push(bind_reuseport(actual)?);
+    }
+    Ok(all)
+}
+
+/// Starts one worker thread serving `listeners` until `stop` is set. Connections keep
+/// running after their listener closes (the drain), until the stop.
+fn spawn_worker(
+    i: usize,
+    app: Arc<App>,
+    listeners: Vec<(std::net::TcpListener, Option<Arc<TlsTerminator>>)>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), String> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start worker {i}: {e}"))?;
+    std::thread::Builder::new()
+        .name(format!("mosaic-gw-{i}"))
+        .spawn(move || {
+            rt.block_on(async move {
+                for (l, tls) in listeners {
+                    match TcpListener::from_std(l) {
+                        Ok(l) => {
+                            tokio::spawn(serve(app.clone(), l, tls));
+                        }
+                        Err(e) => tracing::error!(worker = i, error = %e, "listener lost"),
+                    }
+                }
+                let _ = stop.wait_for(|s| *s).await;
+            });
+        })
+        .map(|_| ())
+        .map_err(|e| format!("cannot start worker {i}: {e}"))
 }
 
 /// Binds the listeners and starts serving. `extra_tls` adds a TLS listener (used by `dev`
@@ -48,50 +108,69 @@ pub async fn start_with(
     let gateway = Gateway::build(config, &metrics)?;
     // A first answer for `dns:` backends before serving, so the pool is not empty at start.
     crate::discovery::refresh(&gateway, resolver.as_ref()).await;
-    let public_l = TcpListener::bind(public)
-        .await
-        .map_err(|e| format!("listen: cannot bind {public}: {e}"))?;
+    let workers = gateway.config.worker_count();
+    let public_l =
+        bind_group(public, workers).map_err(|e| format!("listen: cannot bind {public}: {e}"))?;
     let admin_l = TcpListener::bind(admin)
         .await
         .map_err(|e| format!("admin.listen: cannot bind {admin}: {e}"))?;
     let extra = match extra_tls {
         Some((addr, tls)) => {
-            let l = TcpListener::bind(addr)
-                .await
+            let l = bind_group(addr, workers)
                 .map_err(|e| format!("cannot bind TLS listener {addr}: {e}"))?;
             Some((l, tls))
         }
         None => None,
     };
     let app = App::new(gateway, metrics);
-    let public_addr = public_l.local_addr().map_err(|e| e.to_string())?;
+    let public_addr = public_l[0].local_addr().map_err(|e| e.to_string())?;
     let admin_addr = admin_l.local_addr().map_err(|e| e.to_string())?;
-    let mut tasks = vec![
+    let extra_tls_addr = match &extra {
+        Some((l, _)) => Some(l[0].local_addr().map_err(|e| e.to_string())?),
+        None => None,
+    };
+    let mut per_worker: Vec<Vec<(std::net::TcpListener, Option<Arc<TlsTerminator>>)>> =
+        public_l.into_iter().map(|l| vec![(l, None)]).collect();
+    if let Some((ls, tls)) = extra {
+        for (w, l) in per_worker.iter_mut().zip(ls) {
+            w.push((l, Some(tls.clone())));
+        }
+    }
+    let (stop, stop_rx) = tokio::sync::watch::channel(false);
+    for (i, listeners) in per_worker.into_iter().enumerate() {
+        spawn_worker(i, app.clone(), listeners, stop_rx.clone())?;
+    }
+    // The sockets are listening (the kernel queues connections) from here on.
+    app.listening
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let tasks = vec![
         tokio::spawn(crate::admin::serve(app.clone(), admin_l)),
         tokio::spawn(crate::health::run(app.clone())),
         tokio::spawn(crate::discovery::run(app.clone(), resolver)),
     ];
-    let mut extra_tls_addr = None;
-    if let Some((l, tls)) = extra {
-        extra_tls_addr = l.local_addr().ok();
-        tasks.push(tokio::spawn(serve(app.clone(), l, Some(tls))));
-    }
-    tasks.push(tokio::spawn(serve(app.clone(), public_l, None)));
-    tracing::info!(%public_addr, %admin_addr, "mosaic-gateway listening");
+    tracing::info!(%public_addr, %admin_addr, workers, "mosaic-gateway listening");
     Ok(Running {
         app,
         public_addr,
         admin_addr,
         extra_tls_addr,
         tasks,
+        stop,
     })
 }
 
 impl Running {
-    /// Drains (as on SIGTERM) and stops every task.
+    /// Drains (as on SIGTERM) and stops every task and worker.
     pub async fn shutdown(self) {
         crate::shutdown::drain(&self.app).await;
-        for t in self.tasks {
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        // Stopping a worker ends its event loop and with it every connection still on it.
+        let _ = self.stop.send(true);
+        for t in &self.tasks {
             t.abort();
         }
     }

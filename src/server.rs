@@ -266,7 +266,6 @@ struct ConnInfo {
 /// Accepts connections until the drain starts. `tls` overrides the config's TLS setting
 /// for this listener (the `dev` stack serves ws:// and wss:// side by side).
 pub async fn serve(app: Arc<App>, listener: TcpListener, tls: Option<Arc<TlsTerminator>>) {
-    app.listening.store(true, Ordering::Relaxed);
     let mut drain = app.drain.subscribe();
     loop {
         tokio::select! {
