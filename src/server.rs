@@ -15,12 +15,12 @@ use std::time::{Duration, Instant};
 use bytes::{Bytes, BytesMut};
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::body::Incoming;
-use hyper::header::{self, HeaderValue};
+use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
-use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -299,10 +299,11 @@ async fn handle_connection(
 ) {
     let _ = tcp.set_nodelay(true);
     let gw = app.gateway();
+    // The PROXY header, TLS and the request head share one deadline.
+    let deadline = tokio::time::Instant::now() + gw.config.limits.handshake_timeout.0;
     let mut peer = peer;
     if gw.config.forwarded.proxy_protocol && gw.trusted.contains(peer.ip()) {
-        let timeout = gw.config.limits.handshake_timeout.0;
-        match tokio::time::timeout(timeout, read_proxy_header(&tcp)).await {
+        match tokio::time::timeout_at(deadline, read_proxy_header(&tcp)).await {
             Ok(Ok(Some(source))) => peer = source,
             Ok(Ok(None)) => {}
             Ok(Err(e)) => {
@@ -325,10 +326,9 @@ async fn handle_connection(
             tls: false,
             client_key: None,
         };
-        return serve_http(app, gw, TokioIo::new(tcp), info).await;
+        return serve_first_request(app, gw, tcp, info, deadline).await;
     };
-    let timeout = gw.config.limits.handshake_timeout.0;
-    match tokio::time::timeout(timeout, tls.accept(tcp)).await {
+    match tokio::time::timeout_at(deadline, tls.accept(tcp)).await {
         Ok(Ok((stream, client_key))) => {
             let label = crate::tls::client_auth_label(client_key.as_ref());
             app.metrics
@@ -341,7 +341,7 @@ async fn handle_connection(
                 tls: true,
                 client_key,
             };
-            serve_http(app, gw, TokioIo::new(stream), info).await;
+            serve_first_request(app, gw, stream, info, deadline).await;
         }
         Ok(Err(e)) => tracing::info!(client = %peer, error = %e, "TLS handshake failed"),
         Err(_) => tracing::info!(client = %peer, "TLS handshake timed out"),
@@ -389,6 +389,203 @@ async fn read_proxy_header(tcp: &TcpStream) -> Result<Option<SocketAddr>, String
     }
 }
 
+/// A client stream the relay can take over once the upgrade is done.
+trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    fn into_client_io(self) -> ClientIo;
+}
+
+impl ClientStream for TcpStream {
+    fn into_client_io(self) -> ClientIo {
+        ClientIo::Tcp(self)
+    }
+}
+
+impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
+    fn into_client_io(self) -> ClientIo {
+        ClientIo::Tls(Box::new(self))
+    }
+}
+
+/// Why a request head could not be read.
+enum HeadError {
+    /// Longer than `limits.max_request_header_bytes` (or too many header lines).
+    TooLarge,
+    /// Not HTTP/1.x.
+    Malformed,
+    /// The client went away.
+    Closed,
+}
+
+/// Header lines accepted in one request head.
+const MAX_HEADERS: usize = 96;
+
+/// Reads one request head. Returns the request, every byte read so far and the head's
+/// length (bytes after it are the client's first frames, or a body for hyper).
+async fn read_request_head<S: AsyncRead + Unpin>(
+    s: &mut S,
+    max: usize,
+) -> Result<(Request<()>, BytesMut, usize), HeadError> {
+    let mut buf = BytesMut::with_capacity(1024);
+    loop {
+        buf.reserve(1024);
+        match s.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return Err(HeadError::Closed),
+            Ok(_) => {}
+        }
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut parsed = httparse::Request::new(&mut headers);
+        match parsed.parse(&buf) {
+            Ok(httparse::Status::Complete(len)) => {
+                let req = owned_request(&parsed).ok_or(HeadError::Malformed)?;
+                return Ok((req, buf, len));
+            }
+            Ok(httparse::Status::Partial) if buf.len() < max => {}
+            Ok(httparse::Status::Partial) | Err(httparse::Error::TooManyHeaders) => {
+                return Err(HeadError::TooLarge)
+            }
+            Err(_) => return Err(HeadError::Malformed),
+        }
+    }
+}
+
+fn owned_request(p: &httparse::Request<'_, '_>) -> Option<Request<()>> {
+    let version = match p.version? {
+        1 => hyper::Version::HTTP_11,
+        _ => hyper::Version::HTTP_10,
+    };
+    let mut req = Request::builder()
+        .method(hyper::Method::from_bytes(p.method?.as_bytes()).ok()?)
+        .uri(p.path?.parse::<hyper::Uri>().ok()?)
+        .version(version)
+        .body(())
+        .ok()?;
+    let h = req.headers_mut();
+    h.reserve(p.headers.len());
+    for x in p.headers.iter() {
+        h.append(
+            hyper::header::HeaderName::from_bytes(x.name.as_bytes()).ok()?,
+            HeaderValue::from_bytes(x.value).ok()?,
+        );
+    }
+    Some(req)
+}
+
+/// A stream whose first bytes the fast path already read, handed to hyper.
+struct Rewind<S> {
+    pre: Bytes,
+    inner: S,
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if !self.pre.is_empty() {
+            let n = self.pre.len().min(buf.remaining());
+            let chunk = self.pre.split_to(n);
+            buf.put_slice(&chunk);
+            return std::task::Poll::Ready(Ok(()));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// The fast path for a connection's first request: an upgrade is parsed, decided and
+/// answered here and the connection relayed in this same task, with no HTTP machinery in
+/// between; anything else (NIP-11, CORS, the relay's page) goes to hyper.
+async fn serve_first_request<S: ClientStream>(
+    app: Arc<App>,
+    gw: Arc<Gateway>,
+    mut s: S,
+    info: ConnInfo,
+    deadline: tokio::time::Instant,
+) {
+    let max = gw.config.limits.max_request_header_bytes;
+    let head = match tokio::time::timeout_at(deadline, read_request_head(&mut s, max)).await {
+        Ok(h) => h,
+        Err(_) => {
+            tracing::debug!(client = %info.peer, "request head not complete in time: closed");
+            return;
+        }
+    };
+    let refuse = |answer: Answer| answer.to_bytes(true);
+    let (req, mut buf, head_len) = match head {
+        Ok(h) => h,
+        Err(HeadError::Closed) => return,
+        Err(e) => {
+            let r = match e {
+                HeadError::TooLarge => rejection(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "request head too large",
+                    "head_too_large",
+                ),
+                _ => rejection(
+                    StatusCode::BAD_REQUEST,
+                    "malformed HTTP request",
+                    "malformed_request",
+                ),
+            };
+            let _ = s.write_all(&refuse(reject(&app, r))).await;
+            let _ = s.shutdown().await;
+            return;
+        }
+    };
+    if !wants_websocket(req.headers()) {
+        let io = Rewind {
+            pre: buf.freeze(),
+            inner: s,
+        };
+        return serve_http(app, gw, TokioIo::new(io), info).await;
+    }
+    let leftover = buf.split_off(head_len);
+    drop(buf);
+    match prepare_upgrade(&app, info, &req).await {
+        Err(answer) => {
+            let _ = s.write_all(&refuse(answer)).await;
+            let _ = s.shutdown().await;
+        }
+        Ok(mut prepared) => {
+            let answer = Answer {
+                status: StatusCode::SWITCHING_PROTOCOLS,
+                headers: std::mem::take(&mut prepared.accepted.response),
+                body: Bytes::new(),
+            };
+            drop(req);
+            if s.write_all(&answer.to_bytes(false)).await.is_err() {
+                return;
+            }
+            drop(answer);
+            run_connection(app, info, prepared, s.into_client_io(), leftover).await;
+        }
+    }
+}
+
 async fn serve_http<I>(app: Arc<App>, gw: Arc<Gateway>, io: TokioIo<I>, info: ConnInfo)
 where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
@@ -432,14 +629,56 @@ fn full(text: impl Into<Bytes>) -> Body {
         .boxed()
 }
 
-fn reject(app: &App, r: Rejection) -> Response<Body> {
+/// An HTTP answer the gateway writes itself: through hyper, or straight onto the socket
+/// on the upgrade fast path.
+struct Answer {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Answer {
+    fn into_response(self) -> Response<Body> {
+        let mut resp = Response::new(full(self.body));
+        *resp.status_mut() = self.status;
+        *resp.headers_mut() = self.headers;
+        resp
+    }
+
+    /// The serialized answer; `close` adds `Connection: close` (the fast path closes after
+    /// a refusal).
+    fn to_bytes(&self, close: bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256 + self.body.len());
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(self.status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(self.status.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        for (name, value) in &self.headers {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if self.status != StatusCode::SWITCHING_PROTOCOLS {
+            out.extend_from_slice(format!("content-length: {}\r\n", self.body.len()).as_bytes());
+            if close {
+                out.extend_from_slice(b"connection: close\r\n");
+            }
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&self.body);
+        out
+    }
+}
+
+fn reject(app: &App, r: Rejection) -> Answer {
     app.metrics
         .handshake_rejections_total
         .with_label_values(&[r.label])
         .inc();
-    let mut resp = Response::new(full(format!("{}\n", r.reason)));
-    *resp.status_mut() = r.status;
-    let h = resp.headers_mut();
+    let mut headers = HeaderMap::new();
+    let h = &mut headers;
     h.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("text/plain; charset=utf-8"),
@@ -456,7 +695,11 @@ fn reject(app: &App, r: Rejection) -> Response<Body> {
         }
         _ => {}
     }
-    resp
+    Answer {
+        status: r.status,
+        headers,
+        body: Bytes::from(format!("{}\n", r.reason)),
+    }
 }
 
 fn rejection(status: StatusCode, reason: &'static str, label: &'static str) -> Rejection {
@@ -502,24 +745,40 @@ struct Accepted {
     upstream: Upgraded,
     upstream_label: String,
     backend: Option<BackendGuard>,
-    response: Response<Body>,
+    /// The 101's headers for the client.
+    response: HeaderMap,
 }
 
-async fn upgrade(app: Arc<App>, info: ConnInfo, mut req: Request<Incoming>) -> Response<Body> {
+/// An upgrade the upstream accepted, waiting for the client's side to switch protocols.
+struct Prepared {
+    id: u64,
+    who: ClientIdentity,
+    accepted: Accepted,
+    opts: PumpOptions,
+    permit: Permit,
+}
+
+/// Decides an upgrade and completes the upstream's side of it: `Ok` when the upstream
+/// answered 101 (the client is told next), `Err` with the HTTP answer otherwise.
+async fn prepare_upgrade(
+    app: &Arc<App>,
+    info: ConnInfo,
+    req: &Request<()>,
+) -> Result<Box<Prepared>, Answer> {
     let gw = app.gateway();
-    let key = match validate_upgrade(&req) {
+    let key = match validate_upgrade(req) {
         Ok(k) => k,
-        Err(r) => return reject(&app, r),
+        Err(r) => return Err(reject(app, r)),
     };
     if app.is_draining() {
-        return reject(
-            &app,
+        return Err(reject(
+            app,
             rejection(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "gateway is shutting down",
                 "draining",
             ),
-        );
+        ));
     }
     let (client_ip, chain) = real_client(info.peer.ip(), req.headers(), &gw.trusted);
     let limits = &gw.config.limits;
@@ -530,24 +789,24 @@ async fn upgrade(app: Arc<App>, info: ConnInfo, mut req: Request<Incoming>) -> R
     ) {
         Ok(p) => p,
         Err(LimitHit::Global) => {
-            return reject(
-                &app,
+            return Err(reject(
+                app,
                 rejection(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "too many connections",
                     "max_connections",
                 ),
-            )
+            ))
         }
         Err(LimitHit::PerIp) => {
-            return reject(
-                &app,
+            return Err(reject(
+                app,
                 rejection(
                     StatusCode::TOO_MANY_REQUESTS,
                     "too many connections from this address",
                     "max_connections_per_ip",
                 ),
-            )
+            ))
         }
     };
     let who = ClientIdentity {
@@ -563,12 +822,12 @@ async fn upgrade(app: Arc<App>, info: ConnInfo, mut req: Request<Incoming>) -> R
             "no Mosaic subprotocol offered and this endpoint serves no nostr relay",
             "no_route",
         )),
-        Route::Nostr => upgrade_nostr(&app, &gw, &req, &key, &offered, &who).await,
+        Route::Nostr => upgrade_nostr(app, &gw, req, &key, &offered, &who).await,
         Route::Mosaic(token) => {
             upgrade_mosaic(
-                &app,
+                app,
                 &gw,
-                &req,
+                req,
                 &key,
                 token.as_str(),
                 &who,
@@ -577,13 +836,10 @@ async fn upgrade(app: Arc<App>, info: ConnInfo, mut req: Request<Incoming>) -> R
             .await
         }
     };
-    let mut accepted = match accepted {
+    let accepted = match accepted {
         Ok(a) => a,
-        Err(r) => return reject(&app, r),
+        Err(r) => return Err(reject(app, r)),
     };
-    let response = std::mem::replace(&mut accepted.response, Response::new(full("")));
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    let id = app.next_id.fetch_add(1, Ordering::Relaxed);
     let opts = PumpOptions {
         mosaic: (accepted.protocol == Protocol::Mosaic).then_some(MosaicRules {
             validation: gw.config.mosaic.validate,
@@ -591,32 +847,55 @@ async fn upgrade(app: Arc<App>, info: ConnInfo, mut req: Request<Incoming>) -> R
         }),
         idle_timeout: gw.config.limits.idle_timeout.0,
     };
+    Ok(Box::new(Prepared {
+        id: app.next_id.fetch_add(1, Ordering::Relaxed),
+        who,
+        accepted,
+        opts,
+        permit,
+    }))
+}
+
+/// An upgrade that arrived through hyper (a keep-alive connection's later request).
+async fn upgrade(app: Arc<App>, info: ConnInfo, mut req: Request<Incoming>) -> Response<Body> {
+    let on_upgrade = hyper::upgrade::on(&mut req);
+    let (parts, _body) = req.into_parts();
+    let view = Request::from_parts(parts, ());
+    let mut prepared = match prepare_upgrade(&app, info, &view).await {
+        Ok(p) => p,
+        Err(answer) => return answer.into_response(),
+    };
+    let mut response = Response::new(full(""));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *response.headers_mut() = std::mem::take(&mut prepared.accepted.response);
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
-                run_connection(app, id, info, who, accepted, upgraded, opts, permit).await
+                let (client, leftover) = unwrap_client(upgraded);
+                run_connection(app, info, prepared, client, leftover).await
             }
-            Err(e) => tracing::debug!(conn = id, error = %e, "client upgrade did not complete"),
+            Err(e) => {
+                tracing::debug!(conn = prepared.id, error = %e, "client upgrade did not complete")
+            }
         }
     });
     response
 }
 
-fn switching_protocols(key: &str) -> Response<Body> {
-    let mut resp = Response::new(full(""));
-    *resp.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    let h = resp.headers_mut();
-    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
+/// The 101's headers: the upgrade mechanics; the caller adds the negotiated ones.
+fn switching_protocols(key: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
     h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     h.insert(header::SEC_WEBSOCKET_ACCEPT, header_value(&accept));
-    resp
+    h
 }
 
 async fn upgrade_nostr(
     app: &App,
     gw: &Gateway,
-    req: &Request<Incoming>,
+    req: &Request<()>,
     key: &str,
     offered: &[String],
     who: &ClientIdentity,
@@ -678,14 +957,10 @@ async fn upgrade_nostr(
                 "upstream_bad_protocol",
             ));
         }
-        response
-            .headers_mut()
-            .insert(header::SEC_WEBSOCKET_PROTOCOL, header_value(p));
+        response.insert(header::SEC_WEBSOCKET_PROTOCOL, header_value(p));
     }
     for v in upstream.headers.get_all(header::SEC_WEBSOCKET_EXTENSIONS) {
-        response
-            .headers_mut()
-            .append(header::SEC_WEBSOCKET_EXTENSIONS, v.clone());
+        response.append(header::SEC_WEBSOCKET_EXTENSIONS, v.clone());
     }
     Ok(Accepted {
         protocol: Protocol::Nostr,
@@ -711,7 +986,7 @@ fn failure_kind(e: &crate::upstream::UpstreamError) -> &'static str {
 async fn upgrade_mosaic(
     app: &App,
     gw: &Gateway,
-    req: &Request<Incoming>,
+    req: &Request<()>,
     key: &str,
     token: &str,
     who: &ClientIdentity,
@@ -802,7 +1077,7 @@ async fn upgrade_mosaic(
         });
     };
     let mut response = switching_protocols(key);
-    let h = response.headers_mut();
+    let h = &mut response;
     h.insert(header::SEC_WEBSOCKET_PROTOCOL, header_value(token));
     if token == "mosaic2024" {
         let client = feature_list(req.headers(), X_MOSAIC_FEATURES);
@@ -904,17 +1179,20 @@ where
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn run_connection(
     app: Arc<App>,
-    id: u64,
     info: ConnInfo,
-    who: ClientIdentity,
-    accepted: Accepted,
-    upgraded: hyper::upgrade::Upgraded,
-    opts: PumpOptions,
-    permit: Permit,
+    prepared: Box<Prepared>,
+    client: ClientIo,
+    client_leftover: BytesMut,
 ) {
+    let Prepared {
+        id,
+        who,
+        accepted,
+        opts,
+        permit,
+    } = *prepared;
     let protocol = accepted.protocol.label();
     let m = &app.metrics;
     m.connections_total.with_label_values(&[protocol]).inc();
@@ -932,7 +1210,6 @@ async fn run_connection(
         authenticated = who.client_key.is_some(),
         "connection opened"
     );
-    let (client, client_leftover) = unwrap_client(upgraded);
     let signal = app.relayed.register(id);
     let drain = &*signal;
     let up_dir = Direction::ClientToUpstream.label();
