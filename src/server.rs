@@ -273,7 +273,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, tls: Option<Arc<TlsTerm
                 Ok((tcp, peer)) => {
                     let app = app.clone();
                     let tls = tls.clone();
-                    tokio::spawn(async move { handle_connection(app, tcp, peer, tls).await });
+                    tokio::spawn(handle_connection(app, tcp, peer, tls));
                 }
                 Err(e) => {
                     // Out of file descriptors or similar: back off instead of spinning.
@@ -328,7 +328,7 @@ async fn handle_connection(
         };
         return serve_first_request(app, gw, tcp, info, deadline).await;
     };
-    match tokio::time::timeout_at(deadline, tls.accept(tcp)).await {
+    match tokio::time::timeout_at(deadline, Box::pin(tls.accept(tcp))).await {
         Ok(Ok((stream, client_key))) => {
             let label = crate::tls::client_auth_label(client_key.as_ref());
             app.metrics
@@ -561,11 +561,13 @@ async fn serve_first_request<S: ClientStream>(
             pre: buf.freeze(),
             inner: s,
         };
-        return serve_http(app, gw, TokioIo::new(io), info).await;
+        return Box::pin(serve_http(app, gw, TokioIo::new(io), info)).await;
     }
     let leftover = buf.split_off(head_len);
     drop(buf);
-    match prepare_upgrade(&app, info, &req).await {
+    // Boxed, like the relay below: the task that lives as long as the connection should not
+    // carry the set-up's (or hyper's) state machine around.
+    match Box::pin(prepare_upgrade(&app, info, &req)).await {
         Err(answer) => {
             let _ = s.write_all(&refuse(answer)).await;
             let _ = s.shutdown().await;
@@ -581,7 +583,15 @@ async fn serve_first_request<S: ClientStream>(
                 return;
             }
             drop(answer);
-            run_connection(app, info, prepared, s.into_client_io(), leftover).await;
+            // The relay gets a task of its own, sized for relaying only: this one, sized for
+            // TLS and the set-up, ends here and gives its memory back.
+            tokio::spawn(run_connection(
+                app,
+                info,
+                prepared,
+                s.into_client_io(),
+                leftover,
+            ));
         }
     }
 }
@@ -1146,9 +1156,10 @@ where
     F: Fn(Traffic) + Sync,
 {
     match up {
-        UpstreamStream::Tcp(s) => {
-            let (ur, uw) = s.into_split();
-            relay(
+        UpstreamStream::Tcp(mut s) => {
+            let (ur, uw) = s.split();
+            // Boxed so the layers above hold a pointer, not another copy of the relay's state.
+            Box::pin(relay(
                 cr,
                 cw,
                 client_leftover,
@@ -1158,12 +1169,12 @@ where
                 opts,
                 drain,
                 fold,
-            )
+            ))
             .await
         }
         UpstreamStream::Tls(s) => {
             let (ur, uw) = tokio::io::split(*s);
-            relay(
+            Box::pin(relay(
                 cr,
                 cw,
                 client_leftover,
@@ -1173,7 +1184,7 @@ where
                 opts,
                 drain,
                 fold,
-            )
+            ))
             .await
         }
     }
@@ -1193,23 +1204,35 @@ async fn run_connection(
         opts,
         permit,
     } = *prepared;
-    let protocol = accepted.protocol.label();
+    // Only what the close log needs stays alive across the relay.
+    let Accepted {
+        protocol,
+        subprotocol,
+        upstream,
+        upstream_label,
+        backend,
+        response,
+    } = accepted;
+    drop(response);
+    let protocol = protocol.label();
     let m = &app.metrics;
     m.connections_total.with_label_values(&[protocol]).inc();
     let active = m.connections_active.with_label_values(&[protocol]);
     active.inc();
     let started = Instant::now();
-    let subprotocol = accepted.subprotocol.as_deref().unwrap_or("");
+    let subprotocol = subprotocol.as_deref().unwrap_or("");
     tracing::info!(
         conn = id,
         client = %who.addr,
         peer = %info.peer,
         protocol,
         subprotocol,
-        upstream = %accepted.upstream_label,
+        upstream = %upstream_label,
         authenticated = who.client_key.is_some(),
         "connection opened"
     );
+    let client_addr = who.addr;
+    drop(who);
     let signal = app.relayed.register(id);
     let drain = &*signal;
     let up_dir = Direction::ClientToUpstream.label();
@@ -1231,11 +1254,12 @@ async fn run_connection(
         stream: up,
         leftover: up_left,
         headers,
-    } = accepted.upstream;
+    } = upstream;
     drop(headers);
     let report = match client {
-        ClientIo::Tcp(s) => {
-            let (cr, cw) = s.into_split();
+        ClientIo::Tcp(mut s) => {
+            // Borrowed halves: the stream lives in this task, no shared ownership needed.
+            let (cr, cw) = s.split();
             relay_to_upstream(cr, cw, client_leftover, up, up_left, opts, drain, &fold).await
         }
         ClientIo::Tls(s) => {
@@ -1281,10 +1305,10 @@ async fn run_connection(
     active.dec();
     tracing::info!(
         conn = id,
-        client = %who.addr,
+        client = %client_addr,
         protocol,
         subprotocol,
-        upstream = %accepted.upstream_label,
+        upstream = %upstream_label,
         close_code = report.gateway_close_code.map(i64::from).unwrap_or(-1),
         closed_by = report.closer.map(|c| c.label()).unwrap_or("gateway"),
         violation = report.violation.map(|(v, _)| v.label()).unwrap_or(""),
@@ -1296,7 +1320,7 @@ async fn run_connection(
         "connection closed"
     );
     app.relayed.unregister(id);
-    drop(accepted.backend);
+    drop(backend);
     drop(permit);
 }
 
