@@ -537,6 +537,11 @@ pub fn parse(text: &str) -> Result<Config, ConfigErrors> {
     Ok(cfg)
 }
 
+/// Keeps one problem on one line even when it quotes a value with line breaks in it.
+fn one_line(s: &str) -> String {
+    s.replace('\r', "\\r").replace('\n', "\\n")
+}
+
 /// Turns a YAML error into one `key.path: what is wrong (line L column C)` line.
 fn describe_serde_error(path: &str, msg: &str) -> String {
     let first = msg.lines().next().unwrap_or(msg).trim();
@@ -549,10 +554,10 @@ fn describe_serde_error(path: &str, msg: &str) -> String {
         "" | "." => "config",
         p => p,
     };
-    match position {
+    one_line(&match position {
         Some(pos) => format!("{key}: {what} ({pos})"),
         None => format!("{key}: {what}"),
-    }
+    })
 }
 
 impl Config {
@@ -685,7 +690,7 @@ impl Config {
         if errs.is_empty() {
             Ok(())
         } else {
-            Err(ConfigErrors(errs))
+            Err(ConfigErrors(errs.iter().map(|e| one_line(e)).collect()))
         }
     }
 
@@ -796,6 +801,14 @@ mod tests {
             (443, "/relay?x=1", "::1")
         );
         assert!(UpstreamUrl::parse("http://x").is_err());
+    }
+
+    #[test]
+    fn every_problem_stays_on_one_line() {
+        let e = parse("mosaic:\n  backends:\n    - url: \"ws://a\\nb\"\n").unwrap_err();
+        assert_eq!(e.0.len(), 1);
+        assert!(!e.0[0].contains('\n'), "{:?}", e.0);
+        assert!(e.0[0].starts_with("mosaic.backends[0].url:"), "{:?}", e.0);
     }
 
     #[test]
