@@ -39,23 +39,6 @@ pub trait Source: Unpin + Send {
     fn poll_fill(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>>;
 }
 
-impl Source for tokio::net::tcp::OwnedReadHalf {
-    fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.as_ref().poll_read_ready(cx)
-    }
-
-    fn poll_fill(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
-        loop {
-            match self.as_ref().try_read_buf(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    std::task::ready!(self.as_ref().poll_read_ready(cx))?;
-                }
-                r => return Poll::Ready(r),
-            }
-        }
-    }
-}
-
 impl Source for tokio::net::tcp::ReadHalf<'_> {
     fn poll_readable(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.as_ref().poll_read_ready(cx)
