@@ -14,14 +14,6 @@ use mosaic_gateway::dev::mosaic_backend::wire;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 #[tokio::test]
 async fn dev_serves_mosaic_over_ws_and_wss_and_nostr_from_one_command() {
     let (ws_port, tls_port, admin_port) = (free_port(), free_port(), free_port());

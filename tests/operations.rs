@@ -10,14 +10,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use mosaic_gateway::dev::mosaic_backend::wire;
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 struct Gateway {
     child: Child,
     public: std::net::SocketAddr,

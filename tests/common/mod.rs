@@ -27,6 +27,15 @@ pub fn any_port() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
 
+/// A port nothing listens on right now (for processes that bind it themselves).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
 /// A Mosaic backend with default options.
 pub async fn mosaic_backend() -> MosaicBackend {
     MosaicBackend::spawn(any_port(), MosaicBackendOptions::default())
