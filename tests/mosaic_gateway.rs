@@ -495,3 +495,81 @@ async fn metrics_count_mosaic_traffic() {
         after.contains("mosaic_gateway_backend_connect_duration_seconds_count{pool=\"default\"} 1")
     );
 }
+
+/// A backend that answers the upgrade by hand, then sends one Record frame in two halves
+/// with a pause between them.
+async fn slow_frame_backend(record: Vec<u8>) -> std::net::SocketAddr {
+    let l = tokio::net::TcpListener::bind(any_port()).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut b = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let Ok(n) = s.read(&mut b).await else { return };
+                    if n == 0 {
+                        return;
+                    }
+                    head.extend_from_slice(&b[..n]);
+                }
+                let text = String::from_utf8_lossy(&head).to_string();
+                let key = text
+                    .lines()
+                    .find_map(|l| l.strip_prefix("Sec-WebSocket-Key: "))
+                    .unwrap_or("")
+                    .trim()
+                    .to_string();
+                let accept =
+                    tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+                let resp = format!("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: mosaic2024\r\n\r\n");
+                let _ = s.write_all(resp.as_bytes()).await;
+                // Only health checks close at once; a client connection gets the slow frame.
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                let mut frame = Vec::new();
+                mosaic_gateway::relay::frame::encode_frame(
+                    &mut frame,
+                    0x2,
+                    &wire::record([1, 1], &record),
+                    None,
+                );
+                let half = frame.len() / 2;
+                if s.write_all(&frame[..half]).await.is_err() {
+                    return;
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+                let _ = s.write_all(&frame[half..]).await;
+                let mut sink = [0u8; 1024];
+                while let Ok(n) = s.read(&mut sink).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn a_close_due_mid_frame_waits_for_the_frame_to_end() {
+    let record = record(12, 5000);
+    let addr = slow_frame_backend(record.clone()).await;
+    let gw = gateway(&format!(
+        "mosaic:\n  health_check: {{ interval: 60s }}\n  backends:\n    - url: ws://{addr}\n"
+    ))
+    .await;
+    let mut ws = RawWs::connect(gw.public_addr, &["Sec-WebSocket-Protocol: mosaic2024"])
+        .await
+        .unwrap();
+    // Break a rule while the backend's frame is half way through the gateway.
+    tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+    ws.send_text("not binary").await;
+    // The client still receives the whole frame, then the close.
+    assert_eq!(
+        ws.read().await,
+        RawMessage::Binary(wire::record([1, 1], &record))
+    );
+    assert_eq!(ws.close_code().await, Some(1003));
+}

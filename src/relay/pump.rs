@@ -212,9 +212,14 @@ enum Command {
 
 /// Commands for the direction that owns one writer. Sent rarely (violations, drain,
 /// keepalive); checked on every wake-up with one atomic load, never a lock.
+///
+/// `queued` says commands wait; `signal` says something new arrived since the direction last
+/// looked. A command that must wait for a frame boundary stays queued without waking the
+/// direction again, so it keeps reading up to that boundary instead of spinning.
 struct Control {
     commands: Mutex<Vec<Command>>,
-    pending: AtomicBool,
+    queued: AtomicBool,
+    signal: AtomicBool,
     waker: AtomicWaker,
 }
 
@@ -222,7 +227,8 @@ impl Control {
     fn new() -> Self {
         Control {
             commands: Mutex::new(Vec::new()),
-            pending: AtomicBool::new(false),
+            queued: AtomicBool::new(false),
+            signal: AtomicBool::new(false),
             waker: AtomicWaker::new(),
         }
     }
@@ -231,16 +237,18 @@ impl Control {
         if let Ok(mut q) = self.commands.lock() {
             q.push(c);
         }
-        self.pending.store(true, Ordering::Release);
+        self.queued.store(true, Ordering::Release);
+        self.signal.store(true, Ordering::Release);
         self.waker.wake();
     }
 
-    fn has_pending(&self) -> bool {
-        self.pending.load(Ordering::Acquire)
+    /// Consumes the "something new" flag.
+    fn take_signal(&self) -> bool {
+        self.signal.swap(false, Ordering::AcqRel)
     }
 
     fn peek(&self) -> Option<Command> {
-        if !self.has_pending() {
+        if !self.queued.load(Ordering::Acquire) {
             return None;
         }
         self.commands.lock().ok().and_then(|q| q.first().copied())
@@ -252,7 +260,7 @@ impl Control {
                 q.remove(0);
             }
             if q.is_empty() {
-                self.pending.store(false, Ordering::Release);
+                self.queued.store(false, Ordering::Release);
             }
         }
     }
@@ -441,11 +449,11 @@ async fn forward<R: Source, W: AsyncWrite + Unpin>(
         // read; it is released only when the socket has nothing to give, so an idle
         // connection parks without one.
         let woke = std::future::poll_fn(|cx| {
-            if mine.has_pending() {
+            if mine.take_signal() {
                 return Poll::Ready(Woke::Command);
             }
             mine.waker.register(cx.waker());
-            if mine.has_pending() {
+            if mine.take_signal() {
                 return Poll::Ready(Woke::Command);
             }
             if pending.capacity() == pending.len() {
