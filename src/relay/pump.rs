@@ -45,12 +45,28 @@ impl Source for tokio::net::tcp::ReadHalf<'_> {
     }
 
     fn poll_fill(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
+        let stream: &tokio::net::TcpStream = self.as_ref();
         loop {
-            match self.as_ref().try_read_buf(buf) {
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    std::task::ready!(self.as_ref().poll_read_ready(cx))?;
+            let room = buf.capacity() - buf.len();
+            let mut got = None;
+            // A read that returns less than the room available drained the socket: mark it
+            // not ready right away (as nginx does) instead of paying a second read that
+            // would only say EAGAIN. Readiness that arrives meanwhile is kept by tokio.
+            let r = stream.try_io(tokio::io::Interest::READABLE, || {
+                let n = stream.try_read_buf(buf)?;
+                got = Some(n);
+                if n > 0 && n < room {
+                    Err(io::ErrorKind::WouldBlock.into())
+                } else {
+                    Ok(n)
                 }
-                r => return Poll::Ready(r),
+            });
+            match (got, r) {
+                (Some(n), _) | (None, Ok(n)) => return Poll::Ready(Ok(n)),
+                (None, Err(e)) if e.kind() == io::ErrorKind::WouldBlock => {
+                    std::task::ready!(stream.poll_read_ready(cx))?;
+                }
+                (None, Err(e)) => return Poll::Ready(Err(e)),
             }
         }
     }
