@@ -9,8 +9,10 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
+pub mod connection;
 pub mod dev;
 pub mod discovery;
+pub mod front;
 pub mod handshake;
 pub mod health;
 pub mod keys;
@@ -25,4 +27,5 @@ pub mod runtime;
 pub mod server;
 pub mod shutdown;
 pub mod tls;
+pub mod upgrade;
 pub mod upstream;
