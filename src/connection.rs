@@ -101,6 +101,7 @@ pub(crate) async fn run_connection(
     client_leftover: BytesMut,
 ) {
     let Prepared {
+        active,
         id,
         who,
         accepted,
@@ -119,9 +120,6 @@ pub(crate) async fn run_connection(
     drop(response);
     let protocol = protocol.label();
     let m = &app.metrics;
-    m.connections_total.with_label_values(&[protocol]).inc();
-    let active = m.connections_active.with_label_values(&[protocol]);
-    active.inc();
     let started = Instant::now();
     let subprotocol = subprotocol.as_deref().unwrap_or("");
     tracing::info!(
@@ -205,7 +203,7 @@ pub(crate) async fn run_connection(
             .inc();
     }
     // Last, so a scrape that sees the connection gone also sees its counters.
-    active.dec();
+    drop(active);
     tracing::info!(
         conn = id,
         client = %client_addr,

@@ -53,11 +53,31 @@ pub(crate) struct Accepted {
 
 /// An upgrade the upstream accepted, waiting for the client's side to switch protocols.
 pub(crate) struct Prepared {
+    /// Counts the connection as active from the moment the upstream accepted it, so a
+    /// client that has its 101 is already visible in the metrics.
+    pub(crate) active: ActiveConnection,
     pub(crate) id: u64,
     pub(crate) who: ClientIdentity,
     pub(crate) accepted: Accepted,
     pub(crate) opts: PumpOptions,
     pub(crate) permit: Permit,
+}
+
+/// One count in `connections_active`, given back when dropped (whatever path ends the
+/// connection).
+pub(crate) struct ActiveConnection(prometheus::IntGauge);
+
+impl ActiveConnection {
+    fn new(gauge: prometheus::IntGauge) -> Self {
+        gauge.inc();
+        ActiveConnection(gauge)
+    }
+}
+
+impl Drop for ActiveConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Decides an upgrade and completes the upstream's side of it: `Ok` when the upstream
@@ -149,7 +169,17 @@ pub(crate) async fn prepare_upgrade(
         }),
         idle_timeout: gw.config.limits.idle_timeout.0,
     };
+    let protocol = accepted.protocol.label();
+    app.metrics
+        .connections_total
+        .with_label_values(&[protocol])
+        .inc();
     Ok(Box::new(Prepared {
+        active: ActiveConnection::new(
+            app.metrics
+                .connections_active
+                .with_label_values(&[protocol]),
+        ),
         id: app.next_id.fetch_add(1, Ordering::Relaxed),
         who,
         accepted,
