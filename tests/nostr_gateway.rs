@@ -260,3 +260,64 @@ async fn relay_down_means_502_and_relay_lost_mid_session_means_1014() {
     .await;
     assert!(resp.starts_with("HTTP/1.1 502"), "{resp}");
 }
+
+#[tokio::test]
+async fn an_upgrade_after_a_plain_request_on_the_same_connection_works() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let relay = nostr_relay().await;
+    let gw = nostr_gateway(&relay).await;
+    let mut s = TcpStream::connect(gw.public_addr).await.unwrap();
+    // First a NIP-11 request on a keep-alive connection...
+    s.write_all(b"GET / HTTP/1.1\r\nHost: relay.example\r\nAccept: application/nostr+json\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 8192];
+    let mut got = Vec::new();
+    while !String::from_utf8_lossy(&got).contains("supported_nips") {
+        let n = tokio::time::timeout(T, s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "connection closed after the first request");
+        got.extend_from_slice(&buf[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 200"));
+    // ...then a Mosaic upgrade on the same connection.
+    s.write_all(b"GET / HTTP/1.1\r\nHost: relay.example\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Protocol: mosaic2024\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+        let n = tokio::time::timeout(T, s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0);
+        head.extend_from_slice(&buf[..n]);
+    }
+    let text = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(text.starts_with("http/1.1 101"), "{text}");
+    assert!(
+        text.contains("sec-websocket-protocol: mosaic2024"),
+        "{text}"
+    );
+    // A Submission goes through and its result comes back.
+    let mut frame = Vec::new();
+    mosaic_gateway::relay::frame::encode_frame(
+        &mut frame,
+        0x2,
+        &mosaic_gateway::dev::mosaic_backend::wire::submission(&[4u8; 40]),
+        Some([1, 2, 3, 4]),
+    );
+    s.write_all(&frame).await.unwrap();
+    let mut reply = Vec::new();
+    while reply.len() < 2 + 36 {
+        let n = tokio::time::timeout(T, s.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0);
+        reply.extend_from_slice(&buf[..n]);
+    }
+    assert_eq!(&reply[..3], &[0x82, 36, 0x83]);
+}
