@@ -596,6 +596,11 @@ fn every_container_has_a_name_and_an_image() {
 #[test]
 fn gateway_config_uses_only_keys_the_gateway_knows() {
     let all = manifests();
+    // The gateway's own parser and validator must accept the shipped config as it is.
+    let text = configmap_entry(&all, GATEWAY_CONFIGMAP, GATEWAY_CONFIG_KEY);
+    if let Err(e) = mosaic_gateway::config::parse(text) {
+        panic!("the gateway refuses the shipped config:\n{e}");
+    }
     let config = gateway_config(&all);
     let tls = config.tls.as_ref().expect("the shipped config serves TLS");
     assert!(
