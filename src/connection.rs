@@ -14,7 +14,9 @@ use crate::relay::pump::{relay, Buffered, DrainSignal, PumpOptions, RelayReport,
 use crate::server::{App, ConnInfo};
 use crate::upstream::{Upgraded, UpstreamStream};
 
-use crate::upgrade::{Accepted, Prepared};
+use crate::listener::Permit;
+use crate::pool::BackendGuard;
+use crate::upgrade::{Accepted, ActiveConnection, Prepared};
 
 /// The client side of an upgraded connection, unwrapped back to its socket.
 pub(crate) enum ClientIo {
@@ -93,13 +95,77 @@ where
     }
 }
 
-pub(crate) async fn run_connection(
+/// What a relayed connection keeps for its close: the log line, the metrics, and the places
+/// it holds (limits, backend, drain registration) until it ends.
+struct Open {
+    app: Arc<App>,
+    id: u64,
+    client_addr: std::net::IpAddr,
+    protocol: &'static str,
+    subprotocol: Option<String>,
+    upstream_label: String,
+    started: Instant,
+    signal: Arc<DrainSignal>,
+    counters: [prometheus::IntCounter; 4],
+    active: ActiveConnection,
+    /// Held for their drop: the backend's connection count and the limits' place.
+    _backend: Option<BackendGuard>,
+    _permit: Permit,
+}
+
+impl Open {
+    fn fold(&self, t: Traffic) {
+        self.counters[0].inc_by(t.messages_up);
+        self.counters[1].inc_by(t.messages_down);
+        self.counters[2].inc_by(t.bytes_up);
+        self.counters[3].inc_by(t.bytes_down);
+    }
+
+    fn close(self, report: RelayReport) {
+        let m = &self.app.metrics;
+        if let Some((v, _)) = report.violation {
+            m.protocol_violations_total
+                .with_label_values(&[v.label()])
+                .inc();
+        }
+        if let Some(code) = report.gateway_close_code {
+            m.closes_sent_total
+                .with_label_values(&[&code.to_string()])
+                .inc();
+        }
+        // Last, so a scrape that sees the connection gone also sees its counters.
+        drop(self.active);
+        tracing::info!(
+            conn = self.id,
+            client = %self.client_addr,
+            protocol = self.protocol,
+            subprotocol = self.subprotocol.as_deref().unwrap_or(""),
+            upstream = %self.upstream_label,
+            close_code = report.gateway_close_code.map(i64::from).unwrap_or(-1),
+            closed_by = report.closer.map(|c| c.label()).unwrap_or("gateway"),
+            violation = report.violation.map(|(v, _)| v.label()).unwrap_or(""),
+            duration_ms = self.started.elapsed().as_millis() as u64,
+            bytes_up = report.bytes_up,
+            bytes_down = report.bytes_down,
+            messages_up = report.messages_up,
+            messages_down = report.messages_down,
+            "connection closed"
+        );
+        self.app.relayed.unregister(self.id);
+    }
+}
+
+/// Relays one upgraded connection until it ends.
+///
+/// The set-up is plain code and only the relay is a future: an idle connection's task then
+/// holds what relaying needs and no copies of the set-up's values.
+pub(crate) fn run_connection(
     app: Arc<App>,
     info: ConnInfo,
     prepared: Box<Prepared>,
     client: ClientIo,
     client_leftover: BytesMut,
-) {
+) -> impl std::future::Future<Output = ()> + Send {
     let Prepared {
         active,
         id,
@@ -108,7 +174,6 @@ pub(crate) async fn run_connection(
         opts,
         permit,
     } = *prepared;
-    // Only what the close log needs stays alive across the relay.
     let Accepted {
         protocol,
         subprotocol,
@@ -119,23 +184,17 @@ pub(crate) async fn run_connection(
     } = accepted;
     drop(response);
     let protocol = protocol.label();
-    let m = &app.metrics;
-    let started = Instant::now();
-    let subprotocol = subprotocol.as_deref().unwrap_or("");
     tracing::info!(
         conn = id,
         client = %who.addr,
         peer = %info.peer,
         protocol,
-        subprotocol,
+        subprotocol = subprotocol.as_deref().unwrap_or(""),
         upstream = %upstream_label,
         authenticated = who.client_key.is_some(),
         "connection opened"
     );
-    let client_addr = who.addr;
-    drop(who);
-    let signal = app.relayed.register(id);
-    let drain = &*signal;
+    let m = &app.metrics;
     let up_dir = Direction::ClientToUpstream.label();
     let down_dir = Direction::UpstreamToClient.label();
     let counters = [
@@ -144,12 +203,7 @@ pub(crate) async fn run_connection(
         m.bytes_total.with_label_values(&[protocol, up_dir]),
         m.bytes_total.with_label_values(&[protocol, down_dir]),
     ];
-    let fold = |t: Traffic| {
-        counters[0].inc_by(t.messages_up);
-        counters[1].inc_by(t.messages_down);
-        counters[2].inc_by(t.bytes_up);
-        counters[3].inc_by(t.bytes_down);
-    };
+    let signal = app.relayed.register(id);
     // The 101's headers served their purpose; an idle connection should not keep them.
     let Upgraded {
         stream: up,
@@ -157,70 +211,40 @@ pub(crate) async fn run_connection(
         headers,
     } = upstream;
     drop(headers);
-    let report = match client {
-        ClientIo::Tcp(mut s) => {
-            // Borrowed halves: the stream lives in this task, no shared ownership needed.
-            let (cr, cw) = s.split();
-            relay_to_upstream(cr, cw, client_leftover, up, up_left, opts, drain, &fold).await
-        }
-        ClientIo::Tls(s) => {
-            let (cr, cw) = tokio::io::split(*s);
-            relay_to_upstream(
-                Buffered(cr),
-                cw,
-                client_leftover,
-                up,
-                up_left,
-                opts,
-                drain,
-                &fold,
-            )
-            .await
-        }
-        ClientIo::Other(s) => {
-            let (cr, cw) = tokio::io::split(s);
-            relay_to_upstream(
-                Buffered(cr),
-                cw,
-                client_leftover,
-                up,
-                up_left,
-                opts,
-                drain,
-                &fold,
-            )
-            .await
-        }
-    };
-    if let Some((v, _)) = report.violation {
-        m.protocol_violations_total
-            .with_label_values(&[v.label()])
-            .inc();
-    }
-    if let Some(code) = report.gateway_close_code {
-        m.closes_sent_total
-            .with_label_values(&[&code.to_string()])
-            .inc();
-    }
-    // Last, so a scrape that sees the connection gone also sees its counters.
-    drop(active);
-    tracing::info!(
-        conn = id,
-        client = %client_addr,
+    let open = Open {
+        app,
+        id,
+        client_addr: who.addr,
         protocol,
         subprotocol,
-        upstream = %upstream_label,
-        close_code = report.gateway_close_code.map(i64::from).unwrap_or(-1),
-        closed_by = report.closer.map(|c| c.label()).unwrap_or("gateway"),
-        violation = report.violation.map(|(v, _)| v.label()).unwrap_or(""),
-        duration_ms = started.elapsed().as_millis() as u64,
-        bytes_up = report.bytes_up,
-        bytes_down = report.bytes_down,
-        messages_up = report.messages_up,
-        messages_down = report.messages_down,
-        "connection closed"
-    );
-    app.relayed.unregister(id);
-    drop(backend);
-    drop(permit);
+        upstream_label,
+        started: Instant::now(),
+        signal,
+        counters,
+        active,
+        _backend: backend,
+        _permit: permit,
+    };
+    async move {
+        let fold = |t: Traffic| open.fold(t);
+        let drain = &*open.signal;
+        let report = match client {
+            ClientIo::Tcp(mut s) => {
+                // Borrowed halves: the stream lives in this task, no shared ownership needed.
+                let (cr, cw) = s.split();
+                relay_to_upstream(cr, cw, client_leftover, up, up_left, opts, drain, &fold).await
+            }
+            ClientIo::Tls(s) => {
+                let (cr, cw) = tokio::io::split(*s);
+                let cr = Buffered(cr);
+                relay_to_upstream(cr, cw, client_leftover, up, up_left, opts, drain, &fold).await
+            }
+            ClientIo::Other(s) => {
+                let (cr, cw) = tokio::io::split(s);
+                let cr = Buffered(cr);
+                relay_to_upstream(cr, cw, client_leftover, up, up_left, opts, drain, &fold).await
+            }
+        };
+        open.close(report);
+    }
 }
