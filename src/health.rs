@@ -148,17 +148,12 @@ pub async fn run(app: Arc<App>) {
     }
 }
 
-/// A random Sec-WebSocket-Key for gateway-initiated upgrades.
-pub fn new_key() -> String {
-    random_key()
-}
-
 #[cfg(test)]
 mod tests {
     #[test]
     fn key_shape() {
         assert_eq!(super::base64_16(&[0u8; 16]), "AAAAAAAAAAAAAAAAAAAAAA==");
-        let k = super::new_key();
+        let k = super::random_key();
         assert_eq!(k.len(), 24);
         assert!(k.ends_with("=="));
     }
