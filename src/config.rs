@@ -717,6 +717,13 @@ impl Config {
             .unwrap_or_else(|_| SocketAddr::from(([127, 0, 0, 1], 9090)))
     }
 
+    /// Time allowed to connect to the nostr relay and get its answer.
+    pub fn nostr_connect_timeout(&self) -> Duration {
+        self.nostr
+            .as_ref()
+            .map_or(default_connect_timeout().0, |n| n.connect_timeout.0)
+    }
+
     /// The nostr relay, when non-Mosaic upgrades are forwarded.
     pub fn nostr_upstream(&self) -> Option<UpstreamUrl> {
         self.nostr

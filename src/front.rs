@@ -7,7 +7,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use http_body_util::{BodyExt, Full};
@@ -20,7 +19,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use crate::handshake::{header_value, wants_websocket, Rejection};
+use crate::handshake::{header_value, wants_websocket, ClientIdentity, Rejection};
 use crate::listener::real_client;
 use crate::relay::pump::DrainState;
 use crate::server::{App, Body, ConnInfo, Gateway};
@@ -393,9 +392,13 @@ async fn http_passthrough(
     ] {
         h.remove(name);
     }
-    let mut xff: Vec<String> = chain.iter().map(|a| a.to_string()).collect();
-    xff.push(client_ip.to_string());
-    h.insert("x-forwarded-for", header_value(&xff.join(", ")));
+    let who = ClientIdentity {
+        addr: client_ip,
+        forwarded_chain: chain,
+        tls: info.tls,
+        client_key: None,
+    };
+    h.insert("x-forwarded-for", header_value(&who.forwarded_for()));
     h.insert("x-real-ip", header_value(&client_ip.to_string()));
     h.insert(
         "x-forwarded-proto",
@@ -414,12 +417,7 @@ async fn http_passthrough(
         *r.status_mut() = StatusCode::NOT_FOUND;
         return r;
     };
-    let timeout = gw
-        .config
-        .nostr
-        .as_ref()
-        .map(|n| n.connect_timeout.0)
-        .unwrap_or(Duration::from_secs(5));
+    let timeout = gw.config.nostr_connect_timeout();
     let result = tokio::time::timeout(timeout, async {
         let tcp = TcpStream::connect((url.host.as_str(), url.port))
             .await

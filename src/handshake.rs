@@ -194,6 +194,15 @@ pub struct ClientIdentity {
     pub client_key: Option<String>,
 }
 
+impl ClientIdentity {
+    /// The `X-Forwarded-For` value: the believed chain, then the real client.
+    pub fn forwarded_for(&self) -> String {
+        let mut xff: Vec<String> = self.forwarded_chain.iter().map(|a| a.to_string()).collect();
+        xff.push(self.addr.to_string());
+        xff.join(", ")
+    }
+}
+
 /// Serializes the upstream upgrade request head.
 ///
 /// `protocols` is what the upstream is offered; `extensions` is passed only on nostr
@@ -238,9 +247,7 @@ pub fn upstream_request_head(
             push(b"Sec-WebSocket-Extensions", v.as_bytes());
         }
     }
-    let mut xff: Vec<String> = who.forwarded_chain.iter().map(|a| a.to_string()).collect();
-    xff.push(who.addr.to_string());
-    push(b"X-Forwarded-For", xff.join(", ").as_bytes());
+    push(b"X-Forwarded-For", who.forwarded_for().as_bytes());
     push(b"X-Real-IP", who.addr.to_string().as_bytes());
     push(
         b"X-Forwarded-Proto",

@@ -3,7 +3,7 @@
 
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
@@ -257,12 +257,7 @@ async fn upgrade_nostr(
         who,
         &url.authority(),
     );
-    let timeout = gw
-        .config
-        .nostr
-        .as_ref()
-        .map(|n| n.connect_timeout.0)
-        .unwrap_or(Duration::from_secs(5));
+    let timeout = gw.config.nostr_connect_timeout();
     let upstream = match connect_and_upgrade(url, None, &head, key, timeout).await {
         Ok(u) => u,
         Err(e) => {

@@ -6,6 +6,7 @@
 //! The gateway's own frames (close frames on violations, idle timeouts and drain, Query
 //! Closed on drain) are injected by the direction that owns the writer, at a frame boundary.
 
+use std::collections::HashSet;
 use std::io;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
 use std::sync::Mutex;
@@ -301,7 +302,9 @@ struct DirCounters {
 
 /// State both directions share: open queries, counters and the last time anything moved.
 struct Shared {
-    queries: Mutex<Vec<[u8; 2]>>,
+    /// Open query ids; a set, because a client may open up to 65,536 of them and each
+    /// Query and Close Query must stay O(1).
+    queries: Mutex<HashSet<[u8; 2]>>,
     last_activity_ms: AtomicU64,
     started: Instant,
     up: DirCounters,
@@ -330,11 +333,11 @@ impl Shared {
         };
         match ev {
             QueryEvent::Opened(id) => {
-                if !q.contains(&id) {
-                    q.push(id);
-                }
+                q.insert(id);
             }
-            QueryEvent::Closed(id) => q.retain(|x| *x != id),
+            QueryEvent::Closed(id) => {
+                q.remove(&id);
+            }
         }
     }
 }
@@ -551,7 +554,7 @@ where
     let to_client = Control::new();
     let to_upstream = Control::new();
     let shared = Shared {
-        queries: Mutex::new(Vec::new()),
+        queries: Mutex::new(HashSet::new()),
         last_activity_ms: AtomicU64::new(0),
         started: Instant::now(),
         up: DirCounters::default(),
