@@ -7,21 +7,26 @@
 //!
 //! Figures, for every path with the same backend and the same load:
 //! 1. messages/s: `CONNS` connections, each keeping `INFLIGHT` 128-byte Submissions in
-//!    flight (closed loop), measured for `SECS` after `WARMUP`;
+//!    flight (closed loop), measured for `SECS` after `WARMUP`, in `ROUNDS` interleaved
+//!    rounds (every path once per round); the figure is the median, so one slow spell of a
+//!    shared machine does not decide a ratio. The proxy's CPU time per message comes with it;
 //! 2. p50/p99 round trip at a fixed total rate of half the direct maximum (open loop, paced
 //!    by a 100 µs ticker spread round-robin over the same `CONNS` connections);
 //! 3. new connections/s: connect (+ TLS 1.3) + upgrade + one round trip + close handshake,
 //!    `CONN_WORKERS` in parallel, plain and TLS (the same self-signed ed25519 certificate
-//!    on every path; the client does a full handshake every time, no resumption);
+//!    on every path; the client does a full handshake every time, no resumption), median of
+//!    `ROUNDS` interleaved rounds, with the proxy's CPU time per connection;
 //! 4. RSS per idle proxied connection: proxy RSS after `IDLE_CONNS` upgraded connections
 //!    (each made one round trip, then idles) minus RSS before, divided by `IDLE_CONNS`.
 //!
-//! Environment knobs (defaults in brackets): BENCH_SECS [5], BENCH_WARMUP [1],
-//! BENCH_CONNS [64], BENCH_INFLIGHT [16], BENCH_CONN_SECS [3], BENCH_CONN_WORKERS [32],
+//! Environment knobs (defaults in brackets): BENCH_SECS [3], BENCH_WARMUP [1],
+//! BENCH_ROUNDS [3], BENCH_CONNS [64], BENCH_INFLIGHT [16], BENCH_CONN_SECS [2],
+//! BENCH_CONN_WORKERS [32],
 //! BENCH_IDLE_CONNS [5000], BENCH_PATHS [direct,gateway,nginx,haproxy],
 //! BENCH_FIGURES [memory,throughput,latency,connections], BENCH_RATE (latency rate when
 //! direct throughput is not measured), BENCH_PERF (a file: run `perf BENCH_PERF_ARGS -o
-//! FILE -p PIDS` on BENCH_PERF_PATH [gateway] during its throughput window; BENCH_PERF_ARGS
+//! FILE -p PIDS` on BENCH_PERF_PATH [gateway] during its BENCH_PERF_FIGURE [throughput, or
+//! connections: the plain new-connection window] window; BENCH_PERF_ARGS
 //! [record -e cpu-clock -F 999 --call-graph dwarf,16384], or e.g. `stat -e
 //! syscalls:sys_enter_sendto,...` to count system calls), BENCH_GATEWAY_WRAPPER (a command prefix such as
 //! `valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out`), BENCH_RESULTS (where
@@ -68,7 +73,13 @@ struct Settings {
     paths: Vec<PathKind>,
     figures: Vec<String>,
     rate: Option<f64>,
+    /// Rounds of the throughput and new-connection figures; each figure is the median.
+    rounds: usize,
     perf: Option<String>,
+    /// The path BENCH_PERF profiles.
+    perf_path: PathKind,
+    /// The figure whose window BENCH_PERF profiles: throughput or connections.
+    perf_figure: String,
     wrapper: Option<String>,
     results: PathBuf,
 }
@@ -93,11 +104,11 @@ impl Settings {
             .map(|s| s.trim().to_string())
             .collect();
         Settings {
-            secs: env_or("BENCH_SECS", 5.0),
+            secs: env_or("BENCH_SECS", 3.0),
             warmup: env_or("BENCH_WARMUP", 1.0),
             conns: env_or("BENCH_CONNS", 64),
             inflight: env_or("BENCH_INFLIGHT", 16),
-            conn_secs: env_or("BENCH_CONN_SECS", 3.0),
+            conn_secs: env_or("BENCH_CONN_SECS", 2.0),
             conn_workers: env_or("BENCH_CONN_WORKERS", 32),
             idle_conns: env_or("BENCH_IDLE_CONNS", 5000),
             paths,
@@ -105,7 +116,13 @@ impl Settings {
             rate: std::env::var("BENCH_RATE")
                 .ok()
                 .and_then(|v| v.parse().ok()),
+            rounds: env_or("BENCH_ROUNDS", 3usize).max(1),
             perf: std::env::var("BENCH_PERF").ok().filter(|s| !s.is_empty()),
+            perf_path: std::env::var("BENCH_PERF_PATH")
+                .ok()
+                .and_then(|p| PathKind::parse(p.trim()))
+                .unwrap_or(PathKind::Gateway),
+            perf_figure: std::env::var("BENCH_PERF_FIGURE").unwrap_or_else(|_| "throughput".into()),
             wrapper: std::env::var("BENCH_GATEWAY_WRAPPER")
                 .ok()
                 .filter(|s| !s.is_empty()),
@@ -584,6 +601,36 @@ fn measure_throughput(
     }
 }
 
+/// Starts `perf BENCH_PERF_ARGS -o BENCH_PERF -p PIDS` when BENCH_PERF is set; the returned
+/// closure stops it.
+fn start_perf(set: &Settings, pids: &[u32]) -> Option<Box<dyn FnOnce()>> {
+    let file = set.perf.clone()?;
+    if pids.is_empty() {
+        return None;
+    }
+    let pids: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
+    let args = std::env::var("BENCH_PERF_ARGS")
+        .unwrap_or_else(|_| "record -e cpu-clock -F 999 --call-graph dwarf,16384".into());
+    let child = Command::new("perf")
+        .args(args.split_whitespace())
+        .arg("-o")
+        .arg(&file)
+        .arg("-p")
+        .arg(pids.join(","))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()?;
+    Some(Box::new(move || {
+        let mut child = child;
+        // SAFETY: signal our own child.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGINT);
+        }
+        let _ = child.wait();
+    }))
+}
+
 /// Joins connection tasks (bounded in time); returns how many failed.
 fn join_all(rt: &Runtime, handles: Vec<tokio::task::JoinHandle<io::Result<()>>>) -> usize {
     rt.block_on(async {
@@ -824,6 +871,8 @@ async fn session<S: AsyncRead + AsyncWrite + Unpin>(
 struct ConnRateResult {
     per_sec: f64,
     errors: u64,
+    /// CPU time the proxy's processes used per connection in the window (ns), when known.
+    proxy_ns_per_conn: Option<f64>,
 }
 
 fn measure_conn_rate(
@@ -831,6 +880,7 @@ fn measure_conn_rate(
     addr: SocketAddr,
     tls: Option<tokio_rustls::TlsConnector>,
     set: &Settings,
+    proxy_pids: &[u32],
 ) -> ConnRateResult {
     let frame = Arc::new(submission_frame());
     let tls = Arc::new(tls);
@@ -880,11 +930,22 @@ fn measure_conn_rate(
             })
         })
         .collect();
+    // The proxy's CPU time over the counted window, sampled beside the load.
+    let cpu = {
+        let pids = proxy_pids.to_vec();
+        std::thread::spawn(move || {
+            std::thread::sleep(from.saturating_duration_since(Instant::now()));
+            let c0 = cpu_ns(&pids);
+            std::thread::sleep(to.saturating_duration_since(Instant::now()));
+            cpu_ns(&pids) - c0
+        })
+    };
     rt.block_on(async {
         for h in handles {
             let _ = h.await;
         }
     });
+    let cpu = cpu.join().unwrap_or(0);
     if let Some(e) = first_err.lock().unwrap().take() {
         eprintln!(
             "    {} connection(s) failed, first: {e}",
@@ -893,9 +954,11 @@ fn measure_conn_rate(
     }
     // Connections that started in the window and ended in it, over the window: a slight
     // undercount at the edges, the same for every path.
+    let done = ok.load(Ordering::Relaxed);
     ConnRateResult {
-        per_sec: ok.load(Ordering::Relaxed) as f64 / measure.as_secs_f64(),
+        per_sec: done as f64 / measure.as_secs_f64(),
         errors: errs.load(Ordering::Relaxed),
+        proxy_ns_per_conn: (!proxy_pids.is_empty() && done > 0).then(|| cpu as f64 / done as f64),
     }
 }
 
@@ -1294,6 +1357,16 @@ fn start_gateway(env: &Env, tls: bool, rt: &Runtime, wrap: bool) -> Proxy {
     )
 }
 
+impl Started {
+    /// Every process of the path's (plain) proxy; empty for direct.
+    fn pids(&self) -> Vec<u32> {
+        self.proxy
+            .as_ref()
+            .map(|x| process_tree(x.pid()))
+            .unwrap_or_default()
+    }
+}
+
 fn start_path(
     kind: PathKind,
     env: &Env,
@@ -1408,6 +1481,36 @@ struct Figures {
     conns_tls: Option<f64>,
     mem_per_conn: Option<f64>,
     cpu_per_msg: Option<f64>,
+    cpu_per_conn_plain: Option<f64>,
+    cpu_per_conn_tls: Option<f64>,
+    p50_quarter: Option<f64>,
+    p99_quarter: Option<f64>,
+}
+
+/// One figure's samples per path, indexed by [`PathKind::index`].
+type Samples = [Vec<f64>; 4];
+
+/// `rounds` passes over `items` with their round number. Each pass starts from a different
+/// item, so a slow spell of a shared machine spreads over every path instead of hitting one.
+fn interleaved<T>(items: &[T], rounds: usize) -> impl Iterator<Item = (usize, &T)> {
+    (0..rounds).flat_map(move |round| {
+        (0..items.len()).map(move |k| (round, &items[(round + k) % items.len()]))
+    })
+}
+
+/// The median of `v` (the mean of the middle two for an even count); `None` when empty.
+fn median(v: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
 }
 
 fn fmt_num(v: Option<f64>, decimals: usize) -> String {
@@ -1544,21 +1647,52 @@ fn render(figs: &[Figures; 4], set: &Settings, rate: f64, notes: &[String]) -> S
         0,
     );
     row(&mut t, "latency p99, µs", &|f| f.p99, 0);
-    let added = |f: &Figures| match (f.p99, d.p99) {
-        (Some(a), Some(b)) => Some(a - b),
-        _ => None,
+    // A proxy's p99 minus direct's, with its ratios (no direct column).
+    let added_row = |t: &mut String, name: &str, f: &dyn Fn(&Figures) -> Option<f64>| {
+        let added = |x: &Figures| Some(f(x)? - f(d)?);
+        let _ = writeln!(
+            t,
+            "| {name} | – | {} | {} | {} | {} | {} | – |",
+            fmt_num(added(g), 0),
+            fmt_num(added(n), 0),
+            fmt_num(added(h), 0),
+            ratio(added(g), added(n)),
+            ratio(added(g), added(h)),
+        );
     };
-    let _ = writeln!(
-        t,
-        "| added p99 (path − direct), µs | – | {} | {} | {} | {} | {} | – |",
-        fmt_num(added(g), 0),
-        fmt_num(added(n), 0),
-        fmt_num(added(h), 0),
-        ratio(added(g), added(n)),
-        ratio(added(g), added(h)),
+    added_row(&mut t, "added p99 (path − direct), µs", &|f| f.p99);
+    row(
+        &mut t,
+        &format!(
+            "latency p50 at {} msg/s (a quarter of direct), µs",
+            fmt_num(Some(rate / 2.0), 0)
+        ),
+        &|f| f.p50_quarter,
+        0,
     );
+    row(
+        &mut t,
+        "latency p99 at a quarter of direct, µs",
+        &|f| f.p99_quarter,
+        0,
+    );
+    added_row(&mut t, "added p99 at a quarter of direct, µs", &|f| {
+        f.p99_quarter
+    });
     row(&mut t, "new connections/s, plain", &|f| f.conns_plain, 0);
     row(&mut t, "new connections/s, TLS 1.3", &|f| f.conns_tls, 0);
+    row(
+        &mut t,
+        "proxy CPU time per new connection, plain, µs",
+        &|f| f.cpu_per_conn_plain.map(|v| v / 1000.0),
+        1,
+    );
+    row(
+        &mut t,
+        "proxy CPU time per new connection, TLS 1.3, µs",
+        &|f| f.cpu_per_conn_tls.map(|v| v / 1000.0),
+        1,
+    );
     row(
         &mut t,
         &format!("RSS per idle connection ({} open), bytes", set.idle_conns),
@@ -1598,6 +1732,7 @@ fn render(figs: &[Figures; 4], set: &Settings, rate: f64, notes: &[String]) -> S
         verdict(tp2.map(|x| x.1)),
         tp2.map(|x| format!("{:.2}", x.0)).unwrap_or("–".into())
     );
+    let added = |x: &Figures| Some(x.p99? - d.p99?);
     let best_added = better(added(n), added(h), false);
     let lat = added(g).zip(best_added).map(|(g, b)| (g, b, g <= 0.8 * b));
     let _ = writeln!(
@@ -1637,6 +1772,7 @@ fn render(figs: &[Figures; 4], set: &Settings, rate: f64, notes: &[String]) -> S
         "Machine: {}.\nLoad: {} connections, {} × 128-byte Submissions in flight per connection \
          (throughput), {} s measured after {} s warm-up; latency open-loop at half the direct \
          maximum over the same connections; new connections with {} workers for {} s; \
+         throughput and new connections are medians of {} interleaved rounds; \
          gateway `validate: strict`, log level warn.\n",
         machine(),
         set.conns,
@@ -1644,7 +1780,8 @@ fn render(figs: &[Figures; 4], set: &Settings, rate: f64, notes: &[String]) -> S
         set.secs,
         set.warmup,
         set.conn_workers,
-        set.conn_secs
+        set.conn_secs,
+        set.rounds
     );
     out.push_str(&t);
     out.push_str(&tg);
@@ -1843,48 +1980,15 @@ fn main() {
 
     if set.wants("throughput") {
         println!(
-            "\n[throughput: {} connections × {} in flight, {} s after {} s warm-up]",
-            set.conns, set.inflight, set.secs, set.warmup
+            "\n[throughput: {} connections × {} in flight, {} round(s) of {} s after {} s warm-up]",
+            set.conns, set.inflight, set.rounds, set.secs, set.warmup
         );
-        for (p, s) in &running {
-            // Optional profile of one proxy (all its processes) during the measured window.
-            let perf_path = std::env::var("BENCH_PERF_PATH")
-                .ok()
-                .and_then(|p| PathKind::parse(p.trim()))
-                .unwrap_or(PathKind::Gateway);
-            let pids = (*p == perf_path)
-                .then(|| s.proxy.as_ref().map(|x| process_tree(x.pid())))
-                .flatten();
-            let perf = set.perf.clone().filter(|_| pids.is_some());
-            let proxy_pids = s
-                .proxy
-                .as_ref()
-                .map(|x| process_tree(x.pid()))
-                .unwrap_or_default();
+        let (mut rates, mut cpus) = (Samples::default(), Samples::default());
+        for (round, (p, s)) in interleaved(&running, set.rounds) {
+            let proxy_pids = s.pids();
+            let profile = round == 0 && set.perf_figure == "throughput" && *p == set.perf_path;
             let r = measure_throughput(&client_rt, s.plain, &set, &proxy_pids, || {
-                let (pids, file) = (pids?, perf?);
-                let pids: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
-                let args = std::env::var("BENCH_PERF_ARGS").unwrap_or_else(|_| {
-                    "record -e cpu-clock -F 999 --call-graph dwarf,16384".into()
-                });
-                let child = Command::new("perf")
-                    .args(args.split_whitespace())
-                    .arg("-o")
-                    .arg(&file)
-                    .arg("-p")
-                    .arg(pids.join(","))
-                    .stdout(Stdio::null())
-                    .stderr(Stdio::null())
-                    .spawn()
-                    .ok()?;
-                Some(Box::new(move || {
-                    let mut child = child;
-                    // SAFETY: signal our own child.
-                    unsafe {
-                        libc::kill(child.id() as i32, libc::SIGINT);
-                    }
-                    let _ = child.wait();
-                }) as Box<dyn FnOnce()>)
+                profile.then(|| start_perf(&set, &proxy_pids)).flatten()
             });
             println!(
                 "  {:<15} {:>10.0} msg/s{}   proxy CPU {} ns/msg   load {}",
@@ -1898,8 +2002,12 @@ fn main() {
                 fmt_num(r.proxy_ns_per_msg, 0),
                 loadavg()
             );
-            figs[p.index()].throughput = Some(r.msgs_per_sec);
-            figs[p.index()].cpu_per_msg = r.proxy_ns_per_msg;
+            rates[p.index()].push(r.msgs_per_sec);
+            cpus[p.index()].extend(r.proxy_ns_per_msg);
+        }
+        for (p, _) in &running {
+            figs[p.index()].throughput = median(&rates[p.index()]);
+            figs[p.index()].cpu_per_msg = median(&cpus[p.index()]);
         }
     }
 
@@ -1936,19 +2044,48 @@ fn main() {
             }
             figs[p.index()].p50 = Some(r.p50_us);
             figs[p.index()].p99 = Some(r.p99_us);
+            // Half the direct maximum is close to where every proxy saturates on a small
+            // machine, so the added latency there is mostly queueing. A quarter of it shows
+            // what a proxy adds when it keeps up.
+            let q = measure_latency(&client_rt, s.plain, rate / 2.0, &set);
+            println!(
+                "  {:<15} at {:.0} msg/s: p50 {:>7.0} µs   p99 {:>7.0} µs",
+                "",
+                rate / 2.0,
+                q.p50_us,
+                q.p99_us
+            );
+            figs[p.index()].p50_quarter = Some(q.p50_us);
+            figs[p.index()].p99_quarter = Some(q.p99_us);
         }
     }
 
     if set.wants("connections") {
         let connector = tls_connector();
         println!(
-            "\n[new connections/s: {} workers, {} s; connect + upgrade + 1 round trip + close]",
-            set.conn_workers, set.conn_secs
+            "\n[new connections/s: {} workers, {} round(s) of {} s; connect + upgrade + 1 round trip + close]",
+            set.conn_workers, set.rounds, set.conn_secs
         );
-        for (p, s) in &running {
-            let plain = measure_conn_rate(&client_rt, s.plain, None, &set);
+        let (mut plain_rates, mut tls_rates) = (Samples::default(), Samples::default());
+        let (mut plain_cpu, mut tls_cpu) = (Samples::default(), Samples::default());
+        for (round, (p, s)) in interleaved(&running, set.rounds) {
+            let pids = s.pids();
+            // The gateway serves TLS from a second instance; the others from the same one.
+            let tls_pids = s
+                .extra
+                .as_ref()
+                .map(|x| process_tree(x.pid()))
+                .unwrap_or_else(|| pids.clone());
+            let profile = (round == 0 && set.perf_figure == "connections" && *p == set.perf_path)
+                .then(|| start_perf(&set, &pids))
+                .flatten();
+            let plain = measure_conn_rate(&client_rt, s.plain, None, &set, &pids);
+            if let Some(stop) = profile {
+                stop();
+            }
             std::thread::sleep(Duration::from_millis(300));
-            let tls = measure_conn_rate(&client_rt, s.tls, Some(connector.clone()), &set);
+            let tls =
+                measure_conn_rate(&client_rt, s.tls, Some(connector.clone()), &set, &tls_pids);
             println!(
                 "  {:<15} plain {:>7.0}/s   TLS 1.3 {:>7.0}/s{}",
                 p.label(),
@@ -1960,9 +2097,19 @@ fn main() {
                     String::new()
                 }
             );
-            figs[p.index()].conns_plain = Some(plain.per_sec);
-            figs[p.index()].conns_tls = Some(tls.per_sec);
+            let i = p.index();
+            plain_rates[i].push(plain.per_sec);
+            tls_rates[i].push(tls.per_sec);
+            plain_cpu[i].extend(plain.proxy_ns_per_conn);
+            tls_cpu[i].extend(tls.proxy_ns_per_conn);
             std::thread::sleep(Duration::from_millis(300));
+        }
+        for (p, _) in &running {
+            let i = p.index();
+            figs[i].conns_plain = median(&plain_rates[i]);
+            figs[i].conns_tls = median(&tls_rates[i]);
+            figs[i].cpu_per_conn_plain = median(&plain_cpu[i]);
+            figs[i].cpu_per_conn_tls = median(&tls_cpu[i]);
         }
     }
 
