@@ -311,7 +311,21 @@ async fn handle_connection(
         };
         return serve_first_request(app, gw, tcp, info, deadline).await;
     };
-    match tokio::time::timeout_at(deadline, Box::pin(tls.accept(tcp))).await {
+    // Boxed: the TLS handshake and stream make this future four times larger, and every
+    // plain connection would pay for copying that size when its task is spawned.
+    Box::pin(serve_tls(app, gw, tcp, peer, tls, deadline)).await;
+}
+
+/// The TLS handshake, then the first request over TLS.
+async fn serve_tls(
+    app: Arc<App>,
+    gw: Arc<Gateway>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    tls: Arc<TlsTerminator>,
+    deadline: tokio::time::Instant,
+) {
+    match tokio::time::timeout_at(deadline, tls.accept(tcp)).await {
         Ok(Ok((stream, client_key))) => {
             let label = crate::tls::client_auth_label(client_key.as_ref());
             app.metrics
