@@ -239,6 +239,14 @@ fn write_ip(out: &mut Vec<u8>, ip: std::net::IpAddr) {
     }
 }
 
+/// Appends one `name: value` header line.
+fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}
+
 /// Serializes the upstream upgrade request head.
 ///
 /// `protocols` is what the upstream is offered; `extensions` is passed only on nostr
@@ -256,50 +264,44 @@ pub fn upstream_request_head(
     out.extend_from_slice(b"GET ");
     out.extend_from_slice(path_and_query.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    let mut push = |name: &[u8], value: &[u8]| {
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
-    };
     if !client_headers.contains_key(hyper::header::HOST) {
-        push(b"Host", default_host.as_bytes());
+        push_header(&mut out, b"Host", default_host.as_bytes());
     }
     for (name, value) in client_headers {
         if dropped_towards_upstream(name) {
             continue;
         }
-        push(name.as_str().as_bytes(), value.as_bytes());
+        push_header(&mut out, name.as_str().as_bytes(), value.as_bytes());
     }
-    push(b"Connection", b"Upgrade");
-    push(b"Upgrade", b"websocket");
-    push(b"Sec-WebSocket-Version", b"13");
-    push(b"Sec-WebSocket-Key", key.as_bytes());
+    push_header(&mut out, b"Connection", b"Upgrade");
+    push_header(&mut out, b"Upgrade", b"websocket");
+    push_header(&mut out, b"Sec-WebSocket-Version", b"13");
+    push_header(&mut out, b"Sec-WebSocket-Key", key.as_bytes());
     if !protocols.is_empty() {
-        push(b"Sec-WebSocket-Protocol", protocols.join(", ").as_bytes());
+        push_header(
+            &mut out,
+            b"Sec-WebSocket-Protocol",
+            protocols.join(", ").as_bytes(),
+        );
     }
     if pass_extensions {
         for v in client_headers.get_all(hyper::header::SEC_WEBSOCKET_EXTENSIONS) {
-            push(b"Sec-WebSocket-Extensions", v.as_bytes());
+            push_header(&mut out, b"Sec-WebSocket-Extensions", v.as_bytes());
         }
     }
+    // Written in place: the addresses are the only values the gateway formats itself.
     out.extend_from_slice(b"X-Forwarded-For: ");
     who.write_forwarded_for(&mut out);
     out.extend_from_slice(b"\r\nX-Real-IP: ");
     write_ip(&mut out, who.addr);
     out.extend_from_slice(b"\r\n");
-    let mut push = |name: &[u8], value: &[u8]| {
-        out.extend_from_slice(name);
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value);
-        out.extend_from_slice(b"\r\n");
-    };
-    push(
+    push_header(
+        &mut out,
         b"X-Forwarded-Proto",
         if who.tls { b"https" } else { b"http" },
     );
     if let Some(k) = &who.client_key {
-        push(b"X-Mosaic-Client-Key", k.as_bytes());
+        push_header(&mut out, b"X-Mosaic-Client-Key", k.as_bytes());
     }
     out.extend_from_slice(b"\r\n");
     out
