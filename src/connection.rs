@@ -9,14 +9,13 @@ use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWrite;
 use tokio::net::TcpStream;
 
-use crate::relay::mosaic::Direction;
 use crate::relay::pump::{relay, Buffered, DrainSignal, PumpOptions, RelayReport, Source, Traffic};
 use crate::server::{App, ConnInfo};
 use crate::upstream::{Upgraded, UpstreamStream};
 
 use crate::listener::Permit;
 use crate::pool::BackendGuard;
-use crate::upgrade::{Accepted, ActiveConnection, Prepared};
+use crate::upgrade::{Accepted, ActiveConnection, Prepared, Protocol};
 
 /// The client side of an upgraded connection, unwrapped back to its socket.
 pub(crate) enum ClientIo {
@@ -101,12 +100,11 @@ struct Open {
     app: Arc<App>,
     id: u64,
     client_addr: std::net::IpAddr,
-    protocol: &'static str,
+    protocol: Protocol,
     subprotocol: Option<String>,
     upstream_label: String,
     started: Instant,
     signal: Arc<DrainSignal>,
-    counters: [prometheus::IntCounter; 4],
     active: ActiveConnection,
     /// Held for their drop: the backend's connection count and the limits' place.
     _backend: Option<BackendGuard>,
@@ -115,10 +113,11 @@ struct Open {
 
 impl Open {
     fn fold(&self, t: Traffic) {
-        self.counters[0].inc_by(t.messages_up);
-        self.counters[1].inc_by(t.messages_down);
-        self.counters[2].inc_by(t.bytes_up);
-        self.counters[3].inc_by(t.bytes_down);
+        let series = self.protocol.metrics(&self.app.metrics);
+        series.messages[0].inc_by(t.messages_up);
+        series.messages[1].inc_by(t.messages_down);
+        series.bytes[0].inc_by(t.bytes_up);
+        series.bytes[1].inc_by(t.bytes_down);
     }
 
     fn close(self, report: RelayReport) {
@@ -138,7 +137,7 @@ impl Open {
         tracing::info!(
             conn = self.id,
             client = %self.client_addr,
-            protocol = self.protocol,
+            protocol = self.protocol.label(),
             subprotocol = self.subprotocol.as_deref().unwrap_or(""),
             upstream = %self.upstream_label,
             close_code = report.gateway_close_code.map(i64::from).unwrap_or(-1),
@@ -183,26 +182,16 @@ pub(crate) fn run_connection(
         response,
     } = accepted;
     drop(response);
-    let protocol = protocol.label();
     tracing::info!(
         conn = id,
         client = %who.addr,
         peer = %info.peer,
-        protocol,
+        protocol = protocol.label(),
         subprotocol = subprotocol.as_deref().unwrap_or(""),
         upstream = %upstream_label,
         authenticated = who.client_key.is_some(),
         "connection opened"
     );
-    let m = &app.metrics;
-    let up_dir = Direction::ClientToUpstream.label();
-    let down_dir = Direction::UpstreamToClient.label();
-    let counters = [
-        m.messages_total.with_label_values(&[protocol, up_dir]),
-        m.messages_total.with_label_values(&[protocol, down_dir]),
-        m.bytes_total.with_label_values(&[protocol, up_dir]),
-        m.bytes_total.with_label_values(&[protocol, down_dir]),
-    ];
     let signal = app.relayed.register(id);
     // The 101's headers served their purpose; an idle connection should not keep them.
     let Upgraded {
@@ -220,7 +209,6 @@ pub(crate) fn run_connection(
         upstream_label,
         started: Instant::now(),
         signal,
-        counters,
         active,
         _backend: backend,
         _permit: permit,

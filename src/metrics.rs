@@ -5,9 +5,51 @@
 //! shared atomics per message.
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::relay::mosaic::Direction;
+
+/// One protocol's connection and traffic series, resolved from their vectors once.
+///
+/// Every connection updates six of them; looking each up by label would hash the labels
+/// under the vector's lock, from every worker thread, on every connection.
+pub struct ProtocolMetrics {
+    /// `connections_active{protocol}`.
+    pub connections_active: IntGauge,
+    /// `connections_total{protocol}`.
+    pub connections_total: IntCounter,
+    /// `messages_total{protocol,direction}`: client to upstream, then upstream to client.
+    pub messages: [IntCounter; 2],
+    /// `bytes_total{protocol,direction}`, in the same order.
+    pub bytes: [IntCounter; 2],
+}
+
+impl ProtocolMetrics {
+    fn resolve(
+        protocol: &str,
+        active: &IntGaugeVec,
+        total: &IntCounterVec,
+        messages: &IntCounterVec,
+        bytes: &IntCounterVec,
+    ) -> Self {
+        let up = Direction::ClientToUpstream.label();
+        let down = Direction::UpstreamToClient.label();
+        ProtocolMetrics {
+            connections_active: active.with_label_values(&[protocol]),
+            connections_total: total.with_label_values(&[protocol]),
+            messages: [
+                messages.with_label_values(&[protocol, up]),
+                messages.with_label_values(&[protocol, down]),
+            ],
+            bytes: [
+                bytes.with_label_values(&[protocol, up]),
+                bytes.with_label_values(&[protocol, down]),
+            ],
+        }
+    }
+}
 
 /// Every metric the gateway exports.
 pub struct Metrics {
@@ -38,6 +80,10 @@ pub struct Metrics {
     pub http_requests_total: IntCounterVec,
     /// 1 while the gateway drains.
     pub draining: Gauge,
+    /// The Mosaic connections' series.
+    pub mosaic: ProtocolMetrics,
+    /// The nostr connections' series.
+    pub nostr: ProtocolMetrics,
 }
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
@@ -98,32 +144,45 @@ impl Metrics {
         )
         .unwrap_or_else(|e| panic!("metric definition: {e}"));
         let _ = r.register(Box::new(draining.clone()));
-        let m = Metrics {
+        let connections_total = counter(
+            &r,
+            "connections_total",
+            "Proxied WebSocket connections opened",
+            &["protocol"],
+        );
+        let messages_total = counter(
+            &r,
+            "messages_total",
+            "WebSocket messages relayed",
+            &["protocol", "direction"],
+        );
+        let bytes_total = counter(
+            &r,
+            "bytes_total",
+            "Bytes relayed after the upgrade",
+            &["protocol", "direction"],
+        );
+        // Resolving the children also makes both protocols' series visible from the start.
+        let [mosaic, nostr] = ["mosaic", "nostr"].map(|p| {
+            ProtocolMetrics::resolve(
+                p,
+                &connections_active,
+                &connections_total,
+                &messages_total,
+                &bytes_total,
+            )
+        });
+        Metrics {
             connections_active,
-            connections_total: counter(
-                &r,
-                "connections_total",
-                "Proxied WebSocket connections opened",
-                &["protocol"],
-            ),
+            connections_total,
             handshake_rejections_total: counter(
                 &r,
                 "handshake_rejections_total",
                 "Upgrade requests answered with an error",
                 &["reason"],
             ),
-            messages_total: counter(
-                &r,
-                "messages_total",
-                "WebSocket messages relayed",
-                &["protocol", "direction"],
-            ),
-            bytes_total: counter(
-                &r,
-                "bytes_total",
-                "Bytes relayed after the upgrade",
-                &["protocol", "direction"],
-            ),
+            messages_total,
+            bytes_total,
             protocol_violations_total: counter(
                 &r,
                 "protocol_violations_total",
@@ -158,12 +217,9 @@ impl Metrics {
             ),
             draining,
             registry: r,
-        };
-        for p in ["mosaic", "nostr"] {
-            m.connections_active.with_label_values(&[p]).set(0);
-            m.connections_total.with_label_values(&[p]);
+            mosaic,
+            nostr,
         }
-        m
     }
 
     /// The text exposition of every metric.

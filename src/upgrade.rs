@@ -14,6 +14,7 @@ use crate::handshake::{
     validate_upgrade, ClientIdentity, Rejection, X_MOSAIC_FEATURES,
 };
 use crate::listener::{real_client, LimitHit, Permit};
+use crate::metrics::{Metrics, ProtocolMetrics};
 use crate::pool::{Backend, BackendGuard};
 use crate::relay::pump::PumpOptions;
 use crate::relay::tracker::MosaicRules;
@@ -36,6 +37,14 @@ impl Protocol {
         match self {
             Protocol::Mosaic => "mosaic",
             Protocol::Nostr => "nostr",
+        }
+    }
+
+    /// This protocol's connection and traffic series.
+    pub(crate) fn metrics(self, m: &Metrics) -> &ProtocolMetrics {
+        match self {
+            Protocol::Mosaic => &m.mosaic,
+            Protocol::Nostr => &m.nostr,
         }
     }
 }
@@ -169,17 +178,10 @@ pub(crate) async fn prepare_upgrade(
         }),
         idle_timeout: gw.config.limits.idle_timeout.0,
     };
-    let protocol = accepted.protocol.label();
-    app.metrics
-        .connections_total
-        .with_label_values(&[protocol])
-        .inc();
+    let series = accepted.protocol.metrics(&app.metrics);
+    series.connections_total.inc();
     Ok(Box::new(Prepared {
-        active: ActiveConnection::new(
-            app.metrics
-                .connections_active
-                .with_label_values(&[protocol]),
-        ),
+        active: ActiveConnection::new(series.connections_active.clone()),
         id: app.next_id.fetch_add(1, Ordering::Relaxed),
         who,
         accepted,
