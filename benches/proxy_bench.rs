@@ -25,8 +25,9 @@
 //! BENCH_IDLE_CONNS [5000], BENCH_PATHS [direct,gateway,nginx,haproxy],
 //! BENCH_FIGURES [memory,throughput,latency,connections], BENCH_RATE (latency rate when
 //! direct throughput is not measured), BENCH_PERF (a file: run `perf BENCH_PERF_ARGS -o
-//! FILE -p PIDS` on BENCH_PERF_PATH [gateway] during its BENCH_PERF_FIGURE [throughput, or
-//! connections: the plain new-connection window] window; BENCH_PERF_ARGS
+//! FILE -p PIDS` on BENCH_PERF_PATH [gateway] during its BENCH_PERF_FIGURE [throughput;
+//! connections: the plain new-connection window; latency: the quarter-rate window] window;
+//! BENCH_PERF_ARGS
 //! [record -e cpu-clock -F 999 --call-graph dwarf,16384], or e.g. `stat -e
 //! syscalls:sys_enter_sendto,...` to count system calls), BENCH_GATEWAY_WRAPPER (a command prefix such as
 //! `valgrind --tool=callgrind --callgrind-out-file=/tmp/cg.out`), BENCH_RESULTS (where
@@ -2047,7 +2048,13 @@ fn main() {
             // Half the direct maximum is close to where every proxy saturates on a small
             // machine, so the added latency there is mostly queueing. A quarter of it shows
             // what a proxy adds when it keeps up.
+            let profile = (set.perf_figure == "latency" && *p == set.perf_path)
+                .then(|| start_perf(&set, &s.pids()))
+                .flatten();
             let q = measure_latency(&client_rt, s.plain, rate / 2.0, &set);
+            if let Some(stop) = profile {
+                stop();
+            }
             println!(
                 "  {:<15} at {:.0} msg/s: p50 {:>7.0} µs   p99 {:>7.0} µs",
                 "",
