@@ -598,7 +598,7 @@ fn measure_throughput(
         msgs_per_sec: (c1 - c0) as f64 / elapsed,
         errors,
         proxy_ns_per_msg: (!proxy_pids.is_empty() && c1 > c0)
-            .then(|| (cpu1 - cpu0) as f64 / (c1 - c0) as f64),
+            .then(|| cpu1.saturating_sub(cpu0) as f64 / (c1 - c0) as f64),
     }
 }
 
@@ -938,7 +938,7 @@ fn measure_conn_rate(
             std::thread::sleep(from.saturating_duration_since(Instant::now()));
             let c0 = cpu_ns(&pids);
             std::thread::sleep(to.saturating_duration_since(Instant::now()));
-            cpu_ns(&pids) - c0
+            cpu_ns(&pids).saturating_sub(c0)
         })
     };
     rt.block_on(async {
