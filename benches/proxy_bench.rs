@@ -79,7 +79,7 @@ struct Settings {
     perf: Option<String>,
     /// The path BENCH_PERF profiles.
     perf_path: PathKind,
-    /// The figure whose window BENCH_PERF profiles: throughput or connections.
+    /// The figure whose window BENCH_PERF profiles: throughput, connections or latency.
     perf_figure: String,
     wrapper: Option<String>,
     results: PathBuf,
