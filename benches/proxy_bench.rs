@@ -523,6 +523,17 @@ async fn throughput_conn(
     ws_close(&mut s, &mut buf).await
 }
 
+/// Waits (up to 10 s) until `want` connections said they are ready, or every task ended.
+fn wait_connected<T>(ready: &AtomicU64, want: usize, handles: &[tokio::task::JoinHandle<T>]) {
+    let t = Instant::now();
+    while (ready.load(Ordering::Relaxed) as usize) < want
+        && t.elapsed() < Duration::from_secs(10)
+        && !handles.iter().all(|h| h.is_finished())
+    {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 struct ThroughputResult {
     msgs_per_sec: f64,
     errors: usize,
@@ -573,13 +584,7 @@ fn measure_throughput(
             ))
         })
         .collect();
-    let t = Instant::now();
-    while (ready.load(Ordering::Relaxed) as usize) < set.conns
-        && t.elapsed() < Duration::from_secs(10)
-        && !handles.iter().all(|h| h.is_finished())
-    {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_connected(&ready, set.conns, &handles);
     std::thread::sleep(Duration::from_secs_f64(set.warmup));
     let finish = during();
     let cpu0 = cpu_ns(proxy_pids);
@@ -766,13 +771,7 @@ fn measure_latency(rt: &Runtime, addr: SocketAddr, rate: f64, set: &Settings) ->
             ))
         })
         .collect();
-    let t = Instant::now();
-    while (ready.load(Ordering::Relaxed) as usize) < set.conns
-        && t.elapsed() < Duration::from_secs(10)
-        && !handles.iter().all(|h| h.is_finished())
-    {
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    wait_connected(&ready, set.conns, &handles);
     // The pacer: every ~100 µs, hand out the messages that are due, round-robin.
     let start = Instant::now();
     let from = start + Duration::from_secs_f64(set.warmup);

@@ -230,6 +230,11 @@ fn switching_protocols(key: &str) -> HeaderMap {
     h
 }
 
+/// The request target passed on to the upstream; "/" when the client sent none.
+fn path_and_query(req: &Request<()>) -> &str {
+    req.uri().path_and_query().map_or("/", |p| p.as_str())
+}
+
 async fn upgrade_nostr(
     app: &App,
     gw: &Gateway,
@@ -245,11 +250,7 @@ async fn upgrade_nostr(
             "no_route",
         ));
     };
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
+    let path = path_and_query(req);
     let head = upstream_request_head(
         path,
         req.headers(),
@@ -337,11 +338,7 @@ async fn upgrade_mosaic(
             "no_healthy_backend",
         ));
     }
-    let path = req
-        .uri()
-        .path_and_query()
-        .map(|p| p.as_str())
-        .unwrap_or("/");
+    let path = path_and_query(req);
     let protocols = [token.to_string()];
     let mut tried: Vec<Arc<Backend>> = Vec::new();
     let mut found: Option<(Arc<Backend>, Upgraded)> = None;
