@@ -48,12 +48,38 @@ pub enum Command {
     },
 }
 
+/// Why a command failed; `Display` is the one line printed before exit code 1.
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    /// The config file is invalid (one line per problem).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigErrors),
+    /// `tls.key_file` cannot be used (check-config).
+    #[error("tls.key_file: {0}")]
+    KeyFile(#[source] crate::keys::KeyError),
+    /// keygen could not write the key.
+    #[error(transparent)]
+    Keygen(crate::keys::KeyError),
+    /// The control runtime could not start.
+    #[error("cannot start the runtime: {0}")]
+    Runtime(#[source] std::io::Error),
+    /// The gateway did not start.
+    #[error(transparent)]
+    Start(#[from] crate::runtime::StartError),
+    /// Signal handlers could not be installed.
+    #[error("signals: {0}")]
+    Signals(#[source] std::io::Error),
+    /// The dev stack did not start.
+    #[error(transparent)]
+    Dev(#[from] crate::dev::DevError),
+}
+
 /// Runs a command; the error text goes to stderr and the process exits 1.
-pub fn execute(cli: Cli) -> Result<(), String> {
+pub fn execute(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::CheckConfig { file } => check_config(&file),
         Command::Keygen { out } => {
-            let public = crate::keys::keygen(&out).map_err(|e| e.to_string())?;
+            let public = crate::keys::keygen(&out).map_err(CliError::Keygen)?;
             println!("{public}");
             Ok(())
         }
@@ -62,39 +88,39 @@ pub fn execute(cli: Cli) -> Result<(), String> {
             listen,
             tls_listen,
             admin,
-        } => runtime()?.block_on(crate::dev::run(crate::dev::DevOptions {
+        } => Ok(runtime()?.block_on(crate::dev::run(crate::dev::DevOptions {
             listen,
             tls_listen,
             admin,
-        })),
+        }))?),
     }
 }
 
 /// The control runtime: signals, admin, health checks and discovery. Client traffic runs
 /// on the worker threads `runtime::start` creates.
-fn runtime() -> Result<tokio::runtime::Runtime, String> {
+fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start the runtime: {e}"))
+        .map_err(CliError::Runtime)
 }
 
-fn check_config(file: &std::path::Path) -> Result<(), String> {
-    let cfg = crate::config::load(file).map_err(|e| e.to_string())?;
+fn check_config(file: &std::path::Path) -> Result<(), CliError> {
+    let cfg = crate::config::load(file)?;
     if let Some(tls) = &cfg.tls {
-        crate::keys::load_signing_key(&tls.key_file).map_err(|e| format!("tls.key_file: {e}"))?;
+        crate::keys::load_signing_key(&tls.key_file).map_err(CliError::KeyFile)?;
     }
     println!("{}: ok", file.display());
     Ok(())
 }
 
-async fn run(path: PathBuf) -> Result<(), String> {
-    let config = crate::config::load(&path).map_err(|e| e.to_string())?;
+async fn run(path: PathBuf) -> Result<(), CliError> {
+    let config = crate::config::load(&path)?;
     crate::logging::init(config.log.format, &config.log.level);
     let running = crate::runtime::start(config, None).await?;
     let reason = crate::shutdown::wait_for_stop(running.app.clone(), Some(path))
         .await
-        .map_err(|e| format!("signals: {e}"))?;
+        .map_err(CliError::Signals)?;
     tracing::info!(?reason, "stopping");
     running.shutdown().await;
     Ok(())

@@ -396,24 +396,48 @@ impl DurationStr {
     }
 }
 
+/// Why a single config value does not parse; `Display` is the operator's one-line reason.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ValueError {
+    /// Not a whole number followed by a unit.
+    #[error("`{0}` is not a duration (use e.g. 500ms, 10s, 5m)")]
+    NotADuration(String),
+    /// A number without a known unit.
+    #[error("`{0}` has no unit: write ms, s, m or h after the number")]
+    NoUnit(String),
+    /// Not a URL at all.
+    #[error("`{url}` is not a URL: {reason}")]
+    NotAUrl {
+        /// The text given.
+        url: String,
+        /// The URL parser's reason.
+        reason: String,
+    },
+    /// A URL with another scheme.
+    #[error("`{0}` must start with ws:// or wss://")]
+    NotWebSocket(String),
+    /// A URL without a host.
+    #[error("`{0}` has no host")]
+    NoHost(String),
+    /// Neither a CIDR nor an address.
+    #[error("{0}")]
+    NotACidr(#[from] std::net::AddrParseError),
+}
+
 /// Parses `500ms`, `10s`, `5m`, `1h` (a whole number and a unit).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
+pub fn parse_duration(s: &str) -> Result<Duration, ValueError> {
     let s = s.trim();
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     let (num, unit) = s.split_at(split);
     let n: u64 = num
         .parse()
-        .map_err(|_| format!("`{s}` is not a duration (use e.g. 500ms, 10s, 5m)"))?;
+        .map_err(|_| ValueError::NotADuration(s.to_string()))?;
     let d = match unit {
         "ms" => Duration::from_millis(n),
         "s" => Duration::from_secs(n),
         "m" => Duration::from_secs(n.saturating_mul(60)),
         "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => {
-            return Err(format!(
-                "`{s}` has no unit: write ms, s, m or h after the number"
-            ))
-        }
+        _ => return Err(ValueError::NoUnit(s.to_string())),
     };
     Ok(d)
 }
@@ -465,17 +489,22 @@ impl std::fmt::Display for UpstreamUrl {
 
 impl UpstreamUrl {
     /// Parses `ws://host[:port][/path]` or `wss://…`.
-    pub fn parse(s: &str) -> Result<Self, String> {
-        let uri: hyper::Uri = s.parse().map_err(|e| format!("`{s}` is not a URL: {e}"))?;
+    pub fn parse(s: &str) -> Result<Self, ValueError> {
+        let uri: hyper::Uri =
+            s.parse()
+                .map_err(|e: hyper::http::uri::InvalidUri| ValueError::NotAUrl {
+                    url: s.to_string(),
+                    reason: e.to_string(),
+                })?;
         let scheme = match uri.scheme_str() {
             Some("ws") => Scheme::Ws,
             Some("wss") => Scheme::Wss,
-            _ => return Err(format!("`{s}` must start with ws:// or wss://")),
+            _ => return Err(ValueError::NotWebSocket(s.to_string())),
         };
         let host = uri
             .host()
             .filter(|h| !h.is_empty())
-            .ok_or_else(|| format!("`{s}` has no host"))?
+            .ok_or_else(|| ValueError::NoHost(s.to_string()))?
             .trim_start_matches('[')
             .trim_end_matches(']')
             .to_string();
@@ -564,116 +593,15 @@ impl Config {
     /// Checks everything serde could not, collecting one line per problem.
     pub fn validate(&self) -> Result<(), ConfigErrors> {
         let mut errs = Vec::new();
-        let mut addr = |key: &str, v: &str| {
-            if v.parse::<SocketAddr>().is_err() {
-                errs.push(format!(
-                    "{key}: `{v}` is not an address like 0.0.0.0:8443 or [::]:8443"
-                ));
-            }
-        };
-        addr("listen", &self.listen);
-        addr("admin.listen", &self.admin.listen);
-        if self.workers > 1024 {
-            errs.push("workers: at most 1024 (0 means one per CPU)".into());
-        }
+        self.validate_listeners(&mut errs);
         if let Some(tls) = &self.tls {
-            if tls.key_file.as_os_str().is_empty() {
-                errs.push("tls.key_file: must name the server's ed25519 key file".into());
-            }
-            if tls.certificate == CertificateMode::RawPublicKey
-                && tls.min_version == MinVersion::Tls12
-            {
-                // Raw public keys exist in TLS 1.3 only; say so instead of failing clients later.
-                errs.push("tls.min_version: raw-public-key certificates need \"1.3\"".into());
-            }
+            tls.validate(&mut errs);
         }
-        let m = &self.mosaic;
-        if m.subprotocols.is_empty() {
-            errs.push("mosaic.subprotocols: list at least one token (e.g. mosaic2024)".into());
-        }
-        for (i, t) in m.subprotocols.iter().enumerate() {
-            if !is_token(t) {
-                errs.push(format!(
-                    "mosaic.subprotocols[{i}]: `{t}` is not an HTTP token"
-                ));
-            }
-        }
-        for (i, f) in m.features.iter().enumerate() {
-            if f.trim().is_empty() || f.contains(';') || f.trim() != f {
-                errs.push(format!(
-                    "mosaic.features[{i}]: `{f}` must be a non-empty name without `;` or spaces"
-                ));
-            }
-        }
-        if m.max_message_bytes < 8 {
-            errs.push("mosaic.max_message_bytes: must be at least 8".into());
-        }
-        if m.max_message_bytes > 64 * 1024 * 1024 {
-            errs.push("mosaic.max_message_bytes: must be at most 67108864 (64 MiB)".into());
-        }
-        if m.backends.is_empty() {
-            errs.push("mosaic.backends: list at least one backend (url: ws://host:port)".into());
-        }
-        for (key, list) in [
-            ("mosaic.backends", &m.backends),
-            ("mosaic.authenticated_backends", &m.authenticated_backends),
-        ] {
-            for (i, b) in list.iter().enumerate() {
-                check_backend(&format!("{key}[{i}]"), b, &mut errs);
-            }
-        }
-        let hc = &m.health_check;
-        if hc.interval.0.is_zero() {
-            errs.push("mosaic.health_check.interval: must be more than 0".into());
-        }
-        if hc.timeout.0.is_zero() {
-            errs.push("mosaic.health_check.timeout: must be more than 0".into());
-        }
-        if hc.unhealthy_threshold == 0 {
-            errs.push("mosaic.health_check.unhealthy_threshold: must be at least 1".into());
-        }
-        if hc.healthy_threshold == 0 {
-            errs.push("mosaic.health_check.healthy_threshold: must be at least 1".into());
-        }
-        if m.connect_timeout.0.is_zero() {
-            errs.push("mosaic.connect_timeout: must be more than 0".into());
-        }
-        if m.max_tries == 0 {
-            errs.push("mosaic.max_tries: must be at least 1".into());
-        }
-        if m.dns_refresh.0.is_zero() {
-            errs.push("mosaic.dns_refresh: must be more than 0".into());
-        }
+        self.mosaic.validate(&mut errs);
         if let Some(n) = &self.nostr {
-            if let Some(u) = &n.upstream {
-                match UpstreamUrl::parse(u) {
-                    Ok(url) if url.scheme == Scheme::Wss => errs.push(
-                        "nostr.upstream: wss:// relays are not supported yet; use ws://".into(),
-                    ),
-                    Ok(_) => {}
-                    Err(e) => errs.push(format!("nostr.upstream: {e}")),
-                }
-            }
-            if n.connect_timeout.0.is_zero() {
-                errs.push("nostr.connect_timeout: must be more than 0".into());
-            }
+            n.validate(&mut errs);
         }
-        let l = &self.limits;
-        if l.max_connections == 0 {
-            errs.push("limits.max_connections: must be at least 1".into());
-        }
-        if l.max_connections_per_ip == 0 {
-            errs.push("limits.max_connections_per_ip: must be at least 1".into());
-        }
-        if l.handshake_timeout.0.is_zero() {
-            errs.push("limits.handshake_timeout: must be more than 0".into());
-        }
-        if l.idle_timeout.0.is_zero() {
-            errs.push("limits.idle_timeout: must be more than 0".into());
-        }
-        if l.max_request_header_bytes < 1024 {
-            errs.push("limits.max_request_header_bytes: must be at least 1024".into());
-        }
+        self.limits.validate(&mut errs);
         for (i, c) in self.forwarded.trusted_proxies.iter().enumerate() {
             if parse_cidr(c).is_err() {
                 errs.push(format!(
@@ -691,6 +619,21 @@ impl Config {
             Ok(())
         } else {
             Err(ConfigErrors(errs.iter().map(|e| one_line(e)).collect()))
+        }
+    }
+
+    fn validate_listeners(&self, errs: &mut Vec<String>) {
+        let mut addr = |key: &str, v: &str| {
+            if v.parse::<SocketAddr>().is_err() {
+                errs.push(format!(
+                    "{key}: `{v}` is not an address like 0.0.0.0:8443 or [::]:8443"
+                ));
+            }
+        };
+        addr("listen", &self.listen);
+        addr("admin.listen", &self.admin.listen);
+        if self.workers > 1024 {
+            errs.push("workers: at most 1024 (0 means one per CPU)".into());
         }
     }
 
@@ -733,15 +676,125 @@ impl Config {
     }
 }
 
+impl TlsConfig {
+    fn validate(&self, errs: &mut Vec<String>) {
+        if self.key_file.as_os_str().is_empty() {
+            errs.push("tls.key_file: must name the server's ed25519 key file".into());
+        }
+        if self.certificate == CertificateMode::RawPublicKey
+            && self.min_version == MinVersion::Tls12
+        {
+            // Raw public keys exist in TLS 1.3 only; say so instead of failing clients later.
+            errs.push("tls.min_version: raw-public-key certificates need \"1.3\"".into());
+        }
+    }
+}
+
+impl MosaicConfig {
+    fn validate(&self, errs: &mut Vec<String>) {
+        if self.subprotocols.is_empty() {
+            errs.push("mosaic.subprotocols: list at least one token (e.g. mosaic2024)".into());
+        }
+        for (i, t) in self.subprotocols.iter().enumerate() {
+            if !is_token(t) {
+                errs.push(format!(
+                    "mosaic.subprotocols[{i}]: `{t}` is not an HTTP token"
+                ));
+            }
+        }
+        for (i, f) in self.features.iter().enumerate() {
+            if f.trim().is_empty() || f.contains(';') || f.trim() != f {
+                errs.push(format!(
+                    "mosaic.features[{i}]: `{f}` must be a non-empty name without `;` or spaces"
+                ));
+            }
+        }
+        if self.max_message_bytes < 8 {
+            errs.push("mosaic.max_message_bytes: must be at least 8".into());
+        }
+        if self.max_message_bytes > 64 * 1024 * 1024 {
+            errs.push("mosaic.max_message_bytes: must be at most 67108864 (64 MiB)".into());
+        }
+        if self.backends.is_empty() {
+            errs.push("mosaic.backends: list at least one backend (url: ws://host:port)".into());
+        }
+        for (key, list) in [
+            ("mosaic.backends", &self.backends),
+            (
+                "mosaic.authenticated_backends",
+                &self.authenticated_backends,
+            ),
+        ] {
+            for (i, b) in list.iter().enumerate() {
+                check_backend(&format!("{key}[{i}]"), b, errs);
+            }
+        }
+        self.health_check.validate(errs);
+        positive(errs, "mosaic.connect_timeout", self.connect_timeout);
+        if self.max_tries == 0 {
+            errs.push("mosaic.max_tries: must be at least 1".into());
+        }
+        positive(errs, "mosaic.dns_refresh", self.dns_refresh);
+    }
+}
+
+impl HealthCheckConfig {
+    fn validate(&self, errs: &mut Vec<String>) {
+        positive(errs, "mosaic.health_check.interval", self.interval);
+        positive(errs, "mosaic.health_check.timeout", self.timeout);
+        if self.unhealthy_threshold == 0 {
+            errs.push("mosaic.health_check.unhealthy_threshold: must be at least 1".into());
+        }
+        if self.healthy_threshold == 0 {
+            errs.push("mosaic.health_check.healthy_threshold: must be at least 1".into());
+        }
+    }
+}
+
+impl NostrConfig {
+    fn validate(&self, errs: &mut Vec<String>) {
+        if let Some(u) = &self.upstream {
+            match UpstreamUrl::parse(u) {
+                Ok(url) if url.scheme == Scheme::Wss => errs
+                    .push("nostr.upstream: wss:// relays are not supported yet; use ws://".into()),
+                Ok(_) => {}
+                Err(e) => errs.push(format!("nostr.upstream: {e}")),
+            }
+        }
+        positive(errs, "nostr.connect_timeout", self.connect_timeout);
+    }
+}
+
+impl LimitsConfig {
+    fn validate(&self, errs: &mut Vec<String>) {
+        if self.max_connections == 0 {
+            errs.push("limits.max_connections: must be at least 1".into());
+        }
+        if self.max_connections_per_ip == 0 {
+            errs.push("limits.max_connections_per_ip: must be at least 1".into());
+        }
+        positive(errs, "limits.handshake_timeout", self.handshake_timeout);
+        positive(errs, "limits.idle_timeout", self.idle_timeout);
+        if self.max_request_header_bytes < 1024 {
+            errs.push("limits.max_request_header_bytes: must be at least 1024".into());
+        }
+    }
+}
+
+/// A duration that must be more than zero.
+fn positive(errs: &mut Vec<String>, key: &str, d: DurationStr) {
+    if d.0.is_zero() {
+        errs.push(format!("{key}: must be more than 0"));
+    }
+}
+
 /// Parses a CIDR, or a bare address meaning a single host.
-pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, String> {
+pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, ValueError> {
     let s = s.trim();
     if let Ok(n) = s.parse::<ipnet::IpNet>() {
         return Ok(n.trunc());
     }
-    s.parse::<std::net::IpAddr>()
-        .map(ipnet::IpNet::from)
-        .map_err(|e| e.to_string())
+    Ok(ipnet::IpNet::from(s.parse::<std::net::IpAddr>()?))
 }
 
 fn check_backend(key: &str, b: &BackendConfig, errs: &mut Vec<String>) {

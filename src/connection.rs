@@ -5,17 +5,84 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
+use hyper::header::HeaderMap;
 use hyper_util::rt::TokioIo;
-use tokio::io::AsyncWrite;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::relay::pump::{relay, Buffered, DrainSignal, PumpOptions, RelayReport, Source, Traffic};
-use crate::server::{App, ConnInfo};
+use crate::admission::Permit;
+use crate::gateway::{App, ConnInfo};
+use crate::handshake::ForwardedClient;
+use crate::metrics::{Metrics, ProtocolMetrics};
+use crate::pool::BackendGuard;
+use crate::relay::pump::{
+    relay, Buffered, DrainSignal, Pump, PumpOptions, RelayReport, Side, Source, Traffic,
+};
 use crate::upstream::{Upgraded, UpstreamStream};
 
-use crate::listener::Permit;
-use crate::pool::BackendGuard;
-use crate::upgrade::{Accepted, ActiveConnection, Prepared, Protocol};
+/// The protocol a relayed connection speaks, for metrics and logs.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Protocol {
+    Mosaic,
+    Nostr,
+}
+
+impl Protocol {
+    pub(crate) fn label(self) -> &'static str {
+        match self {
+            Protocol::Mosaic => "mosaic",
+            Protocol::Nostr => "nostr",
+        }
+    }
+
+    /// This protocol's connection and traffic series.
+    pub(crate) fn metrics(self, m: &Metrics) -> &ProtocolMetrics {
+        match self {
+            Protocol::Mosaic => &m.mosaic,
+            Protocol::Nostr => &m.nostr,
+        }
+    }
+}
+
+/// Everything the relay task needs once the client's upgrade completes.
+pub(crate) struct Accepted {
+    pub(crate) protocol: Protocol,
+    pub(crate) subprotocol: Option<String>,
+    pub(crate) upstream: Upgraded,
+    pub(crate) upstream_label: String,
+    pub(crate) backend: Option<BackendGuard>,
+    /// The 101's headers for the client.
+    pub(crate) response: HeaderMap,
+}
+
+/// An upgrade the upstream accepted, waiting for the client's side to switch protocols.
+pub(crate) struct Prepared {
+    /// Counts the connection as active from the moment the upstream accepted it, so a
+    /// client that has its 101 is already visible in the metrics.
+    pub(crate) active: ActiveConnection,
+    pub(crate) id: u64,
+    pub(crate) who: ForwardedClient,
+    pub(crate) accepted: Accepted,
+    pub(crate) opts: PumpOptions,
+    pub(crate) permit: Permit,
+}
+
+/// One count in `connections_active`, given back when dropped (whatever path ends the
+/// connection).
+pub(crate) struct ActiveConnection(prometheus::IntGauge);
+
+impl ActiveConnection {
+    pub(crate) fn new(gauge: prometheus::IntGauge) -> Self {
+        gauge.inc();
+        ActiveConnection(gauge)
+    }
+}
+
+impl Drop for ActiveConnection {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
 
 /// The client side of an upgraded connection, unwrapped back to its socket.
 pub(crate) enum ClientIo {
@@ -24,6 +91,25 @@ pub(crate) enum ClientIo {
     Other(TokioIo<hyper::upgrade::Upgraded>),
 }
 
+/// A client stream the relay can take over once the upgrade is done.
+pub(crate) trait ClientStream: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    fn into_client_io(self) -> ClientIo;
+}
+
+impl ClientStream for TcpStream {
+    fn into_client_io(self) -> ClientIo {
+        ClientIo::Tcp(self)
+    }
+}
+
+impl ClientStream for tokio_rustls::server::TlsStream<TcpStream> {
+    fn into_client_io(self) -> ClientIo {
+        ClientIo::Tls(Box::new(self))
+    }
+}
+
+/// The client's socket of a connection hyper upgraded, and the bytes hyper read past the
+/// request.
 pub(crate) fn unwrap_client(upgraded: hyper::upgrade::Upgraded) -> (ClientIo, BytesMut) {
     let upgraded = match upgraded.downcast::<TokioIo<TcpStream>>() {
         Ok(parts) => {
@@ -43,53 +129,37 @@ pub(crate) fn unwrap_client(upgraded: hyper::upgrade::Upgraded) -> (ClientIo, By
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// Pairs the client's side with the upstream's, whichever transports they are.
 async fn relay_to_upstream<CR, CW, F>(
-    cr: CR,
-    cw: CW,
-    client_leftover: BytesMut,
-    up: UpstreamStream,
-    up_leftover: BytesMut,
-    opts: PumpOptions,
-    drain: &DrainSignal,
-    fold: &F,
+    client: Side<CR, CW>,
+    upstream: (UpstreamStream, BytesMut),
+    pump: &Pump<'_, F>,
 ) -> RelayReport
 where
     CR: Source,
     CW: AsyncWrite + Unpin,
     F: Fn(Traffic) + Sync,
 {
-    match up {
+    let (stream, leftover) = upstream;
+    match stream {
         UpstreamStream::Tcp(mut s) => {
-            let (ur, uw) = s.split();
+            let (read, write) = s.split();
+            let upstream = Side {
+                read,
+                write,
+                leftover,
+            };
             // Boxed so the layers above hold a pointer, not another copy of the relay's state.
-            Box::pin(relay(
-                cr,
-                cw,
-                client_leftover,
-                ur,
-                uw,
-                up_leftover,
-                opts,
-                drain,
-                fold,
-            ))
-            .await
+            Box::pin(relay(client, upstream, pump)).await
         }
         UpstreamStream::Tls(s) => {
-            let (ur, uw) = tokio::io::split(*s);
-            Box::pin(relay(
-                cr,
-                cw,
-                client_leftover,
-                Buffered(ur),
-                uw,
-                up_leftover,
-                opts,
-                drain,
-                fold,
-            ))
-            .await
+            let (read, write) = tokio::io::split(*s);
+            let upstream = Side {
+                read: Buffered(read),
+                write,
+                leftover,
+            };
+            Box::pin(relay(client, upstream, pump)).await
         }
     }
 }
@@ -215,24 +285,41 @@ pub(crate) fn run_connection(
     };
     async move {
         let fold = |t: Traffic| open.fold(t);
-        let drain = &*open.signal;
+        let pump = Pump {
+            opts,
+            drain: &open.signal,
+            fold: &fold,
+        };
+        let upstream = (up, up_left);
         let report = match client {
             ClientIo::Tcp(mut s) => {
                 // Borrowed halves: the stream lives in this task, no shared ownership needed.
-                let (cr, cw) = s.split();
-                relay_to_upstream(cr, cw, client_leftover, up, up_left, opts, drain, &fold).await
+                let (read, write) = s.split();
+                let client = Side {
+                    read,
+                    write,
+                    leftover: client_leftover,
+                };
+                relay_to_upstream(client, upstream, &pump).await
             }
             ClientIo::Tls(s) => {
-                let (cr, cw) = tokio::io::split(*s);
-                let cr = Buffered(cr);
-                relay_to_upstream(cr, cw, client_leftover, up, up_left, opts, drain, &fold).await
+                let (read, write) = tokio::io::split(*s);
+                relay_to_upstream(buffered(read, write, client_leftover), upstream, &pump).await
             }
             ClientIo::Other(s) => {
-                let (cr, cw) = tokio::io::split(s);
-                let cr = Buffered(cr);
-                relay_to_upstream(cr, cw, client_leftover, up, up_left, opts, drain, &fold).await
+                let (read, write) = tokio::io::split(s);
+                relay_to_upstream(buffered(read, write, client_leftover), upstream, &pump).await
             }
         };
         open.close(report);
+    }
+}
+
+/// A side whose reads go through a buffer (TLS, hyper's upgraded stream).
+fn buffered<R, W>(read: R, write: W, leftover: BytesMut) -> Side<Buffered<R>, W> {
+    Side {
+        read: Buffered(read),
+        write,
+        leftover,
     }
 }

@@ -7,31 +7,12 @@
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, StatusCode, Version};
 
+pub use crate::answer::Rejection;
+
 /// `X-Mosaic-Features`.
 pub const X_MOSAIC_FEATURES: &str = "x-mosaic-features";
 /// `X-Mosaic-Client-Key`: only the gateway may set it.
 pub const X_MOSAIC_CLIENT_KEY: &str = "x-mosaic-client-key";
-
-/// Why an upgrade request is refused before routing.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Rejection {
-    /// HTTP status to answer with.
-    pub status: StatusCode,
-    /// One-line reason, sent as the body.
-    pub reason: &'static str,
-    /// The `handshake_rejections_total{reason}` label.
-    pub label: &'static str,
-}
-
-impl Rejection {
-    fn bad(reason: &'static str, label: &'static str) -> Self {
-        Rejection {
-            status: StatusCode::BAD_REQUEST,
-            reason,
-            label,
-        }
-    }
-}
 
 /// Whether a request asks for a WebSocket upgrade at all (otherwise it is plain HTTP).
 pub fn wants_websocket(headers: &HeaderMap) -> bool {
@@ -181,9 +162,10 @@ fn dropped_towards_upstream(name: &HeaderName) -> bool {
     )
 }
 
-/// What the gateway knows about the client, for the headers it asserts upstream.
+/// What the gateway asserts about the client upstream (X-Forwarded-For, X-Real-IP,
+/// X-Forwarded-Proto, X-Mosaic-Client-Key).
 #[derive(Debug, Clone)]
-pub struct ClientIdentity {
+pub struct ForwardedClient {
     /// The real client address (after trusted proxies).
     pub addr: std::net::IpAddr,
     /// The X-Forwarded-For chain believed from trusted proxies, oldest first.
@@ -194,7 +176,7 @@ pub struct ClientIdentity {
     pub client_key: Option<String>,
 }
 
-impl ClientIdentity {
+impl ForwardedClient {
     /// The `X-Forwarded-For` value: the believed chain, then the real client.
     pub fn forwarded_for(&self) -> String {
         let mut out = Vec::with_capacity(16 * (self.forwarded_chain.len() + 1));
@@ -257,7 +239,7 @@ pub fn upstream_request_head(
     key: &str,
     protocols: &[String],
     pass_extensions: bool,
-    who: &ClientIdentity,
+    who: &ForwardedClient,
     default_host: &str,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
@@ -347,7 +329,7 @@ mod tests {
             write_ip(&mut out, ip);
             assert_eq!(String::from_utf8(out).unwrap(), ip.to_string());
         }
-        let who = ClientIdentity {
+        let who = ForwardedClient {
             addr: "203.0.113.7".parse().unwrap(),
             forwarded_chain: vec!["198.51.100.1".parse().unwrap(), "::1".parse().unwrap()],
             tls: false,
@@ -413,7 +395,7 @@ mod tests {
             ("sec-websocket-extensions", "permessage-deflate"),
             ("x-mosaic-features", "a;b"),
         ]);
-        let who = ClientIdentity {
+        let who = ForwardedClient {
             addr: "10.1.2.3".parse().unwrap(),
             forwarded_chain: vec![],
             tls: false,

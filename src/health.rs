@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use tokio::io::AsyncWriteExt;
 
-use crate::handshake::{upstream_request_head, ClientIdentity};
+use crate::gateway::{App, Gateway};
+use crate::handshake::{upstream_request_head, ForwardedClient};
 use crate::pool::Backend;
 use crate::relay::frame::encode_close;
-use crate::server::{App, Gateway};
 use crate::upstream::{connect_and_upgrade, UpstreamStream};
 
 fn random_key() -> String {
@@ -42,7 +42,7 @@ fn base64_16(raw: &[u8; 16]) -> String {
 /// Checks one backend once.
 pub async fn check(b: &Backend, token: &str, timeout: std::time::Duration) -> bool {
     let key = random_key();
-    let who = ClientIdentity {
+    let who = ForwardedClient {
         addr: std::net::IpAddr::from([127, 0, 0, 1]),
         forwarded_chain: Vec::new(),
         tls: false,

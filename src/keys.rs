@@ -51,7 +51,7 @@ pub fn zbase32_encode(bytes: &[u8]) -> String {
 }
 
 /// Decodes z-base-32 (case-insensitive) into whole bytes; leftover bits must be zero.
-pub fn zbase32_decode(text: &str) -> Result<Vec<u8>, String> {
+pub fn zbase32_decode(text: &str) -> Result<Vec<u8>, KeyStringError> {
     let mut out = Vec::with_capacity(text.len() * 5 / 8);
     let mut acc: u32 = 0;
     let mut bits: u32 = 0;
@@ -60,7 +60,10 @@ pub fn zbase32_decode(text: &str) -> Result<Vec<u8>, String> {
         let v = ZB32_ALPHABET
             .iter()
             .position(|&a| char::from(a) == lc)
-            .ok_or_else(|| format!("invalid z-base-32 character {c:?} at position {i}"))?;
+            .ok_or(KeyStringError::BadCharacter {
+                character: c,
+                position: i,
+            })?;
         acc = (acc << 5) | v as u32;
         bits += 5;
         if bits >= 8 {
@@ -70,9 +73,7 @@ pub fn zbase32_decode(text: &str) -> Result<Vec<u8>, String> {
         acc &= (1 << bits) - 1;
     }
     if bits >= 5 || acc != 0 {
-        return Err(
-            "non-canonical z-base-32 (extra character or non-zero trailing bits)".to_string(),
-        );
+        return Err(KeyStringError::NonCanonical);
     }
     Ok(out)
 }
@@ -83,16 +84,12 @@ pub fn encode_key(key: &[u8; 32]) -> String {
 }
 
 /// Decodes exactly 52 z-base-32 characters into a 32-byte key.
-pub fn decode_key(text: &str) -> Result<[u8; 32], String> {
+pub fn decode_key(text: &str) -> Result<[u8; 32], KeyStringError> {
     if text.len() != ZB32_KEY_LEN {
-        return Err(format!(
-            "a key is {ZB32_KEY_LEN} z-base-32 characters, got {}",
-            text.len()
-        ));
+        return Err(KeyStringError::Length(text.len()));
     }
     let bytes = zbase32_decode(text)?;
-    <[u8; 32]>::try_from(bytes.as_slice())
-        .map_err(|_| format!("decoded key is {} bytes, expected 32", bytes.len()))
+    <[u8; 32]>::try_from(bytes.as_slice()).map_err(|_| KeyStringError::DecodedLength(bytes.len()))
 }
 
 /// The server key string: `mosrv0` + z-base-32 (58 characters).
@@ -105,21 +102,67 @@ pub fn user_key_string(key: &[u8; 32]) -> String {
     format!("{USER_KEY_PREFIX}{}", encode_key(key))
 }
 
-fn parse_prefixed(text: &str, prefix: &str, what: &str) -> Result<[u8; 32], String> {
+/// Why a key string (`mosrv0…`, `mopub0…`, z-base-32) is not a key.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum KeyStringError {
+    /// A character outside the z-base-32 alphabet.
+    #[error("invalid z-base-32 character {character:?} at position {position}")]
+    BadCharacter {
+        /// The character.
+        character: char,
+        /// Its position (0-based).
+        position: usize,
+    },
+    /// Extra characters or non-zero trailing bits.
+    #[error("non-canonical z-base-32 (extra character or non-zero trailing bits)")]
+    NonCanonical,
+    /// Not 52 characters.
+    #[error("a key is {ZB32_KEY_LEN} z-base-32 characters, got {0}")]
+    Length(usize),
+    /// Decoded to other than 32 bytes.
+    #[error("decoded key is {0} bytes, expected 32")]
+    DecodedLength(usize),
+    /// The `mosrv0` / `mopub0` prefix is missing.
+    #[error("{what} key must start with {prefix:?}")]
+    Prefix {
+        /// "server" or "user".
+        what: &'static str,
+        /// The prefix expected.
+        prefix: &'static str,
+    },
+    /// The part after the prefix is not a key.
+    #[error("invalid {what} key: {source}")]
+    Invalid {
+        /// "server" or "user".
+        what: &'static str,
+        /// What is wrong with it.
+        #[source]
+        source: Box<KeyStringError>,
+    },
+}
+
+fn parse_prefixed(
+    text: &str,
+    prefix: &'static str,
+    what: &'static str,
+) -> Result<[u8; 32], KeyStringError> {
     let text = text.trim();
     let rest = text
         .strip_prefix(prefix)
-        .ok_or_else(|| format!("{what} key must start with {prefix:?}"))?;
-    decode_key(rest).map_err(|e| format!("invalid {what} key: {e}"))
+        .ok_or(KeyStringError::Prefix { what, prefix })?;
+    decode_key(rest).map_err(|e| KeyStringError::Invalid {
+        what,
+        source: Box::new(e),
+    })
 }
 
 /// Parses a `mosrv0…` server key string (surrounding blanks ignored).
-pub fn parse_server_key(text: &str) -> Result<[u8; 32], String> {
+pub fn parse_server_key(text: &str) -> Result<[u8; 32], KeyStringError> {
     parse_prefixed(text, SERVER_KEY_PREFIX, "server")
 }
 
 /// Parses a `mopub0…` user key string (surrounding blanks ignored).
-pub fn parse_user_key(text: &str) -> Result<[u8; 32], String> {
+pub fn parse_user_key(text: &str) -> Result<[u8; 32], KeyStringError> {
     parse_prefixed(text, USER_KEY_PREFIX, "user")
 }
 

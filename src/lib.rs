@@ -1,31 +1,44 @@
 //! mosaic-gateway: one public WebSocket endpoint for Mosaic and nostr clients.
 //!
-//! The data path, layer by layer: [`server`] accepts (with [`listener`] limits and
-//! [`tls`]), reads the upgrade ([`handshake`]), decides the route ([`route`]), picks a
-//! backend ([`pool`]), completes the upstream upgrade first ([`upstream`]), then [`relay`]
-//! moves frames both ways, inspecting Mosaic messages in flight.
+//! [`runtime`] binds the listeners and starts the background tasks; `server` assembles the
+//! connection pipeline in one function: the PROXY header ([`proxy_protocol`]), TLS
+//! ([`tls`]), the first request head, then either the hyper path for plain HTTP (`front`)
+//! or the upgrade (`upgrade`: limits, [`route`], the backend pool, the upstream's handshake
+//! first), and finally the relay (`connection`, [`relay`]) that moves frames both ways,
+//! inspecting Mosaic messages in flight. Each stage knows only the stages after it; the
+//! shared state they read ([`App`], [`Gateway`]) depends on none of them.
 #![deny(missing_docs)]
 
-pub mod admin;
+mod admin;
+mod admission;
+mod answer;
+mod client_addr;
+mod connection;
+mod front;
+mod gateway;
+mod health;
+mod logging;
+mod metrics;
+mod pool;
+mod request_head;
+mod server;
+mod upgrade;
+mod upstream;
+
 pub mod cli;
 pub mod config;
-pub mod connection;
 pub mod dev;
 pub mod discovery;
-pub mod front;
 pub mod handshake;
-pub mod health;
 pub mod keys;
-pub mod listener;
-pub mod logging;
-pub mod metrics;
-pub mod pool;
 pub mod proxy_protocol;
 pub mod relay;
 pub mod route;
 pub mod runtime;
-pub mod server;
 pub mod shutdown;
 pub mod tls;
-pub mod upgrade;
-pub mod upstream;
+
+pub use admission::Limits;
+pub use answer::Rejection;
+pub use gateway::{App, BuildError, Gateway, NotReady};
+pub use metrics::Metrics;

@@ -72,6 +72,10 @@ pub struct Metrics {
     pub backend_connect_duration_seconds: HistogramVec,
     /// TLS handshakes, by client_auth.
     pub tls_handshakes_total: IntCounterVec,
+    /// TLS handshakes that failed, by reason.
+    pub tls_handshake_failures_total: IntCounterVec,
+    /// Expiry of each served certificate (Unix seconds), by name.
+    pub tls_certificate_expiry_timestamp_seconds: GaugeVec,
     /// Closes the gateway sent to clients, by code.
     pub closes_sent_total: IntCounterVec,
     /// Upstream handshake failures, by pool and kind.
@@ -86,64 +90,48 @@ pub struct Metrics {
     pub nostr: ProtocolMetrics,
 }
 
-fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help).namespace("mosaic_gateway"), labels)
-        .unwrap_or_else(|e| panic!("metric {name} definition: {e}"));
-    // Names are fixed at compile time; a clash would be a programming error caught by tests.
-    let _ = r.register(Box::new(c.clone()));
-    c
+/// Registers a metric built from a fixed definition. Names and labels are compile-time
+/// constants, so a bad definition or a clash is a programming error the tests catch.
+fn register<M>(r: &Registry, name: &str, built: prometheus::Result<M>) -> M
+where
+    M: prometheus::core::Collector + Clone + 'static,
+{
+    let m = built.unwrap_or_else(|e| panic!("metric {name} definition: {e}"));
+    let _ = r.register(Box::new(m.clone()));
+    m
 }
+
+fn opts(name: &str, help: &str) -> Opts {
+    Opts::new(name, help).namespace("mosaic_gateway")
+}
+
+fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    register(r, name, IntCounterVec::new(opts(name, help), labels))
+}
+
+fn int_gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    register(r, name, IntGaugeVec::new(opts(name, help), labels))
+}
+
+fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    register(r, name, GaugeVec::new(opts(name, help), labels))
+}
+
+/// Upstream connect times: from half a millisecond on loopback to seconds across regions.
+const CONNECT_BUCKETS: [f64; 13] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
 
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
         let r = Registry::new();
-        let connections_active = IntGaugeVec::new(
-            Opts::new("connections_active", "Open proxied WebSocket connections")
-                .namespace("mosaic_gateway"),
+        let connections_active = int_gauge(
+            &r,
+            "connections_active",
+            "Open proxied WebSocket connections",
             &["protocol"],
-        )
-        .unwrap_or_else(|e| panic!("metric definition: {e}"));
-        let _ = r.register(Box::new(connections_active.clone()));
-        let backend_up = IntGaugeVec::new(
-            Opts::new("backend_up", "1 when the backend is healthy, 0 when down")
-                .namespace("mosaic_gateway"),
-            &["pool", "backend"],
-        )
-        .unwrap_or_else(|e| panic!("metric definition: {e}"));
-        let _ = r.register(Box::new(backend_up.clone()));
-        let backend_connect_duration_seconds = HistogramVec::new(
-            HistogramOpts::new(
-                "backend_connect_duration_seconds",
-                "Time to connect to a backend and complete its upgrade",
-            )
-            .namespace("mosaic_gateway")
-            .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-            ]),
-            &["pool"],
-        )
-        .unwrap_or_else(|e| panic!("metric definition: {e}"));
-        let _ = r.register(Box::new(backend_connect_duration_seconds.clone()));
-        let build_info = GaugeVec::new(
-            Opts::new(
-                "build_info",
-                "Always 1; the version label says which build runs",
-            )
-            .namespace("mosaic_gateway"),
-            &["version"],
-        )
-        .unwrap_or_else(|e| panic!("metric definition: {e}"));
-        build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1.0);
-        let _ = r.register(Box::new(build_info));
-        let draining = Gauge::with_opts(
-            Opts::new("draining", "1 while the gateway drains after SIGTERM")
-                .namespace("mosaic_gateway"),
-        )
-        .unwrap_or_else(|e| panic!("metric definition: {e}"));
-        let _ = r.register(Box::new(draining.clone()));
+        );
         let connections_total = counter(
             &r,
             "connections_total",
@@ -161,6 +149,31 @@ impl Metrics {
             "bytes_total",
             "Bytes relayed after the upgrade",
             &["protocol", "direction"],
+        );
+        let name = "backend_connect_duration_seconds";
+        let help = "Time to connect to a backend and complete its upgrade";
+        let backend_connect_duration_seconds = register(
+            &r,
+            name,
+            HistogramVec::new(
+                HistogramOpts::new(name, help)
+                    .namespace("mosaic_gateway")
+                    .buckets(CONNECT_BUCKETS.to_vec()),
+                &["pool"],
+            ),
+        );
+        gauge(
+            &r,
+            "build_info",
+            "Always 1; the version label says which build runs",
+            &["version"],
+        )
+        .with_label_values(&[env!("CARGO_PKG_VERSION")])
+        .set(1.0);
+        let draining = register(
+            &r,
+            "draining",
+            Gauge::with_opts(opts("draining", "1 while the gateway drains after SIGTERM")),
         );
         // Resolving the children also makes both protocols' series visible from the start.
         let [mosaic, nostr] = ["mosaic", "nostr"].map(|p| {
@@ -189,13 +202,30 @@ impl Metrics {
                 "Mosaic protocol violations",
                 &["kind"],
             ),
-            backend_up,
+            backend_up: int_gauge(
+                &r,
+                "backend_up",
+                "1 when the backend is healthy, 0 when down",
+                &["pool", "backend"],
+            ),
             backend_connect_duration_seconds,
             tls_handshakes_total: counter(
                 &r,
                 "tls_handshakes_total",
                 "Completed TLS handshakes",
                 &["client_auth"],
+            ),
+            tls_handshake_failures_total: counter(
+                &r,
+                "tls_handshake_failures_total",
+                "TLS handshakes that failed, by reason",
+                &["reason"],
+            ),
+            tls_certificate_expiry_timestamp_seconds: gauge(
+                &r,
+                "tls_certificate_expiry_timestamp_seconds",
+                "When each served certificate expires (Unix seconds)",
+                &["name"],
             ),
             closes_sent_total: counter(
                 &r,

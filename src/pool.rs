@@ -109,11 +109,6 @@ impl BackendGuard {
         b.active.fetch_add(1, Ordering::Relaxed);
         BackendGuard(b)
     }
-
-    /// The backend.
-    pub fn backend(&self) -> &Arc<Backend> {
-        &self.0
-    }
 }
 
 impl Drop for BackendGuard {
@@ -454,7 +449,8 @@ fn fnv1a(a: &[u8], b: &[u8]) -> u64 {
 
 /// Builds the static (URL) backends of a config list; `dns:` entries are resolved by the
 /// discovery task.
-pub fn static_backends(list: &[BackendConfig]) -> Vec<Arc<Backend>> {
+#[cfg(test)]
+fn static_backends(list: &[BackendConfig]) -> Vec<Arc<Backend>> {
     let spec = Spec {
         entries: list.iter().filter(|b| b.url.is_some()).cloned().collect(),
         resolved: HashMap::new(),

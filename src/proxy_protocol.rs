@@ -441,6 +441,68 @@ fn check_tlvs(mut tlvs: &[u8]) -> Result<(), ProxyError> {
     Ok(())
 }
 
+/// Why the PROXY header could not be read off a connection.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadHeaderError {
+    /// The socket failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The peer closed before the header was complete.
+    #[error("connection closed {0} the PROXY header")]
+    Closed(&'static str),
+    /// The bytes are not a PROXY header the gateway accepts.
+    #[error("{0}")]
+    Invalid(#[from] ProxyError),
+}
+
+/// Reads the PROXY v1/v2 header a trusted load balancer sends before anything else and
+/// returns the original client's address (`None` for LOCAL/UNKNOWN: the peer is the client).
+///
+/// It peeks first and then consumes exactly the header, so the socket stays a plain
+/// `TcpStream` for TLS and HTTP (and for the relay's zero-copy unwrapping).
+pub async fn read_header(
+    tcp: &tokio::net::TcpStream,
+) -> Result<Option<SocketAddr>, ReadHeaderError> {
+    let mut buf = vec![0u8; MAX_HEADER_LEN];
+    let mut seen = 0;
+    loop {
+        let n = tcp.peek(&mut buf).await?;
+        if n == 0 {
+            return Err(ReadHeaderError::Closed("before"));
+        }
+        match parse(&buf[..n])? {
+            Parsed::Complete { header, consumed } => {
+                consume(tcp, consumed).await?;
+                return Ok(header.source);
+            }
+            Parsed::Incomplete => {
+                if n == seen {
+                    // peek returns at once while the partial header sits in the buffer;
+                    // wait a little for the rest instead of spinning.
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+                seen = n;
+            }
+        }
+    }
+}
+
+/// Reads and drops exactly `len` bytes (the header that was peeked).
+async fn consume(tcp: &tokio::net::TcpStream, len: usize) -> Result<(), ReadHeaderError> {
+    let mut sink = vec![0u8; len];
+    let mut got = 0;
+    while got < len {
+        tcp.readable().await?;
+        match tcp.try_read(&mut sink[got..]) {
+            Ok(0) => return Err(ReadHeaderError::Closed("inside")),
+            Ok(k) => got += k,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,9 +15,38 @@ use tokio::net::TcpListener;
 
 use crate::config::Config;
 use crate::discovery::{Resolve, SystemResolver};
+use crate::gateway::{App, BuildError, Gateway};
 use crate::metrics::Metrics;
-use crate::server::{serve, App, Gateway};
+use crate::server::serve;
 use crate::tls::TlsTerminator;
+
+/// Why the gateway could not start; `Display` is the one line the operator sees.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// The first configuration generation could not be built.
+    #[error(transparent)]
+    Build(#[from] BuildError),
+    /// A listener could not be bound.
+    #[error("{key}: cannot bind {addr}: {source}")]
+    Bind {
+        /// The config key of the listener (`listen`, `admin.listen`).
+        key: &'static str,
+        /// The address.
+        addr: SocketAddr,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A worker thread or its event loop could not start.
+    #[error("cannot start worker {worker}: {source}")]
+    Worker {
+        /// The worker's number.
+        worker: usize,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// A started gateway.
 pub struct Running {
@@ -63,11 +92,12 @@ fn spawn_worker(
     app: Arc<App>,
     listeners: Vec<(std::net::TcpListener, Option<Arc<TlsTerminator>>)>,
     mut stop: tokio::sync::watch::Receiver<bool>,
-) -> Result<(), String> {
+) -> Result<(), StartError> {
+    let failed = |source| StartError::Worker { worker: i, source };
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start worker {i}: {e}"))?;
+        .map_err(failed)?;
     std::thread::Builder::new()
         .name(format!("mosaic-gw-{i}"))
         .spawn(move || {
@@ -84,7 +114,7 @@ fn spawn_worker(
             });
         })
         .map(|_| ())
-        .map_err(|e| format!("cannot start worker {i}: {e}"))
+        .map_err(failed)
 }
 
 /// Binds the listeners and starts serving. `extra_tls` adds a TLS listener (used by `dev`
@@ -92,7 +122,7 @@ fn spawn_worker(
 pub async fn start(
     config: Config,
     extra_tls: Option<(SocketAddr, Arc<TlsTerminator>)>,
-) -> Result<Running, String> {
+) -> Result<Running, StartError> {
     start_with(config, extra_tls, Arc::new(SystemResolver)).await
 }
 
@@ -101,7 +131,7 @@ pub async fn start_with(
     config: Config,
     extra_tls: Option<(SocketAddr, Arc<TlsTerminator>)>,
     resolver: Arc<dyn Resolve>,
-) -> Result<Running, String> {
+) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
     let public = config.listen_addr();
     let admin = config.admin_addr();
@@ -109,24 +139,30 @@ pub async fn start_with(
     // A first answer for `dns:` backends before serving, so the pool is not empty at start.
     crate::discovery::refresh(&gateway, resolver.as_ref()).await;
     let workers = gateway.config.worker_count();
-    let public_l =
-        bind_group(public, workers).map_err(|e| format!("listen: cannot bind {public}: {e}"))?;
+    let bind_err = |key, addr| move |source| StartError::Bind { key, addr, source };
+    let public_l = bind_group(public, workers).map_err(bind_err("listen", public))?;
     let admin_l = TcpListener::bind(admin)
         .await
-        .map_err(|e| format!("admin.listen: cannot bind {admin}: {e}"))?;
+        .map_err(bind_err("admin.listen", admin))?;
     let extra = match extra_tls {
         Some((addr, tls)) => {
-            let l = bind_group(addr, workers)
-                .map_err(|e| format!("cannot bind TLS listener {addr}: {e}"))?;
+            let l = bind_group(addr, workers).map_err(bind_err("TLS listener", addr))?;
             Some((l, tls))
         }
         None => None,
     };
     let app = App::new(gateway, metrics);
-    let public_addr = public_l[0].local_addr().map_err(|e| e.to_string())?;
-    let admin_addr = admin_l.local_addr().map_err(|e| e.to_string())?;
+    let public_addr = public_l[0]
+        .local_addr()
+        .map_err(bind_err("listen", public))?;
+    let admin_addr = admin_l
+        .local_addr()
+        .map_err(bind_err("admin.listen", admin))?;
     let extra_tls_addr = match &extra {
-        Some((l, _)) => Some(l[0].local_addr().map_err(|e| e.to_string())?),
+        Some((l, _)) => Some(
+            l[0].local_addr()
+                .map_err(bind_err("TLS listener", public))?,
+        ),
         None => None,
     };
     let mut per_worker: Vec<Vec<(std::net::TcpListener, Option<Arc<TlsTerminator>>)>> =

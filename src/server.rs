@@ -1,250 +1,40 @@
-//! The gateway's shared state and the public listener: accept, the PROXY header, TLS.
+//! The public listener and the connection pipeline, assembled in one place.
 //!
-//! A connection then goes through three layers, one module each: [`crate::front`] reads its
-//! first request, [`crate::upgrade`] completes the upstream's handshake before the client
-//! hears 101 (so every failure is an HTTP status and retries stay invisible), and
-//! [`crate::connection`] relays it until it ends.
+//! Every accepted connection goes through these stages, in this order, each in its own
+//! module and each knowing only the stages after it:
+//!
+//! 1. the PROXY header from a trusted load balancer ([`crate::proxy_protocol`]);
+//! 2. TLS ([`crate::tls`]), which also yields the client's ed25519 key;
+//! 3. the first request head ([`crate::request_head`]): a plain request goes to the hyper
+//!    path ([`crate::front`]), an upgrade stays on the fast path below;
+//! 4. the upgrade ([`crate::upgrade`]): checks, limits, routing, and the upstream's side of
+//!    the handshake, all before the client hears 101, so every failure is an HTTP status
+//!    and retries stay invisible;
+//! 5. the relay ([`crate::connection`]) until the connection ends.
+//!
+//! The PROXY header, TLS and the request head share one deadline
+//! (`limits.handshake_timeout`).
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
+use hyper::StatusCode;
+use hyper_util::rt::TokioIo;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::time::Instant;
 
-use crate::config::{Config, UpstreamUrl};
-use crate::front::serve_first_request;
-use crate::listener::{Limits, TrustedProxies};
-use crate::metrics::Metrics;
-use crate::pool::Pool;
-use crate::relay::pump::{DrainSignal, DrainState};
+use crate::answer::{reject, Answer, Rejection};
+use crate::connection::{run_connection, ClientStream};
+use crate::front::{serve_http, Rewind};
+use crate::gateway::{App, ConnInfo, Gateway};
+use crate::handshake::wants_websocket;
+use crate::relay::pump::DrainState;
+use crate::request_head::{read_request_head, HeadError};
 use crate::tls::TlsTerminator;
-
-/// Response bodies of the public listener.
-pub type Body = BoxBody<Bytes, hyper::Error>;
-
-/// One configuration generation: what new connections use. A reload builds a new one;
-/// open connections keep the one they started with.
-pub struct Gateway {
-    /// The validated config.
-    pub config: Config,
-    /// The pool for every Mosaic client.
-    pub pool: Arc<Pool>,
-    /// The pool for TLS-authenticated clients, when configured.
-    pub auth_pool: Option<Arc<Pool>>,
-    /// The nostr relay, when served.
-    pub nostr: Option<UpstreamUrl>,
-    /// Proxies whose X-Forwarded-For is believed.
-    pub trusted: TrustedProxies,
-    /// TLS termination, when configured.
-    pub tls: Option<Arc<TlsTerminator>>,
-}
-
-impl Gateway {
-    /// Builds a generation from a validated config (loads the key, builds the pools).
-    /// `dns:` backends join once the discovery task resolves them (`runtime::start` does a
-    /// first lookup before serving).
-    pub fn build(config: Config, metrics: &Arc<Metrics>) -> Result<Gateway, String> {
-        Gateway::assemble(config, None, metrics)
-    }
-
-    /// Builds the next generation on reload. The pools are kept and reconfigured with the
-    /// new backend list and balancing, so backends that stay keep their health and
-    /// connection counts, DNS answers for names still listed stay, and removed backends
-    /// drain (open connections keep running, no new ones). Nothing changes if it fails.
-    pub fn rebuild(
-        config: Config,
-        old: &Gateway,
-        metrics: &Arc<Metrics>,
-    ) -> Result<Gateway, String> {
-        Gateway::assemble(config, Some(old), metrics)
-    }
-
-    fn assemble(
-        config: Config,
-        old: Option<&Gateway>,
-        metrics: &Arc<Metrics>,
-    ) -> Result<Gateway, String> {
-        // Everything that can fail comes first: the old generation must stay untouched
-        // when a reload is refused.
-        let tls = match &config.tls {
-            Some(t) => {
-                let key = crate::keys::load_signing_key(&t.key_file).map_err(|e| e.to_string())?;
-                let term = TlsTerminator::new(&key, t.certificate, t.client_auth, t.min_version)
-                    .map_err(|e| format!("tls: {e}"))?;
-                Some(Arc::new(term))
-            }
-            None => None,
-        };
-        let m = &config.mosaic;
-        let pool = match old {
-            Some(o) => {
-                o.pool.reconfigure(&m.backends, m.balance);
-                o.pool.clone()
-            }
-            None => Arc::new(Pool::from_config(
-                "default",
-                &m.backends,
-                m.balance,
-                metrics.clone(),
-            )),
-        };
-        let auth_pool = match (
-            old.and_then(|o| o.auth_pool.clone()),
-            m.authenticated_backends.is_empty(),
-        ) {
-            (Some(p), false) => {
-                p.reconfigure(&m.authenticated_backends, m.balance);
-                Some(p)
-            }
-            (Some(p), true) => {
-                // The pool goes away: its backends drain like removed ones.
-                p.reconfigure(&[], m.balance);
-                None
-            }
-            (None, false) => Some(Arc::new(Pool::from_config(
-                "authenticated",
-                &m.authenticated_backends,
-                m.balance,
-                metrics.clone(),
-            ))),
-            (None, true) => None,
-        };
-        Ok(Gateway {
-            nostr: config.nostr_upstream(),
-            trusted: TrustedProxies::new(&config.forwarded.trusted_proxies),
-            tls,
-            pool,
-            auth_pool,
-            config,
-        })
-    }
-
-    /// Every pool, for health checks and readiness.
-    pub fn pools(&self) -> Vec<Arc<Pool>> {
-        let mut v = vec![self.pool.clone()];
-        v.extend(self.auth_pool.clone());
-        v
-    }
-}
-
-/// Process-wide state shared by the listeners, the admin endpoints and shutdown.
-pub struct App {
-    current: RwLock<Arc<Gateway>>,
-    /// Metrics registry.
-    pub metrics: Arc<Metrics>,
-    /// Connection counters.
-    pub limits: Arc<Limits>,
-    /// Drain broadcast to every relayed connection.
-    pub drain: watch::Sender<DrainState>,
-    /// Set once the public listener is bound.
-    pub listening: AtomicBool,
-    /// Drain signals of the relayed connections.
-    pub relayed: Relayed,
-    pub(crate) next_id: AtomicU64,
-}
-
-impl App {
-    /// Wraps a first generation.
-    pub fn new(gateway: Gateway, metrics: Arc<Metrics>) -> Arc<App> {
-        let (drain, _) = watch::channel(DrainState::Running);
-        Arc::new(App {
-            current: RwLock::new(Arc::new(gateway)),
-            metrics,
-            limits: Arc::new(Limits::default()),
-            drain,
-            listening: AtomicBool::new(false),
-            relayed: Relayed::default(),
-            next_id: AtomicU64::new(1),
-        })
-    }
-
-    /// The generation new connections use.
-    pub fn gateway(&self) -> Arc<Gateway> {
-        self.current
-            .read()
-            .map(|g| g.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
-    }
-
-    /// Makes `g` the generation for new connections.
-    pub fn swap(&self, g: Gateway) {
-        if let Ok(mut cur) = self.current.write() {
-            *cur = Arc::new(g);
-        }
-    }
-
-    /// Whether SIGTERM started the drain.
-    pub fn is_draining(&self) -> bool {
-        matches!(*self.drain.borrow(), DrainState::Draining { .. })
-    }
-
-    /// Readiness: listening, a healthy backend in every pool, not draining.
-    pub fn readiness(&self) -> Result<(), String> {
-        if self.is_draining() {
-            return Err("draining".into());
-        }
-        if !self.listening.load(Ordering::Relaxed) {
-            return Err("listener not bound yet".into());
-        }
-        for p in self.gateway().pools() {
-            if !p.has_healthy() {
-                return Err(format!("no healthy backend in pool {}", p.name));
-            }
-        }
-        Ok(())
-    }
-}
-
-/// The drain signal of every relayed connection, so the drain reaches each one without the
-/// connections polling anything shared.
-#[derive(Default)]
-pub struct Relayed {
-    draining: Mutex<Option<tokio::time::Instant>>,
-    conns: Mutex<HashMap<u64, Arc<DrainSignal>>>,
-}
-
-impl Relayed {
-    pub(crate) fn register(&self, id: u64) -> Arc<DrainSignal> {
-        let signal = Arc::new(DrainSignal::default());
-        lock(&self.conns).insert(id, signal.clone());
-        // Checked after inserting: a drain that started meanwhile has either seen this
-        // connection in the map or is seen here.
-        if let Some(close_by) = *lock(&self.draining) {
-            signal.fire(close_by);
-        }
-        signal
-    }
-
-    pub(crate) fn unregister(&self, id: u64) {
-        lock(&self.conns).remove(&id);
-    }
-
-    /// Tells every relayed connection, present and future, to drain by `close_by`.
-    pub fn drain_all(&self, close_by: tokio::time::Instant) {
-        *lock(&self.draining) = Some(close_by);
-        for s in lock(&self.conns).values() {
-            s.fire(close_by);
-        }
-    }
-}
-
-/// Locks a mutex whose data stays consistent even if a holder panicked.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// What the gateway knows about one accepted connection before HTTP starts.
-#[derive(Clone, Copy)]
-pub(crate) struct ConnInfo {
-    pub(crate) peer: SocketAddr,
-    pub(crate) tls: bool,
-    pub(crate) client_key: Option<[u8; 32]>,
-}
+use crate::upgrade::prepare_upgrade;
 
 /// Accepts connections until the drain starts. `tls` overrides the config's TLS setting
 /// for this listener (the `dev` stack serves ws:// and wss:// side by side).
@@ -274,6 +64,7 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, tls: Option<Arc<TlsTerm
     tracing::info!("public listener closed");
 }
 
+/// Stages 1 and 2: the PROXY header, then TLS (or none), then the first request.
 async fn handle_connection(
     app: Arc<App>,
     tcp: TcpStream,
@@ -282,27 +73,10 @@ async fn handle_connection(
 ) {
     let _ = tcp.set_nodelay(true);
     let gw = app.gateway();
-    // The PROXY header, TLS and the request head share one deadline.
-    let deadline = tokio::time::Instant::now() + gw.config.limits.handshake_timeout.0;
-    let mut peer = peer;
-    if gw.config.forwarded.proxy_protocol && gw.trusted.contains(peer.ip()) {
-        match tokio::time::timeout_at(deadline, read_proxy_header(&tcp)).await {
-            Ok(Ok(Some(source))) => peer = source,
-            Ok(Ok(None)) => {}
-            Ok(Err(e)) => {
-                tracing::info!(client = %peer, error = %e, "bad PROXY header: connection closed");
-                app.metrics
-                    .handshake_rejections_total
-                    .with_label_values(&["bad_proxy_header"])
-                    .inc();
-                return;
-            }
-            Err(_) => {
-                tracing::info!(client = %peer, "no PROXY header in time: connection closed");
-                return;
-            }
-        }
-    }
+    let deadline = Instant::now() + gw.config.limits.handshake_timeout.0;
+    let Some(peer) = real_peer(&app, &gw, &tcp, peer, deadline).await else {
+        return;
+    };
     let Some(tls) = tls.or_else(|| gw.tls.clone()) else {
         let info = ConnInfo {
             peer,
@@ -316,14 +90,43 @@ async fn handle_connection(
     Box::pin(serve_tls(app, gw, tcp, peer, tls, deadline)).await;
 }
 
-/// The TLS handshake, then the first request over TLS.
+/// Stage 1: the client's address, from the PROXY header when the peer is a trusted load
+/// balancer that sends one. `None`: the connection is closed.
+async fn real_peer(
+    app: &App,
+    gw: &Gateway,
+    tcp: &TcpStream,
+    peer: SocketAddr,
+    deadline: Instant,
+) -> Option<SocketAddr> {
+    if !(gw.config.forwarded.proxy_protocol && gw.trusted.contains(peer.ip())) {
+        return Some(peer);
+    }
+    match tokio::time::timeout_at(deadline, crate::proxy_protocol::read_header(tcp)).await {
+        Ok(Ok(source)) => Some(source.unwrap_or(peer)),
+        Ok(Err(e)) => {
+            tracing::info!(client = %peer, error = %e, "bad PROXY header: connection closed");
+            app.metrics
+                .handshake_rejections_total
+                .with_label_values(&["bad_proxy_header"])
+                .inc();
+            None
+        }
+        Err(_) => {
+            tracing::info!(client = %peer, "no PROXY header in time: connection closed");
+            None
+        }
+    }
+}
+
+/// Stage 2: the TLS handshake, then the first request over TLS.
 async fn serve_tls(
     app: Arc<App>,
     gw: Arc<Gateway>,
     tcp: TcpStream,
     peer: SocketAddr,
     tls: Arc<TlsTerminator>,
-    deadline: tokio::time::Instant,
+    deadline: Instant,
 ) {
     match tokio::time::timeout_at(deadline, tls.accept(tcp)).await {
         Ok(Ok((stream, client_key))) => {
@@ -345,43 +148,77 @@ async fn serve_tls(
     }
 }
 
-/// Reads the PROXY v1/v2 header a trusted load balancer sends before anything else and
-/// returns the original client's address (`None` for LOCAL/UNKNOWN: the peer is the client).
-///
-/// It peeks first and then consumes exactly the header, so the socket stays a plain
-/// `TcpStream` for TLS and HTTP (and for the relay's zero-copy unwrapping).
-async fn read_proxy_header(tcp: &TcpStream) -> Result<Option<SocketAddr>, String> {
-    use crate::proxy_protocol::{parse, Parsed, MAX_HEADER_LEN};
-    let mut buf = vec![0u8; MAX_HEADER_LEN];
-    let mut seen = 0;
-    loop {
-        let n = tcp.peek(&mut buf).await.map_err(|e| e.to_string())?;
-        if n == 0 {
-            return Err("connection closed before the PROXY header".into());
+/// Stage 3: the first request head. An upgrade is decided, answered and relayed from here
+/// with no HTTP machinery in between; anything else (NIP-11, CORS, the relay's page) goes
+/// to hyper with the bytes already read.
+async fn serve_first_request<S: ClientStream>(
+    app: Arc<App>,
+    gw: Arc<Gateway>,
+    mut s: S,
+    info: ConnInfo,
+    deadline: Instant,
+) {
+    let max = gw.config.limits.max_request_header_bytes;
+    let head = match tokio::time::timeout_at(deadline, read_request_head(&mut s, max)).await {
+        Ok(h) => h,
+        Err(_) => {
+            tracing::debug!(client = %info.peer, "request head not complete in time: closed");
+            return;
         }
-        match parse(&buf[..n]).map_err(|e| e.to_string())? {
-            Parsed::Complete { header, consumed } => {
-                let mut sink = vec![0u8; consumed];
-                let mut got = 0;
-                while got < consumed {
-                    tcp.readable().await.map_err(|e| e.to_string())?;
-                    match tcp.try_read(&mut sink[got..]) {
-                        Ok(0) => return Err("connection closed inside the PROXY header".into()),
-                        Ok(k) => got += k,
-                        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
-                        Err(e) => return Err(e.to_string()),
-                    }
-                }
-                return Ok(header.source);
-            }
-            Parsed::Incomplete => {
-                if n == seen {
-                    // peek returns at once while the partial header sits in the buffer;
-                    // wait a little for the rest instead of spinning.
-                    tokio::time::sleep(Duration::from_millis(5)).await;
-                }
-                seen = n;
-            }
+    };
+    let (req, mut buf, head_len) = match head {
+        Ok(h) => h,
+        Err(HeadError::Closed) => return,
+        Err(e) => {
+            let r = match e {
+                HeadError::TooLarge => Rejection::new(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "request head too large",
+                    "head_too_large",
+                ),
+                _ => Rejection::bad("malformed HTTP request", "malformed_request"),
+            };
+            return refuse(s, reject(&app.metrics, r)).await;
         }
+    };
+    if !wants_websocket(req.headers()) {
+        let io = Rewind {
+            pre: buf.freeze(),
+            inner: s,
+        };
+        return Box::pin(serve_http(app, gw, TokioIo::new(io), info)).await;
     }
+    let leftover = buf.split_off(head_len);
+    drop(buf);
+    // Stage 4. Boxed, like the relay below: the task that lives as long as the connection
+    // should not carry the set-up's (or hyper's) state machine around.
+    let mut prepared = match Box::pin(prepare_upgrade(&app, info, &req)).await {
+        Ok(p) => p,
+        Err(answer) => return refuse(s, answer).await,
+    };
+    drop(req);
+    let answer = Answer {
+        status: StatusCode::SWITCHING_PROTOCOLS,
+        headers: std::mem::take(&mut prepared.accepted.response),
+        body: Bytes::new(),
+    };
+    if s.write_all(&answer.to_bytes(false)).await.is_err() {
+        return;
+    }
+    drop(answer);
+    // Stage 5. The relay gets a task of its own, sized for relaying only: this one, sized
+    // for TLS and the set-up, ends here and gives its memory back.
+    tokio::spawn(run_connection(
+        app,
+        info,
+        prepared,
+        s.into_client_io(),
+        leftover,
+    ));
+}
+
+/// Writes a refusal and closes (the fast path serves one request only when it refuses).
+async fn refuse<S: ClientStream>(mut s: S, answer: Answer) {
+    let _ = s.write_all(&answer.to_bytes(true)).await;
+    let _ = s.shutdown().await;
 }

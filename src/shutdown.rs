@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::gateway::{App, Gateway};
 use crate::relay::pump::DrainState;
-use crate::server::{App, Gateway};
 
 /// Why the process is stopping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -109,23 +109,48 @@ pub fn peer_key(cert: &CertificateDer<'_>) -> Option<[u8; 32]> {
     key_from_spki(parsed.subject_public_key_info().as_ref())
 }
 
+/// Why a TLS configuration could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    /// The ed25519 key could not be encoded as PKCS#8.
+    #[error("cannot encode the ed25519 key as PKCS#8: {0}")]
+    EncodeKey(#[source] ed25519_dalek::pkcs8::Error),
+    /// rcgen refused the key.
+    #[error("rcgen cannot use the ed25519 key: {0}")]
+    CertificateKey(#[source] rcgen::Error),
+    /// rcgen could not make the self-signed certificate.
+    #[error("cannot make the self-signed certificate: {0}")]
+    SelfSigned(#[source] rcgen::Error),
+    /// rustls cannot sign with the key.
+    #[error("rustls cannot load the ed25519 key: {0}")]
+    LoadKey(#[source] rustls::Error),
+    /// rustls refused the server configuration.
+    #[error("TLS server configuration: {0}")]
+    ServerConfig(#[source] rustls::Error),
+    /// rustls refused the client configuration.
+    #[error("TLS client configuration: {0}")]
+    ClientConfig(#[source] rustls::Error),
+    /// rustls refused the client certificate.
+    #[error("TLS client certificate: {0}")]
+    ClientCertificate(#[source] rustls::Error),
+}
+
 /// The ring provider used everywhere in this module.
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn pkcs8_der(key: &SigningKey) -> Result<PrivatePkcs8KeyDer<'static>, String> {
+fn pkcs8_der(key: &SigningKey) -> Result<PrivatePkcs8KeyDer<'static>, TlsError> {
     let doc = keys::pkcs8_v1(key)
         .to_pkcs8_der()
-        .map_err(|e| format!("cannot encode the ed25519 key as PKCS#8: {e}"))?;
+        .map_err(TlsError::EncodeKey)?;
     Ok(PrivatePkcs8KeyDer::from(doc.as_bytes().to_vec()))
 }
 
 /// A self-signed X.509 certificate (rcgen) on `key`, CN = its `mosrv0…` string.
-pub fn self_signed_certificate(key: &SigningKey) -> Result<CertificateDer<'static>, String> {
+pub fn self_signed_certificate(key: &SigningKey) -> Result<CertificateDer<'static>, TlsError> {
     let der = pkcs8_der(key)?;
-    let key_pair = rcgen::KeyPair::try_from(&der)
-        .map_err(|e| format!("rcgen cannot use the ed25519 key: {e}"))?;
+    let key_pair = rcgen::KeyPair::try_from(&der).map_err(TlsError::CertificateKey)?;
     let mut params = rcgen::CertificateParams::default();
     let name = keys::server_key_string(&key.verifying_key().to_bytes());
     params
@@ -133,7 +158,7 @@ pub fn self_signed_certificate(key: &SigningKey) -> Result<CertificateDer<'stati
         .push(rcgen::DnType::CommonName, name);
     let cert = params
         .self_signed(&key_pair)
-        .map_err(|e| format!("cannot make the self-signed certificate: {e}"))?;
+        .map_err(TlsError::SelfSigned)?;
     Ok(cert.der().clone())
 }
 
@@ -142,11 +167,11 @@ fn certified_key(
     provider: &CryptoProvider,
     key: &SigningKey,
     cert: CertificateDer<'static>,
-) -> Result<Arc<CertifiedKey>, String> {
+) -> Result<Arc<CertifiedKey>, TlsError> {
     let signer = provider
         .key_provider
         .load_private_key(PrivateKeyDer::Pkcs8(pkcs8_der(key)?))
-        .map_err(|e| format!("rustls cannot load the ed25519 key: {e}"))?;
+        .map_err(TlsError::LoadKey)?;
     Ok(Arc::new(CertifiedKey::new(vec![cert], signer)))
 }
 
@@ -349,7 +374,7 @@ impl TlsTerminator {
         mode: CertificateMode,
         client_auth: ClientAuth,
         min: MinVersion,
-    ) -> Result<Self, String> {
+    ) -> Result<Self, TlsError> {
         let provider = provider();
         let public_key = key.verifying_key().to_bytes();
         let rpk = certified_key(
@@ -362,7 +387,7 @@ impl TlsTerminator {
             MinVersion::Tls12 => TLS12_AND_13,
             MinVersion::Tls13 => TLS13_ONLY,
         };
-        let build = |server_rpk: bool, client_rpk: bool| -> Result<Arc<ServerConfig>, String> {
+        let build = |server_rpk: bool, client_rpk: bool| -> Result<Arc<ServerConfig>, TlsError> {
             let verifier = Arc::new(ClientKeyVerifier {
                 raw: client_rpk,
                 offer: client_auth != ClientAuth::None,
@@ -376,7 +401,7 @@ impl TlsTerminator {
             };
             let builder = ServerConfig::builder_with_provider(provider.clone())
                 .with_protocol_versions(versions)
-                .map_err(|e| format!("TLS server configuration: {e}"))?
+                .map_err(TlsError::ServerConfig)?
                 .with_client_cert_verifier(verifier);
             let mut config = if server_rpk {
                 builder.with_cert_resolver(Arc::new(AlwaysResolvesServerRawPublicKeys::new(
@@ -485,13 +510,13 @@ pub fn client_config(
     pin: Option<[u8; 32]>,
     raw_server_key: bool,
     identity: ClientIdentity<'_>,
-) -> Result<ClientConfig, String> {
+) -> Result<ClientConfig, TlsError> {
     let provider = provider();
     let tls13_only = raw_server_key || matches!(identity, ClientIdentity::RawPublicKey(_));
     let versions = if tls13_only { TLS13_ONLY } else { TLS12_AND_13 };
     let builder = ClientConfig::builder_with_provider(provider.clone())
         .with_protocol_versions(versions)
-        .map_err(|e| format!("TLS client configuration: {e}"))?
+        .map_err(TlsError::ClientConfig)?
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(ServerKeyVerifier::new(pin, raw_server_key)));
     let mut config = match identity {
@@ -506,7 +531,7 @@ pub fn client_config(
                 vec![self_signed_certificate(key)?],
                 PrivateKeyDer::Pkcs8(pkcs8_der(key)?),
             )
-            .map_err(|e| format!("TLS client certificate: {e}"))?,
+            .map_err(TlsError::ClientCertificate)?,
     };
     config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
     Ok(config)
@@ -516,7 +541,7 @@ pub fn client_config(
 /// works with servers in `auto` or `raw-public-key` mode, not X.509-only servers (see
 /// [`BackendConnector`] for both). With `pin` the key must equal it; without a pin any
 /// ed25519 key is accepted, which is unauthenticated and meant for labs.
-pub fn backend_connector(pin: Option<[u8; 32]>) -> Result<TlsConnector, String> {
+pub fn backend_connector(pin: Option<[u8; 32]>) -> Result<TlsConnector, TlsError> {
     Ok(TlsConnector::from(Arc::new(client_config(
         pin,
         true,
@@ -527,7 +552,7 @@ pub fn backend_connector(pin: Option<[u8; 32]>) -> Result<TlsConnector, String> 
 /// Connector for `wss://` backends with a (self-signed) X.509 ed25519 certificate, TLS 1.2+:
 /// works with servers in `auto` or `self-signed` mode and with OpenSSL-based servers; pinning
 /// as in [`backend_connector`].
-pub fn backend_connector_x509(pin: Option<[u8; 32]>) -> Result<TlsConnector, String> {
+pub fn backend_connector_x509(pin: Option<[u8; 32]>) -> Result<TlsConnector, TlsError> {
     Ok(TlsConnector::from(Arc::new(client_config(
         pin,
         false,
@@ -551,7 +576,7 @@ impl std::fmt::Debug for BackendConnector {
 
 impl BackendConnector {
     /// Both connectors, pinned to `pin` or (lab use only) accepting any ed25519 key.
-    pub fn new(pin: Option<[u8; 32]>) -> Result<Self, String> {
+    pub fn new(pin: Option<[u8; 32]>) -> Result<Self, TlsError> {
         Ok(Self {
             rpk: backend_connector(pin)?,
             x509: backend_connector_x509(pin)?,

@@ -182,7 +182,7 @@ pub fn upgrade_route(data: &[u8]) {
     }
 
     // What a backend receives: the client can never inject identity or framing headers.
-    let who = handshake::ClientIdentity {
+    let who = handshake::ForwardedClient {
         addr: IpAddr::from([203, 0, 113, 7]),
         forwarded_chain: vec![IpAddr::from([198, 51, 100, 1])],
         tls: data.len() & 1 == 0,

@@ -23,18 +23,44 @@ pub struct DevOptions {
     pub admin: SocketAddr,
 }
 
+/// Why the dev stack could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    /// The embedded nostr relay could not start.
+    #[error("embedded nostr relay: {0}")]
+    Relay(#[source] std::io::Error),
+    /// The embedded Mosaic backend could not start.
+    #[error("embedded Mosaic backend: {0}")]
+    Backend(#[source] std::io::Error),
+    /// The generated config is invalid (a bug, or a bad address on the command line).
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigErrors),
+    /// No randomness for the ephemeral key.
+    #[error("no OS randomness for the dev key: {0}")]
+    Random(getrandom::Error),
+    /// The TLS listener's terminator could not be built.
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    /// The gateway did not start.
+    #[error(transparent)]
+    Start(#[from] crate::runtime::StartError),
+    /// Signal handlers could not be installed.
+    #[error("signals: {0}")]
+    Signals(#[source] std::io::Error),
+}
+
 /// Runs the dev stack until SIGTERM or Ctrl-C.
-pub async fn run(opts: DevOptions) -> Result<(), String> {
+pub async fn run(opts: DevOptions) -> Result<(), DevError> {
     let local = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
     let relay = nostr_relay::NostrRelayServer::spawn(local(0))
         .await
-        .map_err(|e| format!("embedded nostr relay: {e}"))?;
+        .map_err(DevError::Relay)?;
     let backend = mosaic_backend::MosaicBackend::spawn(
         local(0),
         mosaic_backend::MosaicBackendOptions::default(),
     )
     .await
-    .map_err(|e| format!("embedded Mosaic backend: {e}"))?;
+    .map_err(DevError::Backend)?;
     let yaml = format!(
         "listen: \"{}\"\nadmin:\n  listen: \"{}\"\nmosaic:\n  backends:\n    - url: ws://{}\n  health_check: {{ interval: 2s, timeout: 1s }}\nnostr:\n  upstream: ws://{}\nshutdown:\n  drain_timeout: 5s\n",
         opts.listen,
@@ -42,10 +68,10 @@ pub async fn run(opts: DevOptions) -> Result<(), String> {
         backend.local_addr(),
         relay.local_addr()
     );
-    let config = crate::config::parse(&yaml).map_err(|e| e.to_string())?;
+    let config = crate::config::parse(&yaml)?;
     crate::logging::init(config.log.format, &config.log.level);
     let mut seed = [0u8; 32];
-    getrandom::fill(&mut seed).map_err(|e| format!("no OS randomness for the dev key: {e}"))?;
+    getrandom::fill(&mut seed).map_err(DevError::Random)?;
     let key = ed25519_dalek::SigningKey::from_bytes(&seed);
     let tls = TlsTerminator::new(
         &key,
@@ -80,7 +106,7 @@ pub async fn run(opts: DevOptions) -> Result<(), String> {
     println!("Ctrl-C drains and stops.");
     let _ = crate::shutdown::wait_for_stop(running.app.clone(), None)
         .await
-        .map_err(|e| format!("signals: {e}"))?;
+        .map_err(DevError::Signals)?;
     running.shutdown().await;
     drop(backend);
     drop(relay);

@@ -356,18 +356,58 @@ fn random_mask() -> [u8; 4] {
     m
 }
 
-/// One direction: `src` → `dst`. `to_client` says whether `dst` is the client.
-#[allow(clippy::too_many_arguments)]
+/// One direction's place in the relay: which way it runs, the commands for its writer and
+/// its peer's, and the state both directions share.
+struct Lane<'a> {
+    dir: Direction,
+    mine: &'a Control,
+    peer: &'a Control,
+    shared: &'a Shared,
+}
+
+/// The command channels of both writers.
+struct Controls {
+    to_client: Control,
+    to_upstream: Control,
+}
+
+impl Controls {
+    /// The lane for `dir`: its own writer's commands and its peer's.
+    fn lane<'a>(&'a self, dir: Direction, shared: &'a Shared) -> Lane<'a> {
+        let (mine, peer) = match dir {
+            Direction::UpstreamToClient => (&self.to_client, &self.to_upstream),
+            Direction::ClientToUpstream => (&self.to_upstream, &self.to_client),
+        };
+        Lane {
+            dir,
+            mine,
+            peer,
+            shared,
+        }
+    }
+
+    /// Asks both writers to close with `code`.
+    fn close_both(&self, code: u16) {
+        self.to_client.send(Command::Close(code));
+        self.to_upstream.send(Command::Close(code));
+    }
+}
+
+/// One direction: `src` → `dst`, starting with the bytes already read from `src`.
 async fn forward<R: Source, W: AsyncWrite + Unpin>(
     mut src: R,
     mut dst: W,
     mut pending: BytesMut,
-    mut tracker: Tracker,
-    dir: Direction,
-    mine: &Control,
-    peer: &Control,
-    shared: &Shared,
+    rules: Option<MosaicRules>,
+    lane: Lane<'_>,
 ) -> DirReport {
+    let Lane {
+        dir,
+        mine,
+        peer,
+        shared,
+    } = lane;
+    let mut tracker = Tracker::new(dir, rules);
     let to_client = dir == Direction::UpstreamToClient;
     let counters = if to_client { &shared.down } else { &shared.up };
     let mut rep = DirReport {
@@ -529,20 +569,33 @@ fn close_reason(code: u16) -> &'static str {
     }
 }
 
-/// Relays one upgraded connection until it ends; returns what happened. `fold` receives
-/// the traffic moved every few seconds and once at the end, so metrics stay current for
-/// long-lived connections without touching shared counters per message.
-#[allow(clippy::too_many_arguments)]
+/// One side of a relayed connection: its read and write halves and the bytes already read
+/// from it (past the HTTP head).
+pub struct Side<R, W> {
+    /// Where this side's bytes come from.
+    pub read: R,
+    /// Where bytes for this side go.
+    pub write: W,
+    /// Bytes read from this side before the relay started.
+    pub leftover: BytesMut,
+}
+
+/// What a relay needs besides its two sides.
+pub struct Pump<'a, F> {
+    /// The connection's settings.
+    pub opts: PumpOptions,
+    /// The connection's drain signal.
+    pub drain: &'a DrainSignal,
+    /// Receives the traffic moved every few seconds and once at the end, so metrics stay
+    /// current for long-lived connections without touching shared counters per message.
+    pub fold: &'a F,
+}
+
+/// Relays one upgraded connection until it ends; returns what happened.
 pub async fn relay<CR, CW, UR, UW, F>(
-    client_read: CR,
-    client_write: CW,
-    client_leftover: BytesMut,
-    upstream_read: UR,
-    upstream_write: UW,
-    upstream_leftover: BytesMut,
-    opts: PumpOptions,
-    drain: &DrainSignal,
-    fold: &F,
+    client: Side<CR, CW>,
+    upstream: Side<UR, UW>,
+    pump: &Pump<'_, F>,
 ) -> RelayReport
 where
     CR: Source,
@@ -551,8 +604,11 @@ where
     UW: AsyncWrite + Unpin,
     F: Fn(Traffic) + Sync,
 {
-    let to_client = Control::new();
-    let to_upstream = Control::new();
+    let opts = pump.opts;
+    let controls = Controls {
+        to_client: Control::new(),
+        to_upstream: Control::new(),
+    };
     let shared = Shared {
         queries: Mutex::new(HashSet::new()),
         last_activity_ms: AtomicU64::new(0),
@@ -562,37 +618,24 @@ where
         violation: Mutex::new(None),
     };
     let up = forward(
-        client_read,
-        upstream_write,
-        client_leftover,
-        Tracker::new(Direction::ClientToUpstream, opts.mosaic),
-        Direction::ClientToUpstream,
-        &to_upstream,
-        &to_client,
-        &shared,
+        client.read,
+        upstream.write,
+        client.leftover,
+        opts.mosaic,
+        controls.lane(Direction::ClientToUpstream, &shared),
     );
     let down = forward(
-        upstream_read,
-        client_write,
-        upstream_leftover,
-        Tracker::new(Direction::UpstreamToClient, opts.mosaic),
-        Direction::UpstreamToClient,
-        &to_client,
-        &to_upstream,
-        &shared,
+        upstream.read,
+        client.write,
+        upstream.leftover,
+        opts.mosaic,
+        controls.lane(Direction::UpstreamToClient, &shared),
     );
     tokio::pin!(up);
     tokio::pin!(down);
     let mut up_rep: Option<DirReport> = None;
     let mut down_rep: Option<DirReport> = None;
-    let mut closer: Option<Closer> = None;
-    let mut linger_until: Option<tokio::time::Instant> = None;
-    let mut drain_close_at: Option<tokio::time::Instant> = None;
-    let mut drain_seen = false;
-    // The activity mark (ms) at which the last keepalive ping was sent.
-    let mut pinged_at: Option<u64> = None;
-    let mut folded = Traffic::default();
-    let mut next_fold = tokio::time::Instant::now() + FOLD_EVERY;
+    let mut clock = Clock::new(opts.idle_timeout);
     // One timer for every deadline (idle, keepalive, fold, linger, drain close): it is
     // re-armed only when it fires or a deadline appears, never per message.
     let timer = tokio::time::sleep(FOLD_EVERY);
@@ -607,88 +650,31 @@ where
         if (up_rep.is_some() || down_rep.is_some()) && done_up && done_down {
             break;
         }
-        let last_ms = shared.last_activity_ms.load(Ordering::Relaxed);
-        let last = Duration::from_millis(last_ms);
-        let quiet = closer.is_none() && linger_until.is_none();
-        let idle_at = tokio::time::Instant::from_std(shared.started + last + opts.idle_timeout);
-        let ping_at = tokio::time::Instant::from_std(shared.started + last + opts.idle_timeout / 2);
-        let mut next = next_fold;
-        if quiet {
-            next = next.min(if pinged_at == Some(last_ms) {
-                idle_at
-            } else {
-                ping_at
-            });
-        }
-        for d in [linger_until, drain_close_at].into_iter().flatten() {
-            next = next.min(d);
-        }
-        if next != armed_for {
-            timer.as_mut().reset(next);
-            armed_for = next;
+        let turn = clock.turn(&shared);
+        if turn.next != armed_for {
+            timer.as_mut().reset(turn.next);
+            armed_for = turn.next;
         }
         tokio::select! {
             r = &mut up, if up_rep.is_none() => {
-                if r.violated {
-                    closer.get_or_insert(Closer::Gateway);
-                } else if r.source_ended {
-                    closer.get_or_insert(Closer::Client);
-                }
+                clock.direction_ended(&r, Closer::Client);
                 up_rep = Some(r);
-                linger_until.get_or_insert(tokio::time::Instant::now() + CLOSE_LINGER);
             }
             r = &mut down, if down_rep.is_none() => {
-                if r.violated {
-                    closer.get_or_insert(Closer::Gateway);
-                } else if r.source_ended {
-                    closer.get_or_insert(Closer::Upstream);
-                }
+                clock.direction_ended(&r, Closer::Upstream);
                 down_rep = Some(r);
-                linger_until.get_or_insert(tokio::time::Instant::now() + CLOSE_LINGER);
             }
-            close_by = std::future::poll_fn(|cx| drain.poll_fired(cx)), if !drain_seen => {
-                drain_seen = true;
+            close_by = std::future::poll_fn(|cx| pump.drain.poll_fired(cx)), if !clock.drain_seen => {
                 if opts.mosaic.is_some() {
-                    to_client.send(Command::CloseQueries);
+                    controls.to_client.send(Command::CloseQueries);
                 }
-                let now = tokio::time::Instant::now();
-                let window = close_by.saturating_duration_since(now);
-                let mut r = [0u8; 4];
-                let _ = getrandom::fill(&mut r);
-                let frac = f64::from(u32::from_le_bytes(r)) / f64::from(u32::MAX);
-                drain_close_at = Some(now + window.mul_f64(frac));
+                clock.drain_started(close_by);
             }
             () = &mut timer => {
-                let now = tokio::time::Instant::now();
                 // Force a re-arm on the next turn even if the deadline is unchanged.
-                armed_for = now;
-                if linger_until.is_some_and(|l| now >= l) {
+                armed_for = tokio::time::Instant::now();
+                if clock.on_timer(&turn, &shared, &controls, pump.fold) == Tick::Stop {
                     break;
-                }
-                if now >= next_fold {
-                    let t = shared.traffic();
-                    fold(t.since(folded));
-                    folded = t;
-                    next_fold = now + FOLD_EVERY;
-                }
-                if drain_close_at.is_some_and(|d| now >= d) {
-                    drain_close_at = None;
-                    closer.get_or_insert(Closer::Gateway);
-                    to_client.send(Command::Close(1001));
-                    to_upstream.send(Command::Close(1001));
-                    linger_until.get_or_insert(now + CLOSE_LINGER);
-                }
-                let still_ms = shared.last_activity_ms.load(Ordering::Relaxed);
-                if quiet && still_ms == last_ms && closer.is_none() {
-                    if pinged_at == Some(last_ms) && now >= idle_at {
-                        closer = Some(Closer::Gateway);
-                        to_client.send(Command::Close(1001));
-                        to_upstream.send(Command::Close(1001));
-                        linger_until.get_or_insert(now + CLOSE_LINGER);
-                    } else if pinged_at != Some(last_ms) && now >= ping_at {
-                        pinged_at = Some(last_ms);
-                        to_client.send(Command::Ping);
-                    }
                 }
             }
         }
@@ -699,14 +685,150 @@ where
     };
     let violation = shared.violation.lock().ok().and_then(|v| *v);
     let total = shared.traffic();
-    fold(total.since(folded));
+    (pump.fold)(total.since(clock.folded));
     RelayReport {
         bytes_up: total.bytes_up,
         bytes_down: total.bytes_down,
         messages_up: total.messages_up,
         messages_down: total.messages_down,
         gateway_close_code: sent(&shared.down),
-        closer: closer.or(Some(Closer::Gateway)),
+        closer: clock.closer.or(Some(Closer::Gateway)),
         violation,
+    }
+}
+
+/// The relay's deadlines and the state they depend on: idle and keepalive, metric folds,
+/// the linger after a close, and this connection's point in the drain window.
+struct Clock {
+    idle_timeout: Duration,
+    closer: Option<Closer>,
+    linger_until: Option<tokio::time::Instant>,
+    drain_close_at: Option<tokio::time::Instant>,
+    drain_seen: bool,
+    /// The activity mark (ms) at which the last keepalive ping was sent.
+    pinged_at: Option<u64>,
+    folded: Traffic,
+    next_fold: tokio::time::Instant,
+}
+
+/// One turn of the relay loop: the activity mark it saw and the deadlines derived from it.
+struct Turn {
+    last_ms: u64,
+    /// No close under way: idle and keepalive apply.
+    quiet: bool,
+    idle_at: tokio::time::Instant,
+    ping_at: tokio::time::Instant,
+    /// The earliest deadline: what the timer is armed for.
+    next: tokio::time::Instant,
+}
+
+/// Whether the relay goes on after a timer tick.
+#[derive(PartialEq, Eq)]
+enum Tick {
+    Continue,
+    Stop,
+}
+
+impl Clock {
+    fn new(idle_timeout: Duration) -> Self {
+        Clock {
+            idle_timeout,
+            closer: None,
+            linger_until: None,
+            drain_close_at: None,
+            drain_seen: false,
+            pinged_at: None,
+            folded: Traffic::default(),
+            next_fold: tokio::time::Instant::now() + FOLD_EVERY,
+        }
+    }
+
+    fn turn(&self, shared: &Shared) -> Turn {
+        let last_ms = shared.last_activity_ms.load(Ordering::Relaxed);
+        let last = shared.started + Duration::from_millis(last_ms);
+        let quiet = self.closer.is_none() && self.linger_until.is_none();
+        let idle_at = tokio::time::Instant::from_std(last + self.idle_timeout);
+        let ping_at = tokio::time::Instant::from_std(last + self.idle_timeout / 2);
+        let mut next = self.next_fold;
+        if quiet {
+            next = next.min(if self.pinged_at == Some(last_ms) {
+                idle_at
+            } else {
+                ping_at
+            });
+        }
+        for d in [self.linger_until, self.drain_close_at]
+            .into_iter()
+            .flatten()
+        {
+            next = next.min(d);
+        }
+        Turn {
+            last_ms,
+            quiet,
+            idle_at,
+            ping_at,
+            next,
+        }
+    }
+
+    /// A direction finished; `ended_by` is who closed if its source ended by itself.
+    fn direction_ended(&mut self, r: &DirReport, ended_by: Closer) {
+        if r.violated {
+            self.closer.get_or_insert(Closer::Gateway);
+        } else if r.source_ended {
+            self.closer.get_or_insert(ended_by);
+        }
+        self.linger_until
+            .get_or_insert(tokio::time::Instant::now() + CLOSE_LINGER);
+    }
+
+    /// Picks this connection's own point in the drain window, so clients do not reconnect
+    /// in one burst.
+    fn drain_started(&mut self, close_by: tokio::time::Instant) {
+        self.drain_seen = true;
+        let now = tokio::time::Instant::now();
+        let window = close_by.saturating_duration_since(now);
+        let mut r = [0u8; 4];
+        let _ = getrandom::fill(&mut r);
+        let frac = f64::from(u32::from_le_bytes(r)) / f64::from(u32::MAX);
+        self.drain_close_at = Some(now + window.mul_f64(frac));
+    }
+
+    fn on_timer<F: Fn(Traffic)>(
+        &mut self,
+        turn: &Turn,
+        shared: &Shared,
+        controls: &Controls,
+        fold: &F,
+    ) -> Tick {
+        let now = tokio::time::Instant::now();
+        if self.linger_until.is_some_and(|l| now >= l) {
+            return Tick::Stop;
+        }
+        if now >= self.next_fold {
+            let t = shared.traffic();
+            fold(t.since(self.folded));
+            self.folded = t;
+            self.next_fold = now + FOLD_EVERY;
+        }
+        if self.drain_close_at.is_some_and(|d| now >= d) {
+            self.drain_close_at = None;
+            self.closer.get_or_insert(Closer::Gateway);
+            controls.close_both(1001);
+            self.linger_until.get_or_insert(now + CLOSE_LINGER);
+        }
+        let still_ms = shared.last_activity_ms.load(Ordering::Relaxed);
+        if turn.quiet && still_ms == turn.last_ms && self.closer.is_none() {
+            if self.pinged_at == Some(turn.last_ms) && now >= turn.idle_at {
+                self.closer = Some(Closer::Gateway);
+                controls.close_both(1001);
+                self.linger_until.get_or_insert(now + CLOSE_LINGER);
+            } else if self.pinged_at != Some(turn.last_ms) && now >= turn.ping_at {
+                self.pinged_at = Some(turn.last_ms);
+                controls.to_client.send(Command::Ping);
+            }
+        }
+        Tick::Continue
     }
 }

@@ -1,0 +1,123 @@
+//! The HTTP answers the gateway writes itself: refusals of an upgrade ([`Rejection`], counted
+//! in `handshake_rejections_total`) and the 101, written through hyper or straight onto the
+//! socket on the upgrade fast path.
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::header::{self, HeaderMap, HeaderValue};
+use hyper::{Response, StatusCode};
+
+use crate::gateway::Body;
+use crate::metrics::Metrics;
+
+/// Why an upgrade request is refused before routing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    /// HTTP status to answer with.
+    pub status: StatusCode,
+    /// One-line reason, sent as the body.
+    pub reason: &'static str,
+    /// The `handshake_rejections_total{reason}` label.
+    pub label: &'static str,
+}
+
+impl Rejection {
+    /// A refusal with this status, one-line reason and metric label.
+    pub(crate) fn new(status: StatusCode, reason: &'static str, label: &'static str) -> Self {
+        Rejection {
+            status,
+            reason,
+            label,
+        }
+    }
+
+    /// A 400 refusal.
+    pub(crate) fn bad(reason: &'static str, label: &'static str) -> Self {
+        Rejection {
+            status: StatusCode::BAD_REQUEST,
+            reason,
+            label,
+        }
+    }
+}
+
+/// A whole body in one piece.
+pub(crate) fn full(text: impl Into<Bytes>) -> Body {
+    Full::new(text.into())
+        .map_err(|never| match never {})
+        .boxed()
+}
+
+/// An HTTP answer the gateway writes itself: through hyper, or straight onto the socket
+/// on the upgrade fast path.
+pub(crate) struct Answer {
+    pub(crate) status: StatusCode,
+    pub(crate) headers: HeaderMap,
+    pub(crate) body: Bytes,
+}
+
+impl Answer {
+    pub(crate) fn into_response(self) -> Response<Body> {
+        let mut resp = Response::new(full(self.body));
+        *resp.status_mut() = self.status;
+        *resp.headers_mut() = self.headers;
+        resp
+    }
+
+    /// The serialized answer; `close` adds `Connection: close` (the fast path closes after
+    /// a refusal).
+    pub(crate) fn to_bytes(&self, close: bool) -> Vec<u8> {
+        let mut out = Vec::with_capacity(256 + self.body.len());
+        out.extend_from_slice(b"HTTP/1.1 ");
+        out.extend_from_slice(self.status.as_str().as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(self.status.canonical_reason().unwrap_or("").as_bytes());
+        out.extend_from_slice(b"\r\n");
+        for (name, value) in &self.headers {
+            out.extend_from_slice(name.as_str().as_bytes());
+            out.extend_from_slice(b": ");
+            out.extend_from_slice(value.as_bytes());
+            out.extend_from_slice(b"\r\n");
+        }
+        if self.status != StatusCode::SWITCHING_PROTOCOLS {
+            out.extend_from_slice(format!("content-length: {}\r\n", self.body.len()).as_bytes());
+            if close {
+                out.extend_from_slice(b"connection: close\r\n");
+            }
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(&self.body);
+        out
+    }
+}
+
+/// The answer to a refusal, counted in `handshake_rejections_total{reason}`.
+pub(crate) fn reject(metrics: &Metrics, r: Rejection) -> Answer {
+    metrics
+        .handshake_rejections_total
+        .with_label_values(&[r.label])
+        .inc();
+    let mut headers = HeaderMap::new();
+    let h = &mut headers;
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    match r.status {
+        StatusCode::UPGRADE_REQUIRED => {
+            h.insert(
+                header::SEC_WEBSOCKET_VERSION,
+                HeaderValue::from_static("13"),
+            );
+        }
+        StatusCode::SERVICE_UNAVAILABLE | StatusCode::TOO_MANY_REQUESTS => {
+            h.insert(header::RETRY_AFTER, HeaderValue::from_static("5"));
+        }
+        _ => {}
+    }
+    Answer {
+        status: r.status,
+        headers,
+        body: Bytes::from(format!("{}\n", r.reason)),
+    }
+}

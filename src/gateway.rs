@@ -1,0 +1,271 @@
+//! The gateway's shared state: one configuration generation ([`Gateway`]) and what lives
+//! as long as the process ([`App`]): metrics, limits, the drain, the relayed connections.
+//!
+//! Every stage of the connection pipeline reads it; it depends on no stage.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use tokio::sync::watch;
+
+use crate::admission::Limits;
+use crate::client_addr::TrustedProxies;
+use crate::config::{Config, UpstreamUrl};
+use crate::keys::KeyError;
+use crate::metrics::Metrics;
+use crate::pool::Pool;
+use crate::relay::pump::{DrainSignal, DrainState};
+use crate::tls::{TlsError, TlsTerminator};
+
+/// Response bodies of the public listener.
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// One configuration generation: what new connections use. A reload builds a new one;
+/// open connections keep the one they started with.
+pub struct Gateway {
+    /// The validated config.
+    pub config: Config,
+    /// The pool for every Mosaic client.
+    pub pool: Arc<Pool>,
+    /// The pool for TLS-authenticated clients, when configured.
+    pub auth_pool: Option<Arc<Pool>>,
+    /// The nostr relay, when served.
+    pub nostr: Option<UpstreamUrl>,
+    /// Proxies whose X-Forwarded-For is believed.
+    pub trusted: TrustedProxies,
+    /// TLS termination, when configured.
+    pub tls: Option<Arc<TlsTerminator>>,
+}
+
+impl Gateway {
+    /// Builds a generation from a validated config (loads the key, builds the pools).
+    /// `dns:` backends join once the discovery task resolves them (`runtime::start` does a
+    /// first lookup before serving).
+    pub fn build(config: Config, metrics: &Arc<Metrics>) -> Result<Gateway, BuildError> {
+        Gateway::assemble(config, None, metrics)
+    }
+
+    /// Builds the next generation on reload. The pools are kept and reconfigured with the
+    /// new backend list and balancing, so backends that stay keep their health and
+    /// connection counts, DNS answers for names still listed stay, and removed backends
+    /// drain (open connections keep running, no new ones). Nothing changes if it fails.
+    pub fn rebuild(
+        config: Config,
+        old: &Gateway,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Gateway, BuildError> {
+        Gateway::assemble(config, Some(old), metrics)
+    }
+
+    fn assemble(
+        config: Config,
+        old: Option<&Gateway>,
+        metrics: &Arc<Metrics>,
+    ) -> Result<Gateway, BuildError> {
+        // Everything that can fail comes first: the old generation must stay untouched
+        // when a reload is refused.
+        let tls = match &config.tls {
+            Some(t) => {
+                let key = crate::keys::load_signing_key(&t.key_file)?;
+                let term = TlsTerminator::new(&key, t.certificate, t.client_auth, t.min_version)?;
+                Some(Arc::new(term))
+            }
+            None => None,
+        };
+        let m = &config.mosaic;
+        let pool = match old {
+            Some(o) => {
+                o.pool.reconfigure(&m.backends, m.balance);
+                o.pool.clone()
+            }
+            None => Arc::new(Pool::from_config(
+                "default",
+                &m.backends,
+                m.balance,
+                metrics.clone(),
+            )),
+        };
+        let auth_pool = match (
+            old.and_then(|o| o.auth_pool.clone()),
+            m.authenticated_backends.is_empty(),
+        ) {
+            (Some(p), false) => {
+                p.reconfigure(&m.authenticated_backends, m.balance);
+                Some(p)
+            }
+            (Some(p), true) => {
+                // The pool goes away: its backends drain like removed ones.
+                p.reconfigure(&[], m.balance);
+                None
+            }
+            (None, false) => Some(Arc::new(Pool::from_config(
+                "authenticated",
+                &m.authenticated_backends,
+                m.balance,
+                metrics.clone(),
+            ))),
+            (None, true) => None,
+        };
+        Ok(Gateway {
+            nostr: config.nostr_upstream(),
+            trusted: TrustedProxies::new(&config.forwarded.trusted_proxies),
+            tls,
+            pool,
+            auth_pool,
+            config,
+        })
+    }
+
+    /// Every pool, for health checks and readiness.
+    pub fn pools(&self) -> Vec<Arc<Pool>> {
+        let mut v = vec![self.pool.clone()];
+        v.extend(self.auth_pool.clone());
+        v
+    }
+}
+
+/// Why a configuration generation could not be built; a reload keeps the old one.
+#[derive(Debug, thiserror::Error)]
+pub enum BuildError {
+    /// `tls.key_file` could not be loaded (the message names the file).
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    /// The TLS terminator could not be set up.
+    #[error("tls: {0}")]
+    Tls(#[from] TlsError),
+}
+
+/// Why `/readyz` answers 503.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum NotReady {
+    /// SIGTERM started the drain.
+    #[error("draining")]
+    Draining,
+    /// The public listener is not bound yet.
+    #[error("listener not bound yet")]
+    NotListening,
+    /// A pool has no backend that passes its health check.
+    #[error("no healthy backend in pool {pool}")]
+    NoHealthyBackend {
+        /// The pool's name.
+        pool: &'static str,
+    },
+}
+
+/// Process-wide state shared by the listeners, the admin endpoints and shutdown.
+pub struct App {
+    current: RwLock<Arc<Gateway>>,
+    /// Metrics registry.
+    pub metrics: Arc<Metrics>,
+    /// Connection counters.
+    pub limits: Arc<Limits>,
+    /// Drain broadcast to every relayed connection.
+    pub drain: watch::Sender<DrainState>,
+    /// Set once the public listener is bound.
+    pub listening: AtomicBool,
+    /// Drain signals of the relayed connections.
+    pub relayed: Relayed,
+    pub(crate) next_id: AtomicU64,
+}
+
+impl App {
+    /// Wraps a first generation.
+    pub fn new(gateway: Gateway, metrics: Arc<Metrics>) -> Arc<App> {
+        let (drain, _) = watch::channel(DrainState::Running);
+        Arc::new(App {
+            current: RwLock::new(Arc::new(gateway)),
+            metrics,
+            limits: Arc::new(Limits::default()),
+            drain,
+            listening: AtomicBool::new(false),
+            relayed: Relayed::default(),
+            next_id: AtomicU64::new(1),
+        })
+    }
+
+    /// The generation new connections use.
+    pub fn gateway(&self) -> Arc<Gateway> {
+        self.current
+            .read()
+            .map(|g| g.clone())
+            .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Makes `g` the generation for new connections.
+    pub fn swap(&self, g: Gateway) {
+        if let Ok(mut cur) = self.current.write() {
+            *cur = Arc::new(g);
+        }
+    }
+
+    /// Whether SIGTERM started the drain.
+    pub fn is_draining(&self) -> bool {
+        matches!(*self.drain.borrow(), DrainState::Draining { .. })
+    }
+
+    /// Readiness: listening, a healthy backend in every pool, not draining.
+    pub fn readiness(&self) -> Result<(), NotReady> {
+        if self.is_draining() {
+            return Err(NotReady::Draining);
+        }
+        if !self.listening.load(Ordering::Relaxed) {
+            return Err(NotReady::NotListening);
+        }
+        for p in self.gateway().pools() {
+            if !p.has_healthy() {
+                return Err(NotReady::NoHealthyBackend { pool: p.name });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The drain signal of every relayed connection, so the drain reaches each one without the
+/// connections polling anything shared.
+#[derive(Default)]
+pub struct Relayed {
+    draining: Mutex<Option<tokio::time::Instant>>,
+    conns: Mutex<HashMap<u64, Arc<DrainSignal>>>,
+}
+
+impl Relayed {
+    pub(crate) fn register(&self, id: u64) -> Arc<DrainSignal> {
+        let signal = Arc::new(DrainSignal::default());
+        lock(&self.conns).insert(id, signal.clone());
+        // Checked after inserting: a drain that started meanwhile has either seen this
+        // connection in the map or is seen here.
+        if let Some(close_by) = *lock(&self.draining) {
+            signal.fire(close_by);
+        }
+        signal
+    }
+
+    pub(crate) fn unregister(&self, id: u64) {
+        lock(&self.conns).remove(&id);
+    }
+
+    /// Tells every relayed connection, present and future, to drain by `close_by`.
+    pub fn drain_all(&self, close_by: tokio::time::Instant) {
+        *lock(&self.draining) = Some(close_by);
+        for s in lock(&self.conns).values() {
+            s.fire(close_by);
+        }
+    }
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// What the gateway knows about one accepted connection before HTTP starts.
+#[derive(Clone, Copy)]
+pub(crate) struct ConnInfo {
+    pub(crate) peer: SocketAddr,
+    pub(crate) tls: bool,
+    pub(crate) client_key: Option<[u8; 32]>,
+}
