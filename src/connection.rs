@@ -11,13 +11,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::admission::Permit;
+use crate::drain::DrainSignal;
 use crate::gateway::{App, ConnInfo};
 use crate::handshake::ForwardedClient;
 use crate::metrics::{Metrics, ProtocolMetrics};
 use crate::pool::BackendGuard;
-use crate::relay::pump::{
-    relay, Buffered, DrainSignal, Pump, PumpOptions, RelayReport, Side, Source, Traffic,
-};
+use crate::relay::pump::{relay, Buffered, Pump, PumpOptions, RelayReport, Side, Source, Traffic};
 use crate::upstream::{Upgraded, UpstreamStream};
 
 /// The protocol a relayed connection speaks, for metrics and logs.

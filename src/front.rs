@@ -22,9 +22,9 @@ use tokio::net::TcpStream;
 use crate::answer::full;
 use crate::client_addr::real_client;
 use crate::connection::{run_connection, unwrap_client};
+use crate::drain::DrainState;
 use crate::gateway::{App, Body, ConnInfo, Gateway};
 use crate::handshake::{header_value, wants_websocket, ForwardedClient};
-use crate::relay::pump::DrainState;
 use crate::upgrade::prepare_upgrade;
 
 /// A stream whose first bytes the fast path already read, handed to hyper.

@@ -15,10 +15,10 @@ use tokio::sync::watch;
 use crate::admission::Limits;
 use crate::client_addr::TrustedProxies;
 use crate::config::{Config, UpstreamUrl};
+use crate::drain::{DrainSignal, DrainState};
 use crate::keys::KeyError;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
-use crate::relay::pump::{DrainSignal, DrainState};
 use crate::tls::{TlsError, TlsTerminator};
 
 /// Response bodies of the public listener.

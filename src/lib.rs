@@ -14,6 +14,7 @@ mod admission;
 mod answer;
 mod client_addr;
 mod connection;
+mod drain;
 mod front;
 mod gateway;
 mod health;

@@ -28,10 +28,10 @@ use tokio::time::Instant;
 
 use crate::answer::{reject, Answer, Rejection};
 use crate::connection::{run_connection, ClientStream};
+use crate::drain::DrainState;
 use crate::front::{serve_http, Rewind};
 use crate::gateway::{App, ConnInfo, Gateway};
 use crate::handshake::wants_websocket;
-use crate::relay::pump::DrainState;
 use crate::request_head::{read_request_head, HeadError};
 use crate::tls::TlsTerminator;
 use crate::upgrade::prepare_upgrade;

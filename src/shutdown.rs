@@ -12,8 +12,8 @@ use std::time::Duration;
 
 use tokio::signal::unix::{signal, SignalKind};
 
+use crate::drain::DrainState;
 use crate::gateway::{App, Gateway};
-use crate::relay::pump::DrainState;
 
 /// Why the process is stopping.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

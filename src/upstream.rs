@@ -37,27 +37,20 @@ pub struct Upgraded {
 }
 
 /// Why an upstream did not accept.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     /// TCP or TLS connect failed.
-    Connect(io::Error),
+    #[error("connect failed: {0}")]
+    Connect(#[source] io::Error),
     /// Connect plus upgrade took longer than allowed.
+    #[error("timed out")]
     Timeout,
     /// The upstream answered, but not with 101.
+    #[error("answered HTTP {0} instead of 101")]
     Refused(u16),
     /// The answer was not a valid upgrade response.
+    #[error("bad upgrade response: {0}")]
     BadResponse(&'static str),
-}
-
-impl std::fmt::Display for UpstreamError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            UpstreamError::Connect(e) => write!(f, "connect failed: {e}"),
-            UpstreamError::Timeout => f.write_str("timed out"),
-            UpstreamError::Refused(s) => write!(f, "answered HTTP {s} instead of 101"),
-            UpstreamError::BadResponse(r) => write!(f, "bad upgrade response: {r}"),
-        }
-    }
 }
 
 /// Connects to `url` and sends `head`; succeeds only on a valid 101 for `key`.

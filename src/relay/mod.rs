@@ -2,5 +2,5 @@
 
 pub mod frame;
 pub mod mosaic;
-pub mod pump;
+pub(crate) mod pump;
 pub mod tracker;

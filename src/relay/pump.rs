@@ -17,6 +17,7 @@ use bytes::{Buf, BytesMut};
 use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
+use crate::drain::DrainSignal;
 use crate::relay::frame::{encode_close, encode_frame};
 use crate::relay::mosaic::{
     query_closed, Direction, QueryEvent, Violation, QUERY_CLOSED_SHUTTING_DOWN,
@@ -83,46 +84,6 @@ impl<R: AsyncRead + Unpin + Send> Source for Buffered<R> {
 
     fn poll_fill(&mut self, cx: &mut Context<'_>, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
         tokio_util::io::poll_read_buf(std::pin::Pin::new(&mut self.0), cx, buf)
-    }
-}
-
-/// Tells one relayed connection that the gateway drains. Each connection has its own, so
-/// waiting for the drain costs a relayed connection no shared lock on any wake-up.
-#[derive(Default)]
-pub struct DrainSignal {
-    fired: AtomicBool,
-    close_by: Mutex<Option<tokio::time::Instant>>,
-    waker: AtomicWaker,
-}
-
-impl DrainSignal {
-    /// Starts this connection's drain: close its queries now, the connection before `close_by`.
-    pub fn fire(&self, close_by: tokio::time::Instant) {
-        if let Ok(mut c) = self.close_by.lock() {
-            *c = Some(close_by);
-        }
-        self.fired.store(true, Ordering::Release);
-        self.waker.wake();
-    }
-
-    fn poll_fired(&self, cx: &mut Context<'_>) -> Poll<tokio::time::Instant> {
-        let get = || {
-            self.fired.load(Ordering::Acquire).then(|| {
-                self.close_by
-                    .lock()
-                    .ok()
-                    .and_then(|c| *c)
-                    .unwrap_or_else(tokio::time::Instant::now)
-            })
-        };
-        if let Some(at) = get() {
-            return Poll::Ready(at);
-        }
-        self.waker.register(cx.waker());
-        match get() {
-            Some(at) => Poll::Ready(at),
-            None => Poll::Pending,
-        }
     }
 }
 
@@ -201,19 +162,6 @@ pub struct PumpOptions {
     pub mosaic: Option<MosaicRules>,
     /// Close with 1001 after this long without traffic either way.
     pub idle_timeout: Duration,
-}
-
-/// Drain instructions, broadcast by the shutdown sequence.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DrainState {
-    /// Serving normally.
-    Running,
-    /// Close open queries now; close every connection with 1001 before `close_by`.
-    Draining {
-        /// The end of the window in which connections are closed; each connection picks its
-        /// own point in it so clients do not reconnect in one burst.
-        close_by: tokio::time::Instant,
-    },
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
