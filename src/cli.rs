@@ -57,6 +57,9 @@ pub enum CliError {
     /// `tls.key_file` cannot be used (check-config).
     #[error("tls.key_file: {0}")]
     KeyFile(#[source] crate::keys::KeyError),
+    /// A `tls.certificates` entry cannot be served (check-config).
+    #[error(transparent)]
+    Certificate(#[from] crate::tls::certs::CertError),
     /// keygen could not write the key.
     #[error(transparent)]
     Keygen(crate::keys::KeyError),
@@ -108,7 +111,13 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 fn check_config(file: &std::path::Path) -> Result<(), CliError> {
     let cfg = crate::config::load(file)?;
     if let Some(tls) = &cfg.tls {
-        crate::keys::load_signing_key(&tls.key_file).map_err(CliError::KeyFile)?;
+        if let Some(key_file) = &tls.key_file {
+            crate::keys::load_signing_key(key_file).map_err(CliError::KeyFile)?;
+        }
+        let (_, warnings) = crate::tls::certs::CertStore::load(crate::gateway::certificate_sources(tls))?;
+        for w in warnings {
+            eprintln!("warning: {w}");
+        }
     }
     println!("{}: ok", file.display());
     Ok(())

@@ -71,8 +71,10 @@ fn default_listen() -> String {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TlsConfig {
-    /// The server's ed25519 master secret key, PKCS#8 PEM.
-    pub key_file: PathBuf,
+    /// The server's ed25519 master secret key, PKCS#8 PEM. Optional when `certificates` or
+    /// `acme` is set: without it there is no raw public key and no self-signed certificate.
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
     /// Which certificate form to present.
     #[serde(default)]
     pub certificate: CertificateMode,
@@ -82,6 +84,78 @@ pub struct TlsConfig {
     /// Oldest TLS version accepted.
     #[serde(default)]
     pub min_version: MinVersion,
+    /// CA-issued chains for browsers and verifying clients, chosen by SNI.
+    #[serde(default)]
+    pub certificates: Vec<CertificateConfig>,
+    /// Automatic certificates (RFC 8555).
+    #[serde(default)]
+    pub acme: Option<AcmeConfig>,
+    /// How often certificate files are checked for changes (renewals by certbot or
+    /// cert-manager are picked up without a SIGHUP).
+    #[serde(default = "default_watch_interval")]
+    pub watch_interval: DurationStr,
+}
+
+fn default_watch_interval() -> DurationStr {
+    DurationStr::from_secs(10)
+}
+
+/// One entry of `tls.certificates`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertificateConfig {
+    /// PEM chain, leaf first.
+    pub cert_file: PathBuf,
+    /// Its private key (PEM: ECDSA P-256/P-384, RSA >= 2048 or Ed25519).
+    pub key_file: PathBuf,
+    /// The names (SNI) it is served for; default: the leaf's DNS subject alternative names.
+    #[serde(default)]
+    pub names: Vec<String>,
+}
+
+/// `tls.acme`: automatic certificates.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AcmeConfig {
+    /// The names to order a certificate for.
+    pub domains: Vec<String>,
+    /// Account contacts (`mailto:…`).
+    #[serde(default)]
+    pub contact: Vec<String>,
+    /// The ACME directory URL.
+    #[serde(default = "default_acme_directory")]
+    pub directory: String,
+    /// Where the account key and certificates are kept (mode 0700).
+    #[serde(default = "default_acme_cache")]
+    pub cache_dir: PathBuf,
+    /// How the CA validates the names.
+    #[serde(default)]
+    pub challenge: AcmeChallenge,
+    /// The plain HTTP listener for `http-01` (also redirects other requests to https).
+    #[serde(default)]
+    pub http_listen: Option<String>,
+    /// PEM roots to trust the ACME server with (a private CA); empty: the system's.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+}
+
+fn default_acme_directory() -> String {
+    "https://acme-v02.api.letsencrypt.org/directory".into()
+}
+
+fn default_acme_cache() -> PathBuf {
+    PathBuf::from("/var/lib/mosaic-gateway/acme")
+}
+
+/// `tls.acme.challenge`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AcmeChallenge {
+    /// TLS-ALPN-01 on the public port itself.
+    #[default]
+    TlsAlpn01,
+    /// HTTP-01 on `acme.http_listen`.
+    Http01,
 }
 
 /// `admin:` settings.
@@ -678,14 +752,66 @@ impl Config {
 
 impl TlsConfig {
     fn validate(&self, errs: &mut Vec<String>) {
-        if self.key_file.as_os_str().is_empty() {
-            errs.push("tls.key_file: must name the server's ed25519 key file".into());
+        match &self.key_file {
+            Some(f) if f.as_os_str().is_empty() => {
+                errs.push("tls.key_file: must name the server's ed25519 key file".into())
+            }
+            None if self.certificates.is_empty() && self.acme.is_none() => errs.push(
+                "tls.key_file: required unless tls.certificates or tls.acme is set".into(),
+            ),
+            _ => {}
         }
+        for (i, c) in self.certificates.iter().enumerate() {
+            for (j, n) in c.names.iter().enumerate() {
+                if let Err(e) = crate::tls::certs::NamePattern::parse(n) {
+                    errs.push(format!("tls.certificates[{i}].names[{j}]: {e}"));
+                }
+            }
+        }
+        if let Some(a) = &self.acme {
+            a.validate(errs);
+        }
+        positive(errs, "tls.watch_interval", self.watch_interval);
         if self.certificate == CertificateMode::RawPublicKey
             && self.min_version == MinVersion::Tls12
         {
             // Raw public keys exist in TLS 1.3 only; say so instead of failing clients later.
             errs.push("tls.min_version: raw-public-key certificates need \"1.3\"".into());
+        }
+    }
+}
+
+impl AcmeConfig {
+    fn validate(&self, errs: &mut Vec<String>) {
+        if self.domains.is_empty() {
+            errs.push("tls.acme.domains: list at least one name".into());
+        }
+        for (i, d) in self.domains.iter().enumerate() {
+            match crate::tls::certs::NamePattern::parse(d) {
+                Ok(p) if p.is_wildcard() => errs.push(format!(
+                    "tls.acme.domains[{i}]: `{d}`: wildcards need DNS-01, which the gateway does not do"
+                )),
+                Ok(_) => {}
+                Err(e) => errs.push(format!("tls.acme.domains[{i}]: {e}")),
+            }
+        }
+        if !self.directory.starts_with("https://") {
+            errs.push(format!(
+                "tls.acme.directory: `{}` must be an https:// URL",
+                self.directory
+            ));
+        }
+        if self.cache_dir.as_os_str().is_empty() {
+            errs.push("tls.acme.cache_dir: must name a directory".into());
+        }
+        match (self.challenge, &self.http_listen) {
+            (AcmeChallenge::Http01, None) => errs.push(
+                "tls.acme.http_listen: required with challenge: http-01 (e.g. 0.0.0.0:80)".into(),
+            ),
+            (_, Some(a)) if a.parse::<SocketAddr>().is_err() => errs.push(format!(
+                "tls.acme.http_listen: `{a}` is not an address like 0.0.0.0:80"
+            )),
+            _ => {}
         }
     }
 }

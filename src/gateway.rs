@@ -14,12 +14,14 @@ use tokio::sync::watch;
 
 use crate::admission::Limits;
 use crate::client_addr::TrustedProxies;
-use crate::config::{Config, UpstreamUrl};
+use crate::config::{AcmeChallenge, AcmeConfig, Config, TlsConfig, UpstreamUrl};
 use crate::drain::{DrainSignal, DrainState};
 use crate::keys::KeyError;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
-use crate::tls::{TlsError, TlsTerminator};
+use crate::tls::acme::{AcmeError, AcmeManager, AcmeSettings, Challenge};
+use crate::tls::certs::{CertStore, CertificateSource, NamePattern};
+use crate::tls::{AcmeCertificates, TerminatorParts, TlsError, TlsTerminator};
 
 /// Response bodies of the public listener.
 pub type Body = BoxBody<Bytes, hyper::Error>;
@@ -69,11 +71,7 @@ impl Gateway {
         // Everything that can fail comes first: the old generation must stay untouched
         // when a reload is refused.
         let tls = match &config.tls {
-            Some(t) => {
-                let key = crate::keys::load_signing_key(&t.key_file)?;
-                let term = TlsTerminator::new(&key, t.certificate, t.client_auth, t.min_version)?;
-                Some(Arc::new(term))
-            }
+            Some(t) => Some(Arc::new(build_tls(t, old)?)),
             None => None,
         };
         let m = &config.mosaic;
@@ -128,6 +126,74 @@ impl Gateway {
     }
 }
 
+/// The terminator for `tls:`. An ACME manager whose settings did not change is carried
+/// over from the old generation, so a reload neither re-orders nor drops its certificate.
+fn build_tls(t: &TlsConfig, old: Option<&Gateway>) -> Result<TlsTerminator, BuildError> {
+    let master = match &t.key_file {
+        Some(path) => Some(crate::keys::load_signing_key(path)?),
+        None => None,
+    };
+    let (certs, warnings) = CertStore::load(certificate_sources(t)).map_err(TlsError::from)?;
+    for w in warnings {
+        tracing::warn!("{w}");
+    }
+    let acme = match &t.acme {
+        Some(a) => {
+            let kept = old
+                .filter(|o| o.config.tls.as_ref().and_then(|t| t.acme.as_ref()) == Some(a))
+                .and_then(|o| o.tls.as_ref())
+                .and_then(|tls| tls.acme().cloned());
+            let manager = match kept {
+                Some(m) => m,
+                None => AcmeManager::new(acme_settings(a))?,
+            };
+            let names = a
+                .domains
+                .iter()
+                .filter_map(|d| NamePattern::parse(d).ok())
+                .collect();
+            Some(AcmeCertificates { manager, names })
+        }
+        None => None,
+    };
+    Ok(TlsTerminator::build(TerminatorParts {
+        master,
+        mode: t.certificate,
+        client_auth: t.client_auth,
+        min_version: t.min_version,
+        certs: Arc::new(certs),
+        acme,
+    })?)
+}
+
+/// `tls.certificates` as the certificate store reads them.
+pub(crate) fn certificate_sources(t: &TlsConfig) -> Vec<CertificateSource> {
+    t.certificates
+        .iter()
+        .enumerate()
+        .map(|(i, c)| CertificateSource {
+            key: format!("tls.certificates[{i}]"),
+            cert_file: c.cert_file.clone(),
+            key_file: c.key_file.clone(),
+            names: c.names.clone(),
+        })
+        .collect()
+}
+
+fn acme_settings(a: &AcmeConfig) -> AcmeSettings {
+    AcmeSettings {
+        domains: a.domains.clone(),
+        contact: a.contact.clone(),
+        directory: a.directory.clone(),
+        cache_dir: a.cache_dir.clone(),
+        challenge: match a.challenge {
+            AcmeChallenge::TlsAlpn01 => Challenge::TlsAlpn01,
+            AcmeChallenge::Http01 => Challenge::Http01,
+        },
+        ca_file: a.ca_file.clone(),
+    }
+}
+
 /// Why a configuration generation could not be built; a reload keeps the old one.
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
@@ -137,6 +203,9 @@ pub enum BuildError {
     /// The TLS terminator could not be set up.
     #[error("tls: {0}")]
     Tls(#[from] TlsError),
+    /// The ACME manager could not start (its cache or the ACME server's roots).
+    #[error("tls.acme: {0}")]
+    Acme(#[from] AcmeError),
 }
 
 /// Why `/readyz` answers 503.

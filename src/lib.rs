@@ -9,9 +9,11 @@
 //! shared state they read ([`App`], [`Gateway`]) depends on none of them.
 #![deny(missing_docs)]
 
+mod acme_http;
 mod admin;
 mod admission;
 mod answer;
+mod certificates;
 mod client_addr;
 mod connection;
 mod drain;

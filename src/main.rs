@@ -11,7 +11,23 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 fn main() {
     let cli = mosaic_gateway::cli::Cli::parse();
     if let Err(e) = mosaic_gateway::cli::execute(cli) {
-        eprintln!("mosaic-gateway: {e}");
+        eprintln!("mosaic-gateway: {}", one_line(&e));
         std::process::exit(1);
     }
+}
+
+/// The error and every cause it does not already quote, as one line: an operator reads
+/// "cache: cannot create /var/lib/…: Permission denied", not only its first half.
+fn one_line(e: &dyn std::error::Error) -> String {
+    let mut line = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        let text = s.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+        source = s.source();
+    }
+    line
 }

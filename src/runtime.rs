@@ -135,6 +135,12 @@ pub async fn start_with(
     let metrics = Arc::new(Metrics::new());
     let public = config.listen_addr();
     let admin = config.admin_addr();
+    let acme_http_addr = config
+        .tls
+        .as_ref()
+        .and_then(|t| t.acme.as_ref())
+        .and_then(|a| a.http_listen.as_deref())
+        .and_then(|a| a.parse::<SocketAddr>().ok());
     let gateway = Gateway::build(config, &metrics)?;
     // A first answer for `dns:` backends before serving, so the pool is not empty at start.
     crate::discovery::refresh(&gateway, resolver.as_ref()).await;
@@ -144,6 +150,14 @@ pub async fn start_with(
     let admin_l = TcpListener::bind(admin)
         .await
         .map_err(bind_err("admin.listen", admin))?;
+    let acme_http_l = match acme_http_addr {
+        Some(addr) => Some(
+            TcpListener::bind(addr)
+                .await
+                .map_err(bind_err("tls.acme.http_listen", addr))?,
+        ),
+        None => None,
+    };
     let extra = match extra_tls {
         Some((addr, tls)) => {
             let l = bind_group(addr, workers).map_err(bind_err("TLS listener", addr))?;
@@ -179,11 +193,15 @@ pub async fn start_with(
     // The sockets are listening (the kernel queues connections) from here on.
     app.listening
         .store(true, std::sync::atomic::Ordering::Relaxed);
-    let tasks = vec![
+    let mut tasks = vec![
         tokio::spawn(crate::admin::serve(app.clone(), admin_l)),
         tokio::spawn(crate::health::run(app.clone())),
         tokio::spawn(crate::discovery::run(app.clone(), resolver)),
+        tokio::spawn(crate::certificates::run(app.clone())),
     ];
+    if let Some(l) = acme_http_l {
+        tasks.push(tokio::spawn(crate::acme_http::serve(app.clone(), l)));
+    }
     tracing::info!(%public_addr, %admin_addr, workers, "mosaic-gateway listening");
     Ok(Running {
         app,

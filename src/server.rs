@@ -33,7 +33,7 @@ use crate::front::{serve_http, Rewind};
 use crate::gateway::{App, ConnInfo, Gateway};
 use crate::handshake::wants_websocket;
 use crate::request_head::{read_request_head, HeadError};
-use crate::tls::TlsTerminator;
+use crate::tls::{HandshakeError, TlsTerminator};
 use crate::upgrade::prepare_upgrade;
 
 /// Accepts connections until the drain starts. `tls` overrides the config's TLS setting
@@ -143,9 +143,25 @@ async fn serve_tls(
             };
             serve_first_request(app, gw, stream, info, deadline).await;
         }
-        Ok(Err(e)) => tracing::info!(client = %peer, error = %e, "TLS handshake failed"),
-        Err(_) => tracing::info!(client = %peer, "TLS handshake timed out"),
+        Ok(Err(HandshakeError::AcmeChallengeServed)) => {
+            tracing::debug!(client = %peer, "ACME TLS-ALPN-01 validation answered");
+        }
+        Ok(Err(e)) => {
+            tls_failed(&app, e.reason());
+            tracing::info!(client = %peer, error = %e, "TLS handshake failed");
+        }
+        Err(_) => {
+            tls_failed(&app, "timeout");
+            tracing::info!(client = %peer, "TLS handshake timed out");
+        }
     }
+}
+
+fn tls_failed(app: &App, reason: &str) {
+    app.metrics
+        .tls_handshake_failures_total
+        .with_label_values(&[reason])
+        .inc();
 }
 
 /// Stage 3: the first request head. An upgrade is decided, answered and relayed from here

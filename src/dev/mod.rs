@@ -79,7 +79,7 @@ pub async fn run(opts: DevOptions) -> Result<(), DevError> {
         ClientAuth::Optional,
         MinVersion::Tls12,
     )?;
-    let server_key = crate::keys::server_key_string(&tls.server_public_key());
+    let server_key = crate::keys::server_key_string(&key.verifying_key().to_bytes());
     let running = crate::runtime::start(config, Some((opts.tls_listen, Arc::new(tls)))).await?;
     let tls_addr = running.extra_tls_addr.unwrap_or(opts.tls_listen);
     println!("mosaic-gateway dev stack is up\n");

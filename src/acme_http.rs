@@ -1,0 +1,94 @@
+//! The plain HTTP listener of `tls.acme.http_listen`: answers ACME HTTP-01 validations
+//! (`/.well-known/acme-challenge/<token>`) and sends every other request to https, as
+//! Caddy and certbot's standalone mode do on port 80.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper::header::{HeaderValue, CONTENT_TYPE, HOST, LOCATION};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+
+use crate::gateway::App;
+
+const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
+
+/// Serves the listener until the task is aborted.
+pub async fn serve(app: Arc<App>, listener: TcpListener) {
+    loop {
+        let Ok((tcp, _)) = listener.accept().await else {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            continue;
+        };
+        let app = app.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| answer(app.clone(), req));
+            let _ = http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
+                .serve_connection(TokioIo::new(tcp), svc)
+                .await;
+        });
+    }
+}
+
+fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(body.into()));
+    *r.status_mut() = status;
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    r
+}
+
+async fn answer(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+    let gw = app.gateway();
+    if let Some(token) = req.uri().path().strip_prefix(CHALLENGE_PREFIX) {
+        let key_auth = gw
+            .tls
+            .as_ref()
+            .and_then(|t| t.acme())
+            .and_then(|a| a.http01_response(token));
+        return Ok(match key_auth {
+            Some(k) => reply(StatusCode::OK, k),
+            None => reply(StatusCode::NOT_FOUND, "no such challenge\n"),
+        });
+    }
+    // Everything else belongs on https, on the public port.
+    let host = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(host_without_port);
+    let Some(host) = host.filter(|h| !h.is_empty()) else {
+        return Ok(reply(StatusCode::BAD_REQUEST, "a Host header is needed\n"));
+    };
+    let port = gw.config.listen_addr().port();
+    let authority = if port == 443 {
+        host
+    } else {
+        format!("{host}:{port}")
+    };
+    let target = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let mut r = reply(StatusCode::MOVED_PERMANENTLY, "use https\n");
+    match HeaderValue::from_str(&format!("https://{authority}{target}")) {
+        Ok(v) => {
+            r.headers_mut().insert(LOCATION, v);
+            Ok(r)
+        }
+        Err(_) => Ok(reply(StatusCode::BAD_REQUEST, "bad Host header\n")),
+    }
+}
+
+/// `example.com:80` → `example.com`, `[2001:db8::1]:80` → `[2001:db8::1]`.
+fn host_without_port(h: &str) -> String {
+    if let Some(end) = h.find(']') {
+        return h[..=end].to_string();
+    }
+    h.split(':').next().unwrap_or(h).to_string()
+}
