@@ -1,0 +1,153 @@
+//! What is measured: one module per figure (memory, throughput, latency, new connections),
+//! each a phase over the paths that fills in every path's [`Figures`]; here what they share.
+
+mod connections;
+mod latency;
+mod memory;
+mod throughput;
+
+use std::process::{Child, Command, Stdio};
+
+use tokio::runtime::Runtime;
+
+use crate::paths::{PathKind, RunningPath};
+use crate::settings::Settings;
+
+/// One path's figures; `None` where not measured.
+#[derive(Default, Clone, Copy)]
+pub struct Figures {
+    pub throughput: Option<f64>,
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+    pub conns_plain: Option<f64>,
+    pub conns_tls: Option<f64>,
+    pub mem_per_conn: Option<f64>,
+    pub cpu_per_msg: Option<f64>,
+    pub cpu_per_conn_plain: Option<f64>,
+    pub cpu_per_conn_tls: Option<f64>,
+    pub p50_quarter: Option<f64>,
+    pub p99_quarter: Option<f64>,
+}
+
+/// One benchmark run: what every figure's phase needs, and what they found.
+pub struct Run<'a> {
+    /// The load generator's runtime.
+    rt: &'a Runtime,
+    set: &'a Settings,
+    /// Per path, indexed by [`PathKind::index`].
+    pub figs: [Figures; 4],
+    /// Anything that makes a figure less telling, for the report.
+    pub notes: Vec<String>,
+}
+
+impl<'a> Run<'a> {
+    pub fn new(rt: &'a Runtime, set: &'a Settings) -> Run<'a> {
+        Run {
+            rt,
+            set,
+            figs: [Figures::default(); 4],
+            notes: Vec::new(),
+        }
+    }
+
+    fn fig(&mut self, p: PathKind) -> &mut Figures {
+        &mut self.figs[p.index()]
+    }
+
+    /// The latency figure's total rate: BENCH_RATE, else half the direct throughput.
+    pub fn latency_rate(&self) -> f64 {
+        self.set
+            .rate
+            .or(self.figs[PathKind::Direct.index()]
+                .throughput
+                .map(|t| (t / 2.0).round()))
+            .unwrap_or(50_000.0)
+    }
+
+    /// `perf` on the path's processes when BENCH_PERF asks for this window.
+    fn profile(&self, figure: &str, s: &RunningPath, round: usize) -> Profile {
+        if !self.set.profiles(figure, s.kind, round) {
+            return Profile(None);
+        }
+        Profile::start(self.set, &s.pids())
+    }
+}
+
+/// BENCH_PERF: `perf BENCH_PERF_ARGS -o BENCH_PERF -p PIDS` for one window; inactive
+/// (`None`) for every other window.
+struct Profile(Option<Child>);
+
+impl Profile {
+    fn start(set: &Settings, pids: &[u32]) -> Profile {
+        let Some(file) = &set.perf else {
+            return Profile(None);
+        };
+        if pids.is_empty() {
+            return Profile(None);
+        }
+        let pids: Vec<String> = pids.iter().map(|p| p.to_string()).collect();
+        let child = Command::new("perf")
+            .args(set.perf_args.split_whitespace())
+            .arg("-o")
+            .arg(file)
+            .arg("-p")
+            .arg(pids.join(","))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok();
+        Profile(child)
+    }
+
+    fn stop(self) {
+        let Some(mut child) = self.0 else {
+            return;
+        };
+        // SAFETY: signal our own child.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGINT);
+        }
+        let _ = child.wait();
+    }
+}
+
+/// One figure's samples per path, indexed by [`PathKind::index`].
+#[derive(Default)]
+struct Samples([Vec<f64>; 4]);
+
+impl Samples {
+    fn push(&mut self, p: PathKind, v: f64) {
+        self.0[p.index()].push(v);
+    }
+
+    fn extend(&mut self, p: PathKind, v: Option<f64>) {
+        self.0[p.index()].extend(v);
+    }
+
+    fn median(&self, p: PathKind) -> Option<f64> {
+        median(&self.0[p.index()])
+    }
+}
+
+/// `rounds` passes over `items` with their round number. Each pass starts from a different
+/// item, so a slow spell of a shared machine spreads over every path instead of hitting one.
+fn interleaved<T>(items: &[T], rounds: usize) -> impl Iterator<Item = (usize, &T)> {
+    (0..rounds).flat_map(move |round| {
+        (0..items.len()).map(move |k| (round, &items[(round + k) % items.len()]))
+    })
+}
+
+/// The median of `v` (the mean of the middle two for an even count); `None` when empty.
+fn median(v: &[f64]) -> Option<f64> {
+    let mut v: Vec<f64> = v.iter().copied().filter(|x| x.is_finite()).collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    Some(if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    })
+}

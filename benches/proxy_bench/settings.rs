@@ -1,0 +1,97 @@
+//! The benchmark's settings: the BENCH_* environment variables (listed in the crate doc).
+
+use std::path::{Path, PathBuf};
+
+use crate::paths::PathKind;
+use crate::MANIFEST_DIR;
+
+pub struct Settings {
+    pub secs: f64,
+    pub warmup: f64,
+    pub conns: usize,
+    pub inflight: usize,
+    pub conn_secs: f64,
+    pub conn_workers: usize,
+    pub idle_conns: usize,
+    /// Each idle connection makes one round trip before it idles (BENCH_IDLE_ROUND_TRIP).
+    pub idle_round_trip: bool,
+    /// Seconds between opening the idle connections and reading RSS (BENCH_IDLE_WAIT).
+    pub idle_wait: f64,
+    pub paths: Vec<PathKind>,
+    pub figures: Vec<String>,
+    pub rate: Option<f64>,
+    /// Rounds of the throughput and new-connection figures; each figure is the median.
+    pub rounds: usize,
+    pub perf: Option<String>,
+    /// What `perf` is told before `-o FILE -p PIDS` (BENCH_PERF_ARGS).
+    pub perf_args: String,
+    /// The path BENCH_PERF profiles.
+    pub perf_path: PathKind,
+    /// The figure whose window BENCH_PERF profiles: throughput, connections or latency.
+    pub perf_figure: String,
+    pub wrapper: Option<String>,
+    pub results: PathBuf,
+}
+
+fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(default)
+}
+
+impl Settings {
+    pub fn from_env() -> Settings {
+        let paths = std::env::var("BENCH_PATHS")
+            .unwrap_or_else(|_| "direct,gateway,nginx,haproxy".into())
+            .split(',')
+            .filter_map(|p| PathKind::parse(p.trim()))
+            .collect();
+        let figures = std::env::var("BENCH_FIGURES")
+            .unwrap_or_else(|_| "memory,throughput,latency,connections".into())
+            .split(',')
+            .map(|s| s.trim().to_string())
+            .collect();
+        Settings {
+            secs: env_or("BENCH_SECS", 3.0),
+            warmup: env_or("BENCH_WARMUP", 1.0),
+            conns: env_or("BENCH_CONNS", 64),
+            inflight: env_or("BENCH_INFLIGHT", 16),
+            conn_secs: env_or("BENCH_CONN_SECS", 2.0),
+            conn_workers: env_or("BENCH_CONN_WORKERS", 32),
+            idle_conns: env_or("BENCH_IDLE_CONNS", 5000),
+            idle_round_trip: env_or("BENCH_IDLE_ROUND_TRIP", 1) != 0,
+            idle_wait: env_or("BENCH_IDLE_WAIT", 1.5),
+            paths,
+            figures,
+            rate: std::env::var("BENCH_RATE")
+                .ok()
+                .and_then(|v| v.parse().ok()),
+            rounds: env_or("BENCH_ROUNDS", 3usize).max(1),
+            perf: std::env::var("BENCH_PERF").ok().filter(|s| !s.is_empty()),
+            perf_args: std::env::var("BENCH_PERF_ARGS")
+                .unwrap_or_else(|_| "record -e cpu-clock -F 999 --call-graph dwarf,16384".into()),
+            perf_path: std::env::var("BENCH_PERF_PATH")
+                .ok()
+                .and_then(|p| PathKind::parse(p.trim()))
+                .unwrap_or(PathKind::Gateway),
+            perf_figure: std::env::var("BENCH_PERF_FIGURE").unwrap_or_else(|_| "throughput".into()),
+            wrapper: std::env::var("BENCH_GATEWAY_WRAPPER")
+                .ok()
+                .filter(|s| !s.is_empty()),
+            results: std::env::var("BENCH_RESULTS")
+                .map(PathBuf::from)
+                .unwrap_or_else(|_| Path::new(MANIFEST_DIR).join("bench/results.md")),
+        }
+    }
+
+    pub fn wants(&self, figure: &str) -> bool {
+        self.figures.iter().any(|f| f == figure)
+    }
+
+    /// Whether BENCH_PERF profiles this window: `figure` on `path` in `round` (the first
+    /// round only).
+    pub fn profiles(&self, figure: &str, path: PathKind, round: usize) -> bool {
+        self.perf.is_some() && round == 0 && self.perf_figure == figure && path == self.perf_path
+    }
+}

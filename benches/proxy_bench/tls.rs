@@ -1,0 +1,155 @@
+//! TLS: the one key and self-signed certificate every TLS listener uses, and the rustls
+//! client and server configs of the load generator and the backend.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
+use rustls::{DigitallySignedStruct, SignatureScheme};
+
+use crate::paths::which;
+use crate::GATEWAY_BIN;
+
+/// The key and certificate files in the run's directory.
+pub struct TlsFiles {
+    pub key: PathBuf,
+    pub cert: PathBuf,
+    /// Certificate and key in one file, as HAProxy reads them.
+    pub pem: PathBuf,
+}
+
+impl TlsFiles {
+    /// One ed25519 key and one self-signed certificate for every TLS listener.
+    pub fn create(dir: &Path) -> TlsFiles {
+        let key = dir.join("key.pem");
+        let cert = dir.join("cert.pem");
+        let pem = dir.join("haproxy.pem");
+        run_ok(
+            Command::new(GATEWAY_BIN)
+                .arg("keygen")
+                .arg("--out")
+                .arg(&key),
+            "mosaic-gateway keygen",
+        );
+        run_ok(
+            Command::new(which("openssl"))
+                .args([
+                    "req",
+                    "-new",
+                    "-x509",
+                    "-days",
+                    "30",
+                    "-subj",
+                    "/CN=localhost",
+                ])
+                .arg("-key")
+                .arg(&key)
+                .arg("-out")
+                .arg(&cert),
+            "openssl req -x509",
+        );
+        let combined = format!(
+            "{}{}",
+            std::fs::read_to_string(&cert).expect("cert"),
+            std::fs::read_to_string(&key).expect("key")
+        );
+        std::fs::write(&pem, combined).expect("haproxy pem");
+        TlsFiles { key, cert, pem }
+    }
+}
+
+fn run_ok(cmd: &mut Command, what: &str) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{what}: {e}"));
+    if !out.status.success() {
+        panic!(
+            "{what} failed: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[derive(Debug)]
+struct AcceptAnyEd25519(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAnyEd25519 {
+    fn verify_server_cert(
+        &self,
+        _end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _server_name: &ServerName<'_>,
+        _ocsp: &[u8],
+        _now: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.0.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        vec![SignatureScheme::ED25519]
+    }
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+pub fn tls_connector() -> tokio_rustls::TlsConnector {
+    let p = provider();
+    let mut cfg = rustls::ClientConfig::builder_with_provider(p.clone())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAnyEd25519(p)))
+        .with_no_client_auth();
+    // A full handshake every time: the figure is the cost of a new TLS connection.
+    cfg.resumption = rustls::client::Resumption::disabled();
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+}
+
+pub fn tls_acceptor(cert: &Path, key: &Path) -> tokio_rustls::TlsAcceptor {
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+        .expect("cert.pem")
+        .collect::<Result<_, _>>()
+        .expect("cert.pem");
+    let key = PrivateKeyDer::from_pem_file(key).expect("key.pem");
+    let mut cfg = rustls::ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .expect("TLS 1.3")
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .expect("server cert");
+    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    tokio_rustls::TlsAcceptor::from(Arc::new(cfg))
+}
