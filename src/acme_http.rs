@@ -46,7 +46,10 @@ fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
     r
 }
 
-async fn answer(app: Arc<App>, req: Request<Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn answer(
+    app: Arc<App>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let gw = app.gateway();
     if let Some(token) = req.uri().path().strip_prefix(CHALLENGE_PREFIX) {
         let key_auth = gw

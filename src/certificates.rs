@@ -79,15 +79,16 @@ fn stop_acme(running: &mut Option<RunningAcme>) {
 /// its old series until restart.
 fn publish_expiry(app: &App, tls: &TlsTerminator) {
     let gauge = &app.metrics.tls_certificate_expiry_timestamp_seconds;
-    let unix = |t: SystemTime| t.duration_since(UNIX_EPOCH).map_or(0.0, |d| d.as_secs_f64());
+    let unix = |t: SystemTime| {
+        t.duration_since(UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64())
+    };
     for c in tls.certificates().current().iter() {
         gauge.with_label_values(&[&c.label]).set(unix(c.not_after));
     }
     if let Some(acme) = tls.acme() {
         if let Some(at) = acme.not_after() {
-            gauge
-                .with_label_values(&[&acme.label()])
-                .set(unix(at));
+            gauge.with_label_values(&[&acme.label()]).set(unix(at));
         }
     }
 }

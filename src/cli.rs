@@ -114,7 +114,8 @@ fn check_config(file: &std::path::Path) -> Result<(), CliError> {
         if let Some(key_file) = &tls.key_file {
             crate::keys::load_signing_key(key_file).map_err(CliError::KeyFile)?;
         }
-        let (_, warnings) = crate::tls::certs::CertStore::load(crate::gateway::certificate_sources(tls))?;
+        let (_, warnings) =
+            crate::tls::certs::CertStore::load(crate::gateway::certificate_sources(tls))?;
         for w in warnings {
             eprintln!("warning: {w}");
         }

@@ -756,9 +756,8 @@ impl TlsConfig {
             Some(f) if f.as_os_str().is_empty() => {
                 errs.push("tls.key_file: must name the server's ed25519 key file".into())
             }
-            None if self.certificates.is_empty() && self.acme.is_none() => errs.push(
-                "tls.key_file: required unless tls.certificates or tls.acme is set".into(),
-            ),
+            None if self.certificates.is_empty() && self.acme.is_none() => errs
+                .push("tls.key_file: required unless tls.certificates or tls.acme is set".into()),
             _ => {}
         }
         for (i, c) in self.certificates.iter().enumerate() {

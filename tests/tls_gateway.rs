@@ -539,7 +539,14 @@ async fn clients_pinning_the_key_files_mosrv_key_connect_and_a_wrong_pin_fails()
     let gw = tls_gateway(&master, ("auto", "optional", "1.2"), &backend, "").await;
 
     // The pin an operator hands out is what keygen printed; it is the terminator's key.
-    let served = gw.app.gateway().tls.as_ref().unwrap().server_public_key();
+    let served = gw
+        .app
+        .gateway()
+        .tls
+        .as_ref()
+        .unwrap()
+        .server_public_key()
+        .unwrap();
     assert_eq!(keys::server_key_string(&served), master.mosrv);
     let pin = keys::parse_server_key(&master.mosrv).unwrap();
 

@@ -64,7 +64,6 @@ use rustls::{ClientConfig, RootCertStore};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
-
 /// First retry delay after a failed order; doubles per failure.
 const RETRY_INITIAL: Duration = Duration::from_secs(5);
 /// Cap of the retry delay.

@@ -51,7 +51,9 @@ impl NamePattern {
         let valid = rest.len() <= 253
             && labels.iter().all(|l| label_ok(l))
             && (!wildcard || labels.len() >= 2)
-            && !labels.last().is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
+            && !labels
+                .last()
+                .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
         if valid {
             Ok(NamePattern {
                 name: rest.to_string(),
@@ -279,9 +281,7 @@ fn read(key: &str, path: &Path) -> Result<Vec<u8>, CertError> {
 
 /// Loads and checks one certificate: files readable, the key file private to its owner,
 /// the chain parsing, the key matching the leaf, the names valid.
-pub fn load(
-    src: &CertificateSource,
-) -> Result<(ServedCertificate, Vec<CertWarning>), CertError> {
+pub fn load(src: &CertificateSource) -> Result<(ServedCertificate, Vec<CertWarning>), CertError> {
     let cert_key = format!("{}.cert_file", src.key);
     let key_key = format!("{}.key_file", src.key);
     let chain_pem = read(&cert_key, &src.cert_file)?;
@@ -371,7 +371,9 @@ fn served_names(
             key: key.clone(),
             source,
         })?;
-        let covered = leaf.iter().any(|l| *l == p || (!p.wildcard && l.matches(&p.name)));
+        let covered = leaf
+            .iter()
+            .any(|l| *l == p || (!p.wildcard && l.matches(&p.name)));
         if !covered {
             warnings.push(CertWarning::NameNotInCertificate {
                 key,
@@ -527,10 +529,23 @@ mod tests {
 
     #[test]
     fn bad_names_are_refused() {
-        for bad in ["", "*.com", "a..b", "-a.example.com", "1.2.3.4", "a b.com", "*"] {
+        for bad in [
+            "",
+            "*.com",
+            "a..b",
+            "-a.example.com",
+            "1.2.3.4",
+            "a b.com",
+            "*",
+        ] {
             assert!(NamePattern::parse(bad).is_err(), "{bad:?}");
         }
-        for good in ["localhost", "relay.test", "*.relay.example.com", "xn--bcher-kva.ch"] {
+        for good in [
+            "localhost",
+            "relay.test",
+            "*.relay.example.com",
+            "xn--bcher-kva.ch",
+        ] {
             assert!(NamePattern::parse(good).is_ok(), "{good:?}");
         }
     }

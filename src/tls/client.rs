@@ -14,8 +14,8 @@ use tokio_rustls::TlsConnector;
 
 use super::verify::ServerKeyVerifier;
 use super::{
-    certified_key, ed25519_spki, peer_key, pkcs8_der, provider, self_signed_certificate,
-    TlsError, ALPN_HTTP11,
+    certified_key, ed25519_spki, peer_key, pkcs8_der, provider, self_signed_certificate, TlsError,
+    ALPN_HTTP11,
 };
 
 static TLS13_ONLY: &[&SupportedProtocolVersion] = &[&rustls::version::TLS13];
@@ -150,4 +150,3 @@ impl BackendConnector {
         Ok((stream, key))
     }
 }
-

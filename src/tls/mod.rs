@@ -32,8 +32,8 @@ mod verify;
 pub use client::{
     backend_connector, backend_connector_x509, client_config, BackendConnector, ClientIdentity,
 };
-pub(crate) use terminator::{AcmeCertificates, TerminatorParts};
 pub use terminator::{client_auth_label, HandshakeError, TlsTerminator, ALPN_ACME_TLS};
+pub(crate) use terminator::{AcmeCertificates, TerminatorParts};
 pub use verify::ServerKeyVerifier;
 
 /// Which server certificate the terminator presents (`tls.certificate`).
@@ -105,7 +105,6 @@ pub fn peer_key(cert: &CertificateDer<'_>) -> Option<[u8; 32]> {
     key_from_spki(parsed.subject_public_key_info().as_ref())
 }
 
-
 /// Why a TLS configuration could not be built.
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -134,7 +133,6 @@ pub enum TlsError {
     #[error("TLS client certificate: {0}")]
     ClientCertificate(#[source] rustls::Error),
 }
-
 
 /// The ring provider used everywhere in this module.
 pub(crate) fn provider() -> Arc<CryptoProvider> {
@@ -175,4 +173,3 @@ pub(crate) fn certified_key(
         .map_err(TlsError::LoadKey)?;
     Ok(Arc::new(CertifiedKey::new(vec![cert], signer)))
 }
-

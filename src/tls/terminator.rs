@@ -237,7 +237,9 @@ pub struct TlsTerminator {
 
 impl std::fmt::Debug for TlsTerminator {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let key = self.server_public_key().map(|k| keys::server_key_string(&k));
+        let key = self
+            .server_public_key()
+            .map(|k| keys::server_key_string(&k));
         f.debug_struct("TlsTerminator")
             .field("mode", &self.selector.mode)
             .field("server_key", &key)

@@ -183,4 +183,3 @@ impl ServerCertVerifier for ServerKeyVerifier {
         self.raw
     }
 }
-
