@@ -282,7 +282,8 @@ fn start_gateway(setup: &Setup, rt: &Runtime, tls: bool) -> Proxy {
     let port = free_port();
     let tls_block = if tls {
         format!(
-            "tls:\n  key_file: {}\n  certificate: self-signed\n  client_auth: none\n  min_version: \"1.3\"",
+            "tls:\n  certificates:\n    - cert_file: {}\n      key_file: {}\n  client_auth: none\n  min_version: \"1.3\"",
+            setup.tls.cert.display(),
             setup.tls.key.display()
         )
     } else {

@@ -1,5 +1,6 @@
-//! TLS: the one key and self-signed certificate every TLS listener uses, and the rustls
-//! client and server configs of the load generator and the backend.
+//! TLS: the one ECDSA P-256 key and certificate every TLS listener uses (what a browser-facing
+//! deployment serves, and what nginx and HAProxy are set up with), and the rustls client and
+//! server configs of the load generator and the backend.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,7 +12,6 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
 use crate::paths::which;
-use crate::GATEWAY_BIN;
 
 /// The key and certificate files in the run's directory.
 pub struct TlsFiles {
@@ -22,18 +22,23 @@ pub struct TlsFiles {
 }
 
 impl TlsFiles {
-    /// One ed25519 key and one self-signed certificate for every TLS listener.
+    /// One ECDSA P-256 key and one self-signed certificate for `localhost`, for every TLS
+    /// listener: the gateway serves it from `tls.certificates`, as for browsers.
     pub fn create(dir: &Path) -> TlsFiles {
         let key = dir.join("key.pem");
         let cert = dir.join("cert.pem");
         let pem = dir.join("haproxy.pem");
         run_ok(
-            Command::new(GATEWAY_BIN)
-                .arg("keygen")
-                .arg("--out")
+            Command::new(which("openssl"))
+                .args(["genpkey", "-algorithm", "EC", "-pkeyopt"])
+                .arg("ec_paramgen_curve:P-256")
+                .arg("-out")
                 .arg(&key),
-            "mosaic-gateway keygen",
+            "openssl genpkey",
         );
+        // The gateway refuses a key file others can read.
+        std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+            .expect("chmod key");
         run_ok(
             Command::new(which("openssl"))
                 .args([
@@ -44,6 +49,8 @@ impl TlsFiles {
                     "30",
                     "-subj",
                     "/CN=localhost",
+                    "-addext",
+                    "subjectAltName=DNS:localhost",
                 ])
                 .arg("-key")
                 .arg(&key)
@@ -73,9 +80,9 @@ fn run_ok(cmd: &mut Command, what: &str) {
 }
 
 #[derive(Debug)]
-struct AcceptAnyEd25519(Arc<rustls::crypto::CryptoProvider>);
+struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
 
-impl ServerCertVerifier for AcceptAnyEd25519 {
+impl ServerCertVerifier for AcceptAny {
     fn verify_server_cert(
         &self,
         _end_entity: &CertificateDer<'_>,
@@ -116,7 +123,9 @@ impl ServerCertVerifier for AcceptAnyEd25519 {
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        vec![SignatureScheme::ED25519]
+        self.0
+            .signature_verification_algorithms
+            .supported_schemes()
     }
 }
 
@@ -130,7 +139,7 @@ pub fn tls_connector() -> tokio_rustls::TlsConnector {
         .with_protocol_versions(&[&rustls::version::TLS13])
         .expect("TLS 1.3")
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(AcceptAnyEd25519(p)))
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(p)))
         .with_no_client_auth();
     // A full handshake every time: the figure is the cost of a new TLS connection.
     cfg.resumption = rustls::client::Resumption::disabled();
