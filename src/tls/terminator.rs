@@ -218,8 +218,8 @@ impl HandshakeError {
 
 /// The configurations, one per kind of answer, built once.
 struct Configs {
-    /// Raw public key, by whether the client offered a raw client key.
-    raw: [Arc<ServerConfig>; 2],
+    /// Raw public key, by whether the client offered a raw client key (with a master key).
+    raw: Option<[Arc<ServerConfig>; 2]>,
     /// X.509, by whether the client offered a raw client key and whether client keys are
     /// asked for (only from clients that can sign with Ed25519: a browser asked for a
     /// client certificate may show its user a certificate picker).
@@ -287,7 +287,10 @@ impl TlsTerminator {
             },
         };
         let configs = Configs {
-            raw: [b.raw(false)?, b.raw(true)?],
+            raw: match &selector.master {
+                Some(m) => Some([b.raw(&m.raw, false)?, b.raw(&m.raw, true)?]),
+                None => None,
+            },
             x509: [
                 [b.x509(false, false)?, b.x509(false, true)?],
                 [b.x509(true, false)?, b.x509(true, true)?],
@@ -347,17 +350,18 @@ impl TlsTerminator {
             || h.schemes.contains(&SignatureScheme::ED25519);
         let choice = self.selector.choose(&h);
         let challenge = matches!(choice, Served::AcmeChallenge);
+        let x509 = || self.configs.x509[client_raw][usize::from(ask_key)].clone();
         let config = match choice {
             Served::AcmeChallenge => self.configs.challenge.clone(),
-            Served::RawPublicKey => Some(self.configs.raw[client_raw].clone()),
-            Served::Chain(_) | Served::SelfSigned => {
-                Some(self.configs.x509[client_raw][usize::from(ask_key)].clone())
-            }
+            Served::RawPublicKey => self.configs.raw.as_ref().map(|r| r[client_raw].clone()),
+            Served::Chain(_) | Served::SelfSigned => Some(x509()),
             Served::Nothing => None,
         };
         let Some(config) = config else {
             let name = h.server_name.map(str::to_string);
-            // Dropping the acceptor closes the connection; the client sees it end.
+            // The X.509 resolver finds nothing either, so rustls answers with a
+            // handshake_failure alert: the client is told it is TLS, not the network.
+            let _ = start.into_stream(x509()).await;
             return Err(HandshakeError::NoCertificate(name));
         };
         tracing::trace!(sni = ?h.server_name, "TLS ClientHello");
@@ -415,16 +419,18 @@ impl ConfigBuilder<'_> {
         })
     }
 
-    fn raw(&self, client_raw: bool) -> Result<Arc<ServerConfig>, TlsError> {
-        let config = ServerConfig::builder_with_provider(provider())
+    fn raw(
+        &self,
+        key: &Arc<CertifiedKey>,
+        client_raw: bool,
+    ) -> Result<Arc<ServerConfig>, TlsError> {
+        let mut config = ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(TLS13_ONLY)
             .map_err(TlsError::ServerConfig)?
-            .with_client_cert_verifier(self.verifier(client_raw, true));
-        let resolver: Arc<dyn ResolvesServerCert> = match &self.selector.master {
-            Some(m) => Arc::new(AlwaysResolvesServerRawPublicKeys::new(m.raw.clone())),
-            None => Arc::new(ChoosingResolver(self.selector.clone())),
-        };
-        let mut config = config.with_cert_resolver(resolver);
+            .with_client_cert_verifier(self.verifier(client_raw, true))
+            .with_cert_resolver(Arc::new(AlwaysResolvesServerRawPublicKeys::new(
+                key.clone(),
+            )));
         config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
         Ok(Arc::new(config))
     }
