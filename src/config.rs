@@ -149,12 +149,13 @@ fn default_acme_cache() -> PathBuf {
 
 /// `tls.acme.challenge`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
-#[serde(rename_all = "kebab-case")]
 pub enum AcmeChallenge {
     /// TLS-ALPN-01 on the public port itself.
     #[default]
+    #[serde(rename = "tls-alpn-01")]
     TlsAlpn01,
     /// HTTP-01 on `acme.http_listen`.
+    #[serde(rename = "http-01")]
     Http01,
 }
 

@@ -359,8 +359,8 @@ impl TlsTerminator {
         };
         let Some(config) = config else {
             let name = h.server_name.map(str::to_string);
-            // The X.509 resolver finds nothing either, so rustls answers with a
-            // handshake_failure alert: the client is told it is TLS, not the network.
+            // The X.509 resolver finds nothing either, so rustls ends the handshake with an
+            // alert: the client is told it is TLS, not the network.
             let _ = start.into_stream(x509()).await;
             return Err(HandshakeError::NoCertificate(name));
         };
