@@ -1,11 +1,9 @@
 //! A public endpoint under misuse: connection caps, slow and silent clients, oversized
 //! requests, idle and dead clients, a client that stops reading, and forwarded addresses.
 
-mod common;
-
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use mosaic_gateway::dev::mosaic_backend::wire;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

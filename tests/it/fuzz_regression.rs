@@ -3,7 +3,7 @@
 //! run, so the ordinary `cargo test` on stable keeps every input that once found new
 //! coverage or a bug green, without cargo-fuzz or libFuzzer.
 
-#[path = "../fuzz/src/lib.rs"]
+#[path = "../../fuzz/src/lib.rs"]
 #[allow(dead_code)]
 mod targets;
 

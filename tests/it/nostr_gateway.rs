@@ -2,11 +2,9 @@
 //! it, nostr-sdk and raw WebSocket clients in front, and permessage-deflate negotiated end
 //! to end between a deflate-capable client and server (soketto on both sides).
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use futures_util::SinkExt;
 use soketto::extension::deflate::Deflate;
 use soketto::handshake::{self, Server};

@@ -2,12 +2,10 @@
 //! (TLS 1.3 and 1.2) and for RFC 7250 raw public keys both ways. Skips with a note when
 //! gnutls-cli is not installed (`.ci/run` installs it).
 
-mod common;
-
 use std::io::Write;
 use std::process::{Command, Stdio};
 
-use common::*;
+use crate::common::*;
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
 use ed25519_dalek::pkcs8::EncodePublicKey;
 

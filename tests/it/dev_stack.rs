@@ -1,14 +1,12 @@
 //! `mosaic-gateway dev`, as a newcomer runs it: one command serves Mosaic (ws:// and wss://
 //! with the printed key) and nostr, and prints where everything is.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use futures_util::SinkExt;
 use mosaic_gateway::dev::mosaic_backend::wire;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;

@@ -6,8 +6,6 @@
 //! be told apart from the gateway's own health-check upgrades. Health checks run once at
 //! start and then every 60s here, so they do not interfere beyond that first round.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
@@ -15,7 +13,7 @@ use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use ed25519_dalek::SigningKey;
 use futures_util::{SinkExt, StreamExt};
 use mosaic_gateway::dev::mosaic_backend::{wire, MosaicBackend};

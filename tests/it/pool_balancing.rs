@@ -2,12 +2,10 @@
 //! least-connections (by open connections, weighted) and client-key-hash (sticky per TLS
 //! client key, over a real TLS connection).
 
-mod common;
-
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use common::*;
+use crate::common::*;
 use mosaic_gateway::dev::mosaic_backend::MosaicBackend;
 use mosaic_gateway::runtime::Running;
 

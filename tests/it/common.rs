@@ -1,6 +1,5 @@
 //! Shared pieces of the operator scenarios: a gateway started in-process on 127.0.0.1 with
 //! real backends (the in-repo Mosaic backend, rust-nostr's relay) and real clients.
-#![allow(dead_code)]
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -2,14 +2,12 @@
 //! changing answers, and the real resolver on `localhost`), and SIGHUP reloads of the real
 //! binary while clients stay connected.
 
-mod common;
-
 use std::io;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use mosaic_gateway::dev::mosaic_backend::{wire, MosaicBackend, MosaicBackendOptions};
 use mosaic_gateway::discovery::{Lookup, Resolve};
 use mosaic_gateway::runtime::Running;

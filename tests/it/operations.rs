@@ -1,13 +1,11 @@
 //! Running the real binary as an operator does: JSON logs, probes, metrics, and a SIGTERM
 //! drain with an open Mosaic query and an open nostr subscription.
 
-mod common;
-
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use mosaic_gateway::dev::mosaic_backend::wire;
 
 struct Gateway {

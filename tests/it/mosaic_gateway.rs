@@ -1,9 +1,7 @@
 //! A relay operator's view of Mosaic traffic through the gateway: real clients
 //! (tokio-tungstenite), the in-repo Mosaic backend, real sockets on 127.0.0.1.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use mosaic_gateway::dev::mosaic_backend::wire;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -1,12 +1,10 @@
 //! Backend health as operators see it: active checks, passive failover within one client
 //! handshake, 503/502 when the pool cannot serve, `/readyz`, and `backend_up` in /metrics.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use mosaic_gateway::dev::mosaic_backend::{wire, MosaicBackend, MosaicBackendOptions};
 use mosaic_gateway::runtime::Running;
 
