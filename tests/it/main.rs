@@ -8,7 +8,10 @@
 //! `cargo test --test it -- --exact tls_gateway::<name>`.
 
 mod common;
+mod support;
 
+mod acme;
+mod browser;
 mod config_check;
 mod deploy_manifests;
 mod dev_servers;
@@ -23,6 +26,8 @@ mod operations;
 mod pool_balancing;
 mod pool_discovery_reload;
 mod pool_health;
+mod structure;
 mod tls;
+mod tls_edge;
 mod tls_gateway;
 mod tls_gnutls;

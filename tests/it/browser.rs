@@ -12,18 +12,15 @@
 //! `skipped: chromium not installed (…)` and passes; CI installs `chromium` and
 //! `libnss3-tools` (`.ci/run`).
 
-#[path = "support/chromium.rs"]
-mod chromium;
-mod common;
-
 use std::io::Write;
 use std::net::SocketAddr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+use crate::common::*;
+use crate::support::chromium;
 use chromium::{nip11_probe, nostr_wss_probe, CdpError, Chromium, LaunchOptions};
-use common::*;
 use mosaic_gateway::dev::mosaic_backend::MosaicBackend;
 use mosaic_gateway::dev::nostr_relay::NostrRelayServer;
 use mosaic_gateway::runtime::Running;

@@ -4,16 +4,13 @@
 //! are served the result. Without /usr/bin/pebble the scenarios print
 //! `skipped: pebble not installed` and pass (set `PEBBLE_REQUIRED=1` to fail instead).
 
-mod common;
-#[path = "support/pebble.rs"]
-mod pebble;
-
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::{Arc, Once};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use common::*;
+use crate::common::*;
+use crate::support::pebble;
 use futures_util::{SinkExt, StreamExt};
 use mosaic_gateway::tls::{self, ClientIdentity};
 use pebble::{Pebble, PebbleOptions, ReservedPort};

@@ -4,15 +4,13 @@
 //! raw-key Mosaic clients on the same port, and certificate files replaced while a
 //! WebSocket stays open.
 
-mod common;
-
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use ed25519_dalek::SigningKey;
 use futures_util::{SinkExt, StreamExt};
 use mosaic_gateway::keys;
@@ -415,7 +413,10 @@ async fn a_client_nothing_can_be_served_to_gets_an_alert_and_a_counted_failure()
     let err = handshake(gw.public_addr, verifying_client(&ca, None), "relay.test")
         .await
         .expect_err("nothing to serve a browser");
-    assert!(err.contains("received fatal alert"), "a TLS alert, not a dropped socket: {err}");
+    assert!(
+        err.contains("received fatal alert"),
+        "a TLS alert, not a dropped socket: {err}"
+    );
     let admin = gw.admin_addr;
     let mut seen = 0.0;
     for _ in 0..100 {
