@@ -573,3 +573,43 @@ fn check_config_names_the_key_of_each_certificate_problem() {
     assert_eq!(code, Some(1));
     assert!(err.contains("tls.key_file: required unless"), "{err}");
 }
+
+#[tokio::test]
+async fn sighup_rereads_the_certificate_files_at_once() {
+    let ca = TestCa::new();
+    let first = ca.issue("relay", &["relay.test"], 90);
+    // Files are not watched within the test's time: only the reload can pick them up.
+    let tls =
+        tls_section(None, &[&first], "").replace("watch_interval: 100ms", "watch_interval: 1h");
+    let (gw, relay, backend) = edge_gateway(&tls).await;
+    let s = handshake(gw.public_addr, verifying_client(&ca, None), "relay.test")
+        .await
+        .unwrap();
+    let mut open = nostr_eose(s, "relay.test").await;
+
+    let renewed = ca.issue("relay", &["relay.test"], 60);
+    let path = ca.dir.path().join("gateway.yaml");
+    std::fs::write(
+        &path,
+        format!(
+            "listen: \"127.0.0.1:0\"\nadmin:\n  listen: \"127.0.0.1:0\"\n{tls}mosaic:\n  health_check: {{ interval: 60s }}\n  backends:\n    - url: ws://{}\nnostr:\n  upstream: ws://{}\n",
+            backend.local_addr(),
+            relay.local_addr()
+        ),
+    )
+    .unwrap();
+    mosaic_gateway::shutdown::reload(&gw.app, &path);
+    let s = handshake(gw.public_addr, verifying_client(&ca, None), "relay.test")
+        .await
+        .unwrap();
+    assert_eq!(served_leaf(&s), renewed.leaf);
+    expect_eose(&mut open, "after-sighup").await;
+
+    // A reload with a broken chain file keeps the last good certificates.
+    std::fs::write(&renewed.cert_file, "not a certificate").unwrap();
+    mosaic_gateway::shutdown::reload(&gw.app, &path);
+    let s = handshake(gw.public_addr, verifying_client(&ca, None), "relay.test")
+        .await
+        .unwrap();
+    assert_eq!(served_leaf(&s), renewed.leaf);
+}
