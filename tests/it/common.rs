@@ -418,3 +418,27 @@ pub fn metric_sum(text: &str, family: &str) -> f64 {
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum()
 }
+
+/// Finishes a rustls client config: anonymous, or presenting a self-signed X.509 certificate
+/// on the ed25519 key `key`; ALPN `http/1.1`.
+pub fn with_client_key(
+    b: rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert>,
+    key: Option<&ed25519_dalek::SigningKey>,
+) -> rustls::ClientConfig {
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    use mosaic_gateway::{keys, tls};
+    use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
+    let mut config = match key {
+        None => b.with_no_client_auth(),
+        Some(k) => {
+            let der = keys::pkcs8_v1(k).to_pkcs8_der().unwrap();
+            b.with_client_auth_cert(
+                vec![tls::self_signed_certificate(k).unwrap()],
+                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der.as_bytes().to_vec())),
+            )
+            .unwrap()
+        }
+    };
+    config.alpn_protocols = vec![tls::ALPN_HTTP11.to_vec()];
+    config
+}

@@ -17,7 +17,7 @@ use mosaic_gateway::keys;
 use mosaic_gateway::runtime::Running;
 use mosaic_gateway::tls::{self, ClientIdentity};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{ClientConfig, RootCertStore};
 use tokio::net::TcpStream;
 use tokio_rustls::client::TlsStream;
@@ -144,20 +144,7 @@ fn verifying_client(ca: &TestCa, identity: Option<&SigningKey>) -> ClientConfig 
         .with_safe_default_protocol_versions()
         .unwrap()
         .with_root_certificates(roots);
-    let mut config = match identity {
-        None => b.with_no_client_auth(),
-        Some(k) => {
-            use ed25519_dalek::pkcs8::EncodePrivateKey;
-            let der = keys::pkcs8_v1(k).to_pkcs8_der().unwrap();
-            b.with_client_auth_cert(
-                vec![tls::self_signed_certificate(k).unwrap()],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der.as_bytes().to_vec())),
-            )
-            .unwrap()
-        }
-    };
-    config.alpn_protocols = vec![tls::ALPN_HTTP11.to_vec()];
-    config
+    with_client_key(b, identity)
 }
 
 use rustls::pki_types::pem::PemObject;

@@ -20,7 +20,7 @@ use mosaic_gateway::dev::mosaic_backend::{wire, MosaicBackend};
 use mosaic_gateway::keys;
 use mosaic_gateway::runtime::Running;
 use mosaic_gateway::tls::{self, ClientIdentity, ServerKeyVerifier};
-use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer, ServerName};
+use rustls::pki_types::ServerName;
 use rustls::ClientConfig;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -136,20 +136,7 @@ fn tls12_client(pin: [u8; 32], key: Option<&SigningKey>) -> ClientConfig {
         .unwrap()
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(ServerKeyVerifier::new(Some(pin), false)));
-    let mut config = match key {
-        None => b.with_no_client_auth(),
-        Some(k) => {
-            use ed25519_dalek::pkcs8::EncodePrivateKey;
-            let der = keys::pkcs8_v1(k).to_pkcs8_der().unwrap();
-            b.with_client_auth_cert(
-                vec![tls::self_signed_certificate(k).unwrap()],
-                PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(der.as_bytes().to_vec())),
-            )
-            .unwrap()
-        }
-    };
-    config.alpn_protocols = vec![tls::ALPN_HTTP11.to_vec()];
-    config
+    with_client_key(b, key)
 }
 
 /// TLS handshake, then a WebSocket upgrade with these headers. The error says which step
