@@ -1,6 +1,6 @@
 //! The bodies of the fuzz targets, one function per target, shared by the libFuzzer binaries
 //! in `fuzz_targets/` and by the stable-toolchain corpus replay in
-//! `tests/fuzz_regression.rs` (which includes this file with `#[path]`).
+//! `tests/it/fuzz_regression.rs` (which includes this file with `#[path]`).
 //!
 //! Each function takes arbitrary bytes, drives the gateway's pure parsers and decisions with
 //! them and panics only when an invariant fails; the parsers themselves must never panic.

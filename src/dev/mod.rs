@@ -2,7 +2,8 @@
 //!
 //! A real nostr relay (rust-nostr's relay with an HTTP front for NIP-11), an in-memory Mosaic
 //! backend speaking the seed-era messages, and the gateway in front of both, on ws:// and on
-//! wss:// with an ephemeral ed25519 key.
+//! wss:// with an ephemeral ed25519 key for Mosaic clients and an ephemeral self-signed
+//! ECDSA certificate for `localhost`, so a browser can connect once its user accepts it.
 
 pub mod mosaic_backend;
 pub mod nostr_relay;
@@ -10,7 +11,8 @@ pub mod nostr_relay;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use crate::tls::{CertificateMode, ClientAuth, MinVersion, TlsTerminator};
+use crate::tls::certs::{CertStore, NamePattern, ServedCertificate};
+use crate::tls::{CertificateMode, ClientAuth, MinVersion, TerminatorParts, TlsTerminator};
 
 /// Addresses for the dev stack.
 #[derive(Debug, Clone)]
@@ -47,6 +49,34 @@ pub enum DevError {
     /// Signal handlers could not be installed.
     #[error("signals: {0}")]
     Signals(#[source] std::io::Error),
+    /// The browser certificate could not be made.
+    #[error("dev certificate for localhost: {0}")]
+    Certificate(String),
+}
+
+/// An ephemeral self-signed ECDSA P-256 certificate for `localhost` and 127.0.0.1: what
+/// browsers get on the dev stack's wss:// port (rule 5), as Caddy serves local sites.
+fn localhost_certificate() -> Result<ServedCertificate, DevError> {
+    let failed = |e: &dyn std::fmt::Display| DevError::Certificate(e.to_string());
+    let key =
+        rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|e| failed(&e))?;
+    let params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .map_err(|e| failed(&e))?;
+    let not_after = std::time::SystemTime::UNIX_EPOCH
+        + std::time::Duration::from_secs(params.not_after.unix_timestamp().max(0) as u64);
+    let cert = params.self_signed(&key).map_err(|e| failed(&e))?;
+    let der = rustls::pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let signer = rustls::crypto::ring::sign::any_supported_type(&der).map_err(|e| failed(&e))?;
+    Ok(ServedCertificate {
+        label: "localhost".into(),
+        names: vec![NamePattern::parse("localhost").map_err(|e| failed(&e))?],
+        key: Arc::new(rustls::sign::CertifiedKey::new(
+            vec![cert.der().clone()],
+            signer,
+        )),
+        not_after,
+    })
 }
 
 /// Runs the dev stack until SIGTERM or Ctrl-C.
@@ -73,12 +103,14 @@ pub async fn run(opts: DevOptions) -> Result<(), DevError> {
     let mut seed = [0u8; 32];
     getrandom::fill(&mut seed).map_err(DevError::Random)?;
     let key = ed25519_dalek::SigningKey::from_bytes(&seed);
-    let tls = TlsTerminator::new(
-        &key,
-        CertificateMode::Auto,
-        ClientAuth::Optional,
-        MinVersion::Tls12,
-    )?;
+    let tls = TlsTerminator::build(TerminatorParts {
+        master: Some(key.clone()),
+        mode: CertificateMode::Auto,
+        client_auth: ClientAuth::Optional,
+        min_version: MinVersion::Tls12,
+        certs: Arc::new(CertStore::fixed(vec![localhost_certificate()?])),
+        acme: None,
+    })?;
     let server_key = crate::keys::server_key_string(&key.verifying_key().to_bytes());
     let running = crate::runtime::start(config, Some((opts.tls_listen, Arc::new(tls)))).await?;
     let tls_addr = running.extra_tls_addr.unwrap_or(opts.tls_listen);
@@ -88,6 +120,10 @@ pub async fn run(opts: DevOptions) -> Result<(), DevError> {
         running.public_addr
     );
     println!("  Mosaic   wss://{tls_addr}  (TLS, ed25519; pin the server key below)");
+    println!(
+        "  browsers wss://localhost:{}  (self-signed ECDSA certificate for localhost; accept it once)",
+        tls_addr.port()
+    );
     println!(
         "  nostr    ws://{}   (any other subprotocol, or none)",
         running.public_addr

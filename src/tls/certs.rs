@@ -471,6 +471,15 @@ impl CertStore {
         Ok((served, warnings))
     }
 
+    /// A fixed set made in memory (the `dev` stack's certificate); nothing to reload.
+    pub fn fixed(served: Vec<ServedCertificate>) -> Self {
+        CertStore {
+            sources: Vec::new(),
+            served: RwLock::new(Arc::new(served)),
+            stamps: Mutex::new(Vec::new()),
+        }
+    }
+
     /// The current set.
     pub fn current(&self) -> Arc<Vec<ServedCertificate>> {
         self.served

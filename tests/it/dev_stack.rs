@@ -112,6 +112,28 @@ async fn dev_serves_mosaic_over_ws_and_wss_and_nostr_from_one_command() {
     };
     assert_eq!((res[0], res[3]), (0x83, 0x01));
 
+    // A browser-like client (no Ed25519, no raw keys) gets the dev ECDSA certificate for
+    // localhost on the same wss:// port.
+    let browser = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .dangerous()
+    .with_custom_certificate_verifier(Arc::new(EcdsaOnly))
+    .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", tls_port))
+        .await
+        .unwrap();
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(browser))
+        .connect(
+            rustls::pki_types::ServerName::try_from("localhost").unwrap(),
+            tcp,
+        )
+        .await
+        .expect("a browser-like client completes the handshake");
+    assert!(tls.get_ref().1.peer_certificates().is_some());
+
     // Ctrl-C drains and exits 0.
     assert!(Command::new("kill")
         .args(["-INT", &child.id().to_string()])
@@ -135,4 +157,46 @@ async fn dev_serves_mosaic_over_ws_and_wss_and_nostr_from_one_command() {
     .await
     .unwrap();
     assert_eq!(status.code(), Some(0));
+}
+
+/// Accepts any certificate but signs like a browser: ECDSA and RSA only, never Ed25519.
+#[derive(Debug)]
+struct EcdsaOnly;
+
+impl rustls::client::danger::ServerCertVerifier for EcdsaOnly {
+    fn verify_server_cert(
+        &self,
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &[rustls::pki_types::CertificateDer<'_>],
+        _: &rustls::pki_types::ServerName<'_>,
+        _: &[u8],
+        _: rustls::pki_types::UnixTime,
+    ) -> Result<rustls::client::danger::ServerCertVerified, rustls::Error> {
+        Ok(rustls::client::danger::ServerCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &rustls::pki_types::CertificateDer<'_>,
+        _: &rustls::DigitallySignedStruct,
+    ) -> Result<rustls::client::danger::HandshakeSignatureValid, rustls::Error> {
+        Ok(rustls::client::danger::HandshakeSignatureValid::assertion())
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<rustls::SignatureScheme> {
+        vec![
+            rustls::SignatureScheme::ECDSA_NISTP256_SHA256,
+            rustls::SignatureScheme::RSA_PSS_SHA256,
+        ]
+    }
 }
