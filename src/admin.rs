@@ -47,7 +47,10 @@ async fn handle(
     Ok(match req.uri().path() {
         "/metrics" => text(
             StatusCode::OK,
-            app.metrics.render(),
+            {
+                app.metrics.ready.set(i64::from(app.readiness().is_ok()));
+                app.metrics.render()
+            },
             "text/plain; version=0.0.4; charset=utf-8",
         ),
         "/livez" => text(StatusCode::OK, "ok\n", "text/plain"),

@@ -191,7 +191,10 @@ mod tests {
         let mut seen = std::collections::BTreeSet::new();
         for r in Reason::ALL {
             assert!(seen.insert(r), "{r} twice");
-            assert!(r.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'), "{r}");
+            assert!(
+                r.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{r}"
+            );
         }
         assert!(Reason::ALL.contains(&Reason::NO_HEALTHY_BACKEND.label()));
     }

@@ -7,8 +7,8 @@
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, StatusCode, Version};
 
-pub use crate::answer::Rejection;
 use crate::answer::Reason;
+pub use crate::answer::Rejection;
 
 /// `X-Mosaic-Features`.
 pub const X_MOSAIC_FEATURES: &str = "x-mosaic-features";

@@ -40,11 +40,7 @@ fn base64_16(raw: &[u8; 16]) -> String {
 }
 
 /// Checks one backend once; `Err` says why it failed.
-pub async fn check(
-    b: &Backend,
-    token: &str,
-    timeout: std::time::Duration,
-) -> Result<(), String> {
+pub async fn check(b: &Backend, token: &str, timeout: std::time::Duration) -> Result<(), String> {
     let key = random_key();
     let who = ForwardedClient {
         addr: std::net::IpAddr::from([127, 0, 0, 1]),

@@ -102,6 +102,8 @@ pub struct Metrics {
     pub http_requests_total: IntCounterVec,
     /// 1 while the gateway drains.
     pub draining: Gauge,
+    /// 1 when `/readyz` answers 200 (set on every scrape).
+    pub ready: IntGauge,
     /// The Mosaic connections' series.
     pub mosaic: ProtocolMetrics,
     /// The nostr connections' series.
@@ -193,6 +195,14 @@ impl Metrics {
             "draining",
             Gauge::with_opts(opts("draining", "1 while the gateway drains after SIGTERM")),
         );
+        let ready = register(
+            &r,
+            "ready",
+            IntGauge::with_opts(opts(
+                "ready",
+                "1 when /readyz answers 200: listening, a healthy backend in every pool, not draining",
+            )),
+        );
         // Resolving the children also makes both protocols' series visible from the start.
         let [mosaic, nostr] = ["mosaic", "nostr"].map(|p| {
             ProtocolMetrics::resolve(
@@ -264,6 +274,7 @@ impl Metrics {
                 &["status"],
             ),
             draining,
+            ready,
             registry: r,
             mosaic,
             nostr,

@@ -207,8 +207,7 @@ impl Status {
             .filter(|((name, _), _)| *name == "rejections")
             .map(|((name, labels), v)| RejectionRow {
                 labels: labels.iter().cloned().collect(),
-                recent: recent_base.map_or(0.0, |(_, b)| (v - b.get(name, labels)).max(0.0))
-                    as u64,
+                recent: recent_base.map_or(0.0, |(_, b)| (v - b.get(name, labels)).max(0.0)) as u64,
                 total: *v as u64,
             })
             .collect();
@@ -256,6 +255,15 @@ impl Status {
             ),
             _ => (false, None),
         };
+        let by = |c: &dyn Collector, label: &str| -> BTreeMap<String, u64> {
+            series(c)
+                .into_iter()
+                .filter_map(|(labels, v)| {
+                    let key = labels.into_iter().find(|(k, _)| k == label)?.1;
+                    Some((key, v as u64))
+                })
+                .collect()
+        };
         let readiness = app.readiness();
         Report {
             version: env!("CARGO_PKG_VERSION"),
@@ -275,6 +283,8 @@ impl Status {
             recent_window_seconds: RECENT_WINDOW.as_secs(),
             tls: gw.tls.is_some(),
             certificates,
+            tls_handshakes: by(&m.tls_handshakes_total, "client_auth"),
+            tls_handshake_failures: by(&m.tls_handshake_failures_total, "reason"),
         }
     }
 }
@@ -369,6 +379,10 @@ pub struct Report {
     pub tls: bool,
     /// Served certificates.
     pub certificates: Vec<CertificateRow>,
+    /// `tls_handshakes_total` by `client_auth`.
+    pub tls_handshakes: BTreeMap<String, u64>,
+    /// `tls_handshake_failures_total` by reason.
+    pub tls_handshake_failures: BTreeMap<String, u64>,
 }
 
 /// Connections of one label set (protocol, and route where routes exist).
@@ -496,12 +510,7 @@ pub fn escape(s: &str) -> String {
 }
 
 fn duration_text(secs: u64) -> String {
-    let (d, h, m, s) = (
-        secs / 86_400,
-        secs / 3600 % 24,
-        secs / 60 % 60,
-        secs % 60,
-    );
+    let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
     match (d, h, m) {
         (0, 0, 0) => format!("{s}s"),
         (0, 0, _) => format!("{m}m {s}s"),
@@ -629,7 +638,9 @@ pub fn html(r: &Report) -> String {
             rate_text(t.bytes_per_second_down, true),
         );
     }
-    o.push_str("</table></div><p class=\"muted\">↑ client to upstream, ↓ upstream to client</p></section>");
+    o.push_str(
+        "</table></div><p class=\"muted\">↑ client to upstream, ↓ upstream to client</p></section>",
+    );
 
     o.push_str("<section class=\"wide\"><h2>Backends</h2>");
     for p in &r.pools {
@@ -666,11 +677,7 @@ pub fn html(r: &Report) -> String {
         o.push_str("</table></div>");
     }
     if let Some(n) = &r.nostr_upstream {
-        let _ = write!(
-            o,
-            "<h3>nostr relay</h3><p class=\"wrap\">{}</p>",
-            escape(n)
-        );
+        let _ = write!(o, "<h3>nostr relay</h3><p class=\"wrap\">{}</p>", escape(n));
     }
     o.push_str("</section>");
 
@@ -695,7 +702,28 @@ pub fn html(r: &Report) -> String {
     }
     o.push_str("</table></div></section>");
 
-    o.push_str("<section><h2>TLS certificates</h2>");
+    o.push_str("<section><h2>TLS</h2>");
+    if r.tls {
+        let count = |m: &BTreeMap<String, u64>| m.values().sum::<u64>();
+        let failed: Vec<String> = r
+            .tls_handshake_failures
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| format!("{} {n}", escape(k)))
+            .collect();
+        let _ = write!(
+            o,
+            "<p>handshakes since start: {} ({} authenticated) · failed: {}{}</p>",
+            count(&r.tls_handshakes),
+            r.tls_handshakes.get("authenticated").copied().unwrap_or(0),
+            count(&r.tls_handshake_failures),
+            if failed.is_empty() {
+                String::new()
+            } else {
+                format!(" <span class=\"muted\">({})</span>", failed.join(", "))
+            }
+        );
+    }
     if !r.tls {
         o.push_str("<p class=\"muted\">plain ws:// (no TLS on the public listener)</p>");
     } else if r.certificates.is_empty() {

@@ -206,7 +206,12 @@ pub enum HandshakeError {
 
 /// Every `tls_handshake_failures_total{reason}` label: [`HandshakeError::reason`] of each
 /// failure (an answered ACME challenge is none) and [`TIMEOUT_REASON`].
-pub const FAILURE_REASONS: [&str; 4] = ["client_hello", "no_certificate", "handshake", TIMEOUT_REASON];
+pub const FAILURE_REASONS: [&str; 4] = [
+    "client_hello",
+    "no_certificate",
+    "handshake",
+    TIMEOUT_REASON,
+];
 
 /// The failure label of a handshake that did not finish within `limits.handshake_timeout`.
 pub const TIMEOUT_REASON: &str = "timeout";

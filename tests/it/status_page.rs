@@ -96,10 +96,8 @@ const ROWS_JS: &str = "Array.from(document.querySelectorAll('tr[data-backend]'))
 /// returns the page (for `eval` and `screenshot_png`).
 async fn open(browser: &Chromium, url: &str, width: u32, mobile: bool) -> Page {
     let mut page = browser.new_page().await.unwrap();
-    let metrics = |height: u64| {
-        json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile})
-    };
-    page.call("Emulation.setDeviceMetricsOverride", metrics(800))
+    let metrics = |height: u64| json!({"width": width, "height": height, "deviceScaleFactor": 1, "mobile": mobile});
+    page.call("Emulation.setDeviceMetricsOverride", metrics(300))
         .await
         .unwrap();
     page.goto(url).await.unwrap();
@@ -108,7 +106,7 @@ async fn open(browser: &Chromium, url: &str, width: u32, mobile: bool) -> Page {
         .await
         .unwrap()
         .as_u64()
-        .unwrap_or(800);
+        .unwrap_or(300);
     page.call("Emulation.setDeviceMetricsOverride", metrics(height))
         .await
         .unwrap();
@@ -146,7 +144,10 @@ async fn status_page_shows_traffic_pools_and_certificates_and_a_killed_backend_a
                 .await
                 .unwrap();
             let reply = tokio::time::timeout(T, ws.next()).await.unwrap().unwrap();
-            assert_eq!(reply.unwrap().into_data().to_vec(), wire::query_complete(id));
+            assert_eq!(
+                reply.unwrap().into_data().to_vec(),
+                wire::query_complete(id)
+            );
         }
     }
     leave.close(None).await.unwrap();
@@ -155,7 +156,10 @@ async fn status_page_shows_traffic_pools_and_certificates_and_a_killed_backend_a
         .send(Message::Text(r#"["REQ","s",{"kinds":[1]}]"#.into()))
         .await
         .unwrap();
-    let eose = tokio::time::timeout(T, nostr.next()).await.unwrap().unwrap();
+    let eose = tokio::time::timeout(T, nostr.next())
+        .await
+        .unwrap()
+        .unwrap();
     assert!(eose.unwrap().to_text().unwrap().contains("EOSE"));
     assert!(refused(public, "12").await.contains(" 426 "));
     assert!(refused(public, "12").await.contains(" 426 "));
@@ -171,11 +175,11 @@ async fn status_page_shows_traffic_pools_and_certificates_and_a_killed_backend_a
     let start = Instant::now();
     while start.elapsed() < T {
         status = status_json(admin).await;
-        let folded = status["traffic"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .any(|t| t["labels"]["protocol"] == "mosaic" && t["messages_total_up"].as_u64() >= Some(20));
+        let folded = status["traffic"].as_array().unwrap().iter().any(|t| {
+            t["labels"]["protocol"] == "mosaic"
+                && t["messages_total_up"].as_u64() >= Some(20)
+                && t["messages_per_second_up"].is_number()
+        });
         if folded && backend_state(&status, &a) == "up" && backend_state(&status, &b) == "up" {
             break;
         }
@@ -185,14 +189,14 @@ async fn status_page_shows_traffic_pools_and_certificates_and_a_killed_backend_a
     assert_eq!(status["ready"], true, "{status}");
     assert_eq!(status["draining"], false);
     let connections = status["connections"].as_array().unwrap();
-    let open = |p: &str| {
+    let conns = |p: &str| {
         connections
             .iter()
             .find(|c| c["labels"]["protocol"] == p)
             .map(|c| (c["active"].as_i64().unwrap(), c["total"].as_u64().unwrap()))
     };
-    assert_eq!(open("mosaic"), Some((1, 2)), "{status}");
-    assert_eq!(open("nostr"), Some((1, 1)), "{status}");
+    assert_eq!(conns("mosaic"), Some((1, 2)), "{status}");
+    assert_eq!(conns("nostr"), Some((1, 1)), "{status}");
     let mosaic = status["traffic"]
         .as_array()
         .unwrap()
@@ -207,14 +211,20 @@ async fn status_page_shows_traffic_pools_and_certificates_and_a_killed_backend_a
     for backend in pool["backends"].as_array().unwrap() {
         assert_eq!(backend["last_check"]["ok"], true, "{backend}");
     }
-    assert_eq!(status["nostr_upstream"], format!("ws://{}/", relay.local_addr()));
+    assert_eq!(
+        status["nostr_upstream"],
+        format!("ws://{}/", relay.local_addr())
+    );
     let rejected = status["rejections"]
         .as_array()
         .unwrap()
         .iter()
         .find(|r| r["labels"]["reason"] == "bad_ws_version")
         .unwrap();
-    assert_eq!((&rejected["recent"], &rejected["total"]), (&json!(2), &json!(2)));
+    assert_eq!(
+        (&rejected["recent"], &rejected["total"]),
+        (&json!(2), &json!(2))
+    );
     let days: Vec<(String, f64)> = status["certificates"]
         .as_array()
         .unwrap()
@@ -228,6 +238,12 @@ async fn status_page_shows_traffic_pools_and_certificates_and_a_killed_backend_a
     assert_eq!(days[0].0, "relay.example.com");
     assert!((61.0..62.1).contains(&days[0].1), "{days:?}");
     assert!((8.0..9.1).contains(&days[1].1), "{days:?}");
+    // Two Mosaic clients, one nostr client, two refused upgrades; plain HTTP on the TLS port.
+    assert_eq!(status["tls_handshakes"]["anonymous"], 5, "{status}");
+    assert_eq!(
+        status["tls_handshake_failures"]["client_hello"], 1,
+        "{status}"
+    );
 
     let (code, html) = admin_get(admin, "/").await;
     assert_eq!(code, 200);
@@ -277,18 +293,24 @@ async fn status_page_shows_traffic_pools_and_certificates_and_a_killed_backend_a
     assert_eq!(&png[1..4], b"PNG");
     if let Ok(path) = std::env::var("STATUS_SCREENSHOT") {
         std::fs::write(&path, &png).unwrap();
-        eprintln!("[status_page] screenshot written to {path} ({} bytes)", png.len());
+        eprintln!(
+            "[status_page] screenshot written to {path} ({} bytes)",
+            png.len()
+        );
     }
 
     // On a phone-sized screen nothing is wider than the screen: wide tables scroll inside
     // their section.
-    let page = open(&browser, &url, 390, true).await;
-    let fits = page_eval(
-        page,
-        "document.documentElement.scrollWidth <= window.innerWidth",
-    )
-    .await;
+    let mut page = open(&browser, &url, 390, true).await;
+    let fits = page
+        .eval("document.documentElement.scrollWidth <= window.innerWidth")
+        .await
+        .unwrap();
     assert_eq!(fits, true);
+    if let Ok(path) = std::env::var("STATUS_SCREENSHOT_PHONE") {
+        std::fs::write(&path, page.screenshot_png().await.unwrap()).unwrap();
+    }
+    page.close().await;
     drop(stay);
     drop(nostr);
 }
@@ -302,9 +324,13 @@ async fn page_eval(mut page: Page, js: &str) -> Value {
 #[tokio::test]
 async fn status_page_follows_the_drain() {
     let backend = mosaic_backend().await;
-    let gw = gateway_for(&backend, None, "shutdown:\n  drain_timeout: 2s\n").await;
+    let gw = gateway_for(&backend, None, "shutdown:\n  drain_timeout: 20s\n").await;
     let admin = gw.admin_addr;
-    let app = gw.app.clone();
+    // Open connections keep the drain (and the admin listener) going until they close.
+    let mut clients = Vec::new();
+    for _ in 0..3 {
+        clients.push(mosaic_client(gw.public_addr).await);
+    }
     assert_eq!(status_json(admin).await["draining"], false);
     let drain = tokio::spawn(gw.shutdown());
     let start = Instant::now();
@@ -313,13 +339,21 @@ async fn status_page_follows_the_drain() {
         if s["draining"] == true {
             assert_eq!(s["ready"], false);
             assert_eq!(s["not_ready"], "draining");
+            let left = s["drain_seconds_left"].as_f64().unwrap();
+            assert!((0.0..=20.0).contains(&left), "{s}");
             let (_, html) = admin_get(admin, "/").await;
-            assert!(html.contains("id=\"not-ready\">not ready: draining</p>"), "{html}");
+            assert!(
+                html.contains("id=\"not-ready\">not ready: draining</p>"),
+                "{html}"
+            );
             break;
         }
-        assert!(start.elapsed() < T, "the status page never showed the drain");
+        assert!(
+            start.elapsed() < T,
+            "the status page never showed the drain"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    drain.await.unwrap();
-    drop(app);
+    drop(clients);
+    tokio::time::timeout(T, drain).await.unwrap().unwrap();
 }
