@@ -28,8 +28,11 @@ pub const RECENT_WINDOW: Duration = Duration::from_secs(300);
 /// Seconds between the HTML page's refreshes.
 pub const REFRESH_SECONDS: u32 = 5;
 
-/// One series: its labels (in the family's order) and its value.
-type Series = Vec<(Vec<(String, String)>, f64)>;
+/// A series' labels, in the family's order.
+type LabelSet = Vec<(String, String)>;
+
+/// One series: its labels and its value.
+type Series = Vec<(LabelSet, f64)>;
 
 /// Every series of one metric vector, counters and gauges alike.
 fn series(c: &dyn Collector) -> Series {
@@ -58,7 +61,7 @@ fn series(c: &dyn Collector) -> Series {
 struct Counters {
     /// `messages_total`, `bytes_total` and `handshake_rejections_total` by family and
     /// label set.
-    values: BTreeMap<(&'static str, Vec<(String, String)>), f64>,
+    values: BTreeMap<(&'static str, LabelSet), f64>,
 }
 
 impl Counters {
@@ -211,7 +214,7 @@ impl Status {
                 total: *v as u64,
             })
             .collect();
-        rejections.sort_by(|a, b| (b.recent, b.total).cmp(&(a.recent, a.total)));
+        rejections.sort_by_key(|r| std::cmp::Reverse((r.recent, r.total)));
         drop(history);
 
         let pools = gw.pools().iter().map(|p| pool_report(p, wall)).collect();

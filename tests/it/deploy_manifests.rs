@@ -674,7 +674,7 @@ fn deployment_selector_matches_its_pod_labels() {
 }
 
 fn deployment_selector_matches_its_pod_labels_in(all: &[Manifest]) {
-    let deployment = only(&all, "Deployment");
+    let deployment = only(all, "Deployment");
     assert_eq!(deployment["apiVersion"], "apps/v1");
     assert!(
         labels_match(
@@ -691,7 +691,7 @@ fn every_container_has_a_name_and_an_image() {
 }
 
 fn every_container_has_a_name_and_an_image_in(all: &[Manifest]) {
-    let spec = pod_spec(&all);
+    let spec = pod_spec(all);
     let mut names = BTreeSet::new();
     for list in ["initContainers", "containers"] {
         for c in spec[list].as_array().into_iter().flatten() {
@@ -701,7 +701,7 @@ fn every_container_has_a_name_and_an_image_in(all: &[Manifest]) {
         }
     }
     assert!(
-        !regular_containers(&all).is_empty(),
+        !regular_containers(all).is_empty(),
         "a pod needs a regular container"
     );
 }
@@ -713,11 +713,11 @@ fn gateway_config_uses_only_keys_the_gateway_knows() {
 
 fn gateway_config_uses_only_keys_the_gateway_knows_in(all: &[Manifest]) {
     // The gateway's own parser and validator must accept the shipped config as it is.
-    let text = configmap_entry(&all, GATEWAY_CONFIGMAP, GATEWAY_CONFIG_KEY);
+    let text = configmap_entry(all, GATEWAY_CONFIGMAP, GATEWAY_CONFIG_KEY);
     if let Err(e) = mosaic_gateway::config::parse(text) {
         panic!("the gateway refuses the shipped config:\n{e}");
     }
-    let config = gateway_config(&all);
+    let config = gateway_config(all);
     let tls = config.tls.as_ref().expect("the shipped config serves TLS");
     assert!(
         tls.key_file.starts_with('/'),
@@ -769,7 +769,7 @@ fn gateway_is_started_with_the_mounted_config() {
 }
 
 fn gateway_is_started_with_the_mounted_config_in(all: &[Manifest]) {
-    let gateway = gateway_container(&all);
+    let gateway = gateway_container(all);
     let args: Vec<&str> = array(&gateway["args"], "args")
         .iter()
         .map(|a| string(a, "args[]"))
@@ -779,7 +779,7 @@ fn gateway_is_started_with_the_mounted_config_in(all: &[Manifest]) {
     };
     let (volume_name, file) = mount_for(gateway, path)
         .unwrap_or_else(|| panic!("nothing is mounted at {path} in the gateway"));
-    let source = &volume(&all, &volume_name)["configMap"];
+    let source = &volume(all, &volume_name)["configMap"];
     assert_eq!(
         source["name"], GATEWAY_CONFIGMAP,
         "{path} should come from the gateway ConfigMap"
@@ -793,8 +793,8 @@ fn probes_point_at_the_admin_listener() {
 }
 
 fn probes_point_at_the_admin_listener_in(all: &[Manifest]) {
-    let config = gateway_config(&all);
-    let gateway = gateway_container(&all);
+    let config = gateway_config(all);
+    let gateway = gateway_container(all);
     for (probe, path) in [
         ("livenessProbe", Some("/livez")),
         ("readinessProbe", Some("/readyz")),
@@ -825,8 +825,8 @@ fn websocket_port_matches_the_public_listener() {
 }
 
 fn websocket_port_matches_the_public_listener_in(all: &[Manifest]) {
-    let config = gateway_config(&all);
-    let gateway = gateway_container(&all);
+    let config = gateway_config(all);
+    let gateway = gateway_container(all);
     assert_eq!(
         resolve_port(gateway, &Value::from("ws"), "ws port"),
         config.listen_port()
@@ -839,9 +839,9 @@ fn service_targets_ports_the_gateway_declares() {
 }
 
 fn service_targets_ports_the_gateway_declares_in(all: &[Manifest]) {
-    let config = gateway_config(&all);
+    let config = gateway_config(all);
     let service = find(all, "Service", APP_NAME);
-    let deployment = only(&all, "Deployment");
+    let deployment = only(all, "Deployment");
     assert!(
         labels_match(
             &service["spec"]["selector"],
@@ -849,7 +849,7 @@ fn service_targets_ports_the_gateway_declares_in(all: &[Manifest]) {
         ),
         "the Service selector must select the gateway pods"
     );
-    let gateway = gateway_container(&all);
+    let gateway = gateway_container(all);
     let mut targets = BTreeMap::new();
     for port in array(&service["spec"]["ports"], "Service ports") {
         let name = string(&port["name"], "Service port name");
@@ -873,8 +873,8 @@ fn servicemonitor_scrapes_the_services_metrics_port() {
 }
 
 fn servicemonitor_scrapes_the_services_metrics_port_in(all: &[Manifest]) {
-    let config = gateway_config(&all);
-    let monitor = only(&all, "ServiceMonitor");
+    let config = gateway_config(all);
+    let monitor = only(all, "ServiceMonitor");
     let service = find(all, "Service", APP_NAME);
     assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
     assert!(
@@ -890,7 +890,7 @@ fn servicemonitor_scrapes_the_services_metrics_port_in(all: &[Manifest]) {
         let port_name = string(&endpoint["port"], "endpoint port");
         let port = named(&service["spec"]["ports"], port_name, "Service ports")
             .unwrap_or_else(|| panic!("the Service has no port named {port_name}"));
-        let target = resolve_port(gateway_container(&all), &port["targetPort"], port_name);
+        let target = resolve_port(gateway_container(all), &port["targetPort"], port_name);
         assert_eq!(
             target,
             config.admin_port(),
@@ -907,20 +907,20 @@ fn pod_outlives_prestop_and_drain() {
 }
 
 fn pod_outlives_prestop_and_drain_in(all: &[Manifest]) {
-    let drain = gateway_config(&all).drain_timeout();
+    let drain = gateway_config(all).drain_timeout();
     let grace = Duration::from_secs(number(
-        &pod_spec(&all)["terminationGracePeriodSeconds"],
+        &pod_spec(all)["terminationGracePeriodSeconds"],
         "terminationGracePeriodSeconds",
     ));
     // Regular containers stop first (their preStop runs in parallel), then the
     // sidecar runs its preStop and drains.
-    let main_pre_stop = regular_containers(&all)
+    let main_pre_stop = regular_containers(all)
         .iter()
         .filter(|c| c["name"] != GATEWAY_CONTAINER)
         .map(pre_stop_seconds)
         .max()
         .unwrap_or(0);
-    let gateway_pre_stop = pre_stop_seconds(gateway_container(&all));
+    let gateway_pre_stop = pre_stop_seconds(gateway_container(all));
     assert!(
         gateway_pre_stop > 0,
         "the gateway should wait for endpoints to update before draining"
@@ -938,13 +938,13 @@ fn key_is_mounted_where_the_config_expects_it_and_not_world_readable() {
 }
 
 fn key_is_mounted_where_the_config_expects_it_and_not_world_readable_in(all: &[Manifest]) {
-    let config = gateway_config(&all);
+    let config = gateway_config(all);
     let key_file = &config.tls.as_ref().expect("tls configured").key_file;
-    let (volume_name, file) = mount_for(gateway_container(&all), key_file)
+    let (volume_name, file) = mount_for(gateway_container(all), key_file)
         .unwrap_or_else(|| panic!("nothing is mounted at {key_file} in the gateway"));
-    let source = &volume(&all, &volume_name)["secret"];
+    let source = &volume(all, &volume_name)["secret"];
     let secret_name = string(&source["secretName"], "secret.secretName");
-    let secret = find(&all, "Secret", secret_name);
+    let secret = find(all, "Secret", secret_name);
     let key = source_key(source, &file);
     assert!(
         !secret["stringData"][&key].is_null() || !secret["data"][&key].is_null(),
@@ -960,7 +960,7 @@ fn key_is_mounted_where_the_config_expects_it_and_not_world_readable_in(all: &[M
     // Secret files are owned by root; a non-root gateway reads them through fsGroup.
     assert_ne!(mode & 0o040, 0, "key mode {mode:#o} is not group-readable");
     assert!(
-        pod_spec(&all)["securityContext"]["fsGroup"].is_u64(),
+        pod_spec(all)["securityContext"]["fsGroup"].is_u64(),
         "without fsGroup the non-root gateway cannot read the key"
     );
 }
@@ -971,8 +971,8 @@ fn gateway_container_is_locked_down() {
 }
 
 fn gateway_container_is_locked_down_in(all: &[Manifest]) {
-    let pod = &pod_spec(&all)["securityContext"];
-    let gateway = gateway_container(&all);
+    let pod = &pod_spec(all)["securityContext"];
+    let gateway = gateway_container(all);
     let ctx = &gateway["securityContext"];
     assert!(ctx["runAsNonRoot"] == true || pod["runAsNonRoot"] == true);
     assert_ne!(ctx["runAsUser"], 0);
@@ -1075,7 +1075,7 @@ fn image_runs_as_a_non_root_user_in(all: &[Manifest]) {
         !uid.is_empty() && uid != "root" && uid != "0",
         "USER {user} is root"
     );
-    if let Some(pod_uid) = pod_spec(&all)["securityContext"]["runAsUser"].as_u64() {
+    if let Some(pod_uid) = pod_spec(all)["securityContext"]["runAsUser"].as_u64() {
         assert_eq!(
             uid,
             pod_uid.to_string(),
@@ -1090,7 +1090,7 @@ fn image_exposes_the_ports_and_config_the_manifests_use() {
 }
 
 fn image_exposes_the_ports_and_config_the_manifests_use_in(all: &[Manifest]) {
-    let config = gateway_config(&all);
+    let config = gateway_config(all);
     let stage = runtime_stage(&dockerfile());
     let args = |op: &str| -> Vec<&str> {
         stage
@@ -1110,7 +1110,7 @@ fn image_exposes_the_ports_and_config_the_manifests_use_in(all: &[Manifest]) {
     let entrypoint = json_array(entrypoint.last().expect("ENTRYPOINT"), "ENTRYPOINT");
     assert_eq!(entrypoint, ["mosaic-gateway"]);
     let cmd = json_array(args("CMD").last().expect("CMD"), "CMD");
-    let sidecar_args: Vec<String> = array(&gateway_container(&all)["args"], "args")
+    let sidecar_args: Vec<String> = array(&gateway_container(all)["args"], "args")
         .iter()
         .map(|a| string(a, "args[]").to_owned())
         .collect();
