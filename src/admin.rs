@@ -1,4 +1,5 @@
-//! The admin listener: `/metrics`, `/livez`, `/readyz`, `/healthz`.
+//! The admin listener: `/metrics`, `/livez`, `/readyz`, `/healthz`, and the status page
+//! (`/`, `/status`, `/status.json`).
 //!
 //! Kept apart from the public listener so probes and scrapes never compete with client
 //! limits, and so it can stay on a private address.
@@ -17,6 +18,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::gateway::App;
+use crate::status::Status;
 
 fn text(
     status: StatusCode,
@@ -32,6 +34,7 @@ fn text(
 
 async fn handle(
     app: Arc<App>,
+    status: Arc<Status>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() != Method::GET && req.method() != Method::HEAD {
@@ -44,7 +47,10 @@ async fn handle(
     Ok(match req.uri().path() {
         "/metrics" => text(
             StatusCode::OK,
-            app.metrics.render(),
+            {
+                app.metrics.ready.set(i64::from(app.readiness().is_ok()));
+                app.metrics.render()
+            },
             "text/plain; version=0.0.4; charset=utf-8",
         ),
         "/livez" => text(StatusCode::OK, "ok\n", "text/plain"),
@@ -56,16 +62,33 @@ async fn handle(
                 "text/plain",
             ),
         },
+        "/" | "/status" => {
+            let mut r = text(
+                StatusCode::OK,
+                crate::status::html(&status.report(&app)),
+                "text/html; charset=utf-8",
+            );
+            r.headers_mut().insert(
+                hyper::header::CACHE_CONTROL,
+                HeaderValue::from_static("no-store"),
+            );
+            r
+        }
+        "/status.json" => text(
+            StatusCode::OK,
+            serde_json::to_string_pretty(&status.report(&app)).unwrap_or_default(),
+            "application/json",
+        ),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /metrics /livez /readyz /healthz\n",
+            "not found: try / /status.json /metrics /livez /readyz /healthz\n",
             "text/plain",
         ),
     })
 }
 
 /// Serves the admin endpoints until the process exits (probes must answer while draining).
-pub async fn serve(app: Arc<App>, listener: TcpListener) {
+pub async fn serve(app: Arc<App>, status: Arc<Status>, listener: TcpListener) {
     loop {
         let (tcp, _) = match listener.accept().await {
             Ok(x) => x,
@@ -75,9 +98,9 @@ pub async fn serve(app: Arc<App>, listener: TcpListener) {
                 continue;
             }
         };
-        let app = app.clone();
+        let (app, status) = (app.clone(), status.clone());
         tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(app.clone(), req));
+            let svc = service_fn(move |req| handle(app.clone(), status.clone(), req));
             let _ = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(10))

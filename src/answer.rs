@@ -10,6 +10,63 @@ use hyper::{Response, StatusCode};
 use crate::gateway::Body;
 use crate::metrics::Metrics;
 
+/// Declares every `handshake_rejections_total{reason}` label as a [`Reason`] constant and
+/// lists them all in [`Reason::ALL`], from one table, so the series that exist from the
+/// first scrape cannot drift from the reasons the gateway gives.
+macro_rules! reasons {
+    ($($(#[$doc:meta])* $name:ident = $label:literal,)*) => {
+        impl Reason {
+            $($(#[$doc])* pub const $name: Reason = Reason($label);)*
+            /// Every label, in declaration order.
+            pub const ALL: &'static [&'static str] = &[$($label),*];
+        }
+    };
+}
+
+/// A `handshake_rejections_total{reason}` label; only the constants below exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Reason(&'static str);
+
+impl Reason {
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        self.0
+    }
+}
+
+reasons! {
+    /// Not a GET.
+    BAD_METHOD = "bad_method",
+    /// Not HTTP/1.1.
+    BAD_VERSION = "bad_version",
+    /// `Connection` lacks `Upgrade`.
+    NO_CONNECTION_UPGRADE = "no_connection_upgrade",
+    /// `Sec-WebSocket-Version` is not 13.
+    BAD_WS_VERSION = "bad_ws_version",
+    /// `Sec-WebSocket-Key` missing or malformed.
+    BAD_KEY = "bad_key",
+    /// SIGTERM started the drain.
+    DRAINING = "draining",
+    /// Over `limits.max_connections`.
+    MAX_CONNECTIONS = "max_connections",
+    /// Over `limits.max_connections_per_ip`.
+    MAX_CONNECTIONS_PER_IP = "max_connections_per_ip",
+    /// Neither Mosaic nor a served nostr relay.
+    NO_ROUTE = "no_route",
+    /// No healthy backend in the pool.
+    NO_HEALTHY_BACKEND = "no_healthy_backend",
+    /// Every upstream tried refused or failed the upgrade.
+    UPSTREAM_FAILED = "upstream_failed",
+    /// The relay picked a subprotocol the client did not offer.
+    UPSTREAM_BAD_PROTOCOL = "upstream_bad_protocol",
+    /// A trusted peer sent a malformed PROXY header (the connection is closed).
+    BAD_PROXY_HEADER = "bad_proxy_header",
+    /// The request head exceeded `limits.max_request_header_bytes`.
+    HEAD_TOO_LARGE = "head_too_large",
+    /// The request head did not parse.
+    MALFORMED_REQUEST = "malformed_request",
+}
+
 /// Why an upgrade request is refused before routing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
@@ -23,21 +80,17 @@ pub struct Rejection {
 
 impl Rejection {
     /// A refusal with this status, one-line reason and metric label.
-    pub(crate) fn new(status: StatusCode, reason: &'static str, label: &'static str) -> Self {
+    pub(crate) fn new(status: StatusCode, reason: &'static str, label: Reason) -> Self {
         Rejection {
             status,
             reason,
-            label,
+            label: label.label(),
         }
     }
 
     /// A 400 refusal.
-    pub(crate) fn bad(reason: &'static str, label: &'static str) -> Self {
-        Rejection {
-            status: StatusCode::BAD_REQUEST,
-            reason,
-            label,
-        }
+    pub(crate) fn bad(reason: &'static str, label: Reason) -> Self {
+        Rejection::new(StatusCode::BAD_REQUEST, reason, label)
     }
 }
 
@@ -91,6 +144,13 @@ impl Answer {
     }
 }
 
+/// Makes every `handshake_rejections_total{reason}` series exist with 0.
+pub(crate) fn preset_metrics(metrics: &Metrics) {
+    for r in Reason::ALL {
+        metrics.handshake_rejections_total.with_label_values(&[r]);
+    }
+}
+
 /// The answer to a refusal, counted in `handshake_rejections_total{reason}`.
 pub(crate) fn reject(metrics: &Metrics, r: Rejection) -> Answer {
     metrics
@@ -119,5 +179,23 @@ pub(crate) fn reject(metrics: &Metrics, r: Rejection) -> Answer {
         status: r.status,
         headers,
         body: Bytes::from(format!("{}\n", r.reason)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Reason;
+
+    #[test]
+    fn reason_labels_are_distinct_metric_labels() {
+        let mut seen = std::collections::BTreeSet::new();
+        for r in Reason::ALL {
+            assert!(seen.insert(r), "{r} twice");
+            assert!(
+                r.bytes().all(|b| b.is_ascii_lowercase() || b == b'_'),
+                "{r}"
+            );
+        }
+        assert!(Reason::ALL.contains(&Reason::NO_HEALTHY_BACKEND.label()));
     }
 }

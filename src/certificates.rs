@@ -77,7 +77,7 @@ fn stop_acme(running: &mut Option<RunningAcme>) {
 /// One expiry series per served certificate, named by its first name. Series are set, never
 /// cleared first, so no scrape finds one missing; a certificate renamed by a reload leaves
 /// its old series until restart.
-fn publish_expiry(app: &App, tls: &TlsTerminator) {
+pub(crate) fn publish_expiry(app: &App, tls: &TlsTerminator) {
     let gauge = &app.metrics.tls_certificate_expiry_timestamp_seconds;
     let unix = |t: SystemTime| {
         t.duration_since(UNIX_EPOCH)

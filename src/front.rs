@@ -182,14 +182,7 @@ async fn http_passthrough(
     .await;
     match result {
         Ok(Ok(resp)) => {
-            let status = resp.status().as_u16();
-            let class = match status {
-                100..=199 => "1xx",
-                200..=299 => "2xx",
-                300..=399 => "3xx",
-                400..=499 => "4xx",
-                _ => "5xx",
-            };
+            let class = crate::metrics::status_class(resp.status().as_u16());
             app.metrics
                 .http_requests_total
                 .with_label_values(&[class])

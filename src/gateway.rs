@@ -108,8 +108,12 @@ impl Gateway {
             ))),
             (None, true) => None,
         };
+        let nostr = config.nostr_upstream();
+        if nostr.is_some() {
+            metrics.preset_upstream_failures("nostr");
+        }
         Ok(Gateway {
-            nostr: config.nostr_upstream(),
+            nostr,
             trusted: TrustedProxies::new(&config.forwarded.trusted_proxies),
             tls,
             pool,

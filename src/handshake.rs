@@ -7,6 +7,7 @@
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, StatusCode, Version};
 
+use crate::answer::Reason;
 pub use crate::answer::Rejection;
 
 /// `X-Mosaic-Features`.
@@ -34,20 +35,20 @@ pub fn validate_upgrade<B>(req: &Request<B>) -> Result<String, Rejection> {
     if req.method() != Method::GET {
         return Err(Rejection::bad(
             "WebSocket upgrades must use GET",
-            "bad_method",
+            Reason::BAD_METHOD,
         ));
     }
     if req.version() != Version::HTTP_11 {
         return Err(Rejection::bad(
             "WebSocket upgrades need HTTP/1.1",
-            "bad_version",
+            Reason::BAD_VERSION,
         ));
     }
     let h = req.headers();
     if !header_tokens(h, hyper::header::CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade")) {
         return Err(Rejection::bad(
             "Connection header must include Upgrade",
-            "no_connection_upgrade",
+            Reason::NO_CONNECTION_UPGRADE,
         ));
     }
     let version = h
@@ -55,11 +56,11 @@ pub fn validate_upgrade<B>(req: &Request<B>) -> Result<String, Rejection> {
         .and_then(|v| v.to_str().ok())
         .map(str::trim);
     if version != Some("13") {
-        return Err(Rejection {
-            status: StatusCode::UPGRADE_REQUIRED,
-            reason: "Sec-WebSocket-Version must be 13",
-            label: "bad_ws_version",
-        });
+        return Err(Rejection::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "Sec-WebSocket-Version must be 13",
+            Reason::BAD_WS_VERSION,
+        ));
     }
     let mut keys = h.get_all(hyper::header::SEC_WEBSOCKET_KEY).iter();
     let key = match (keys.next(), keys.next()) {
@@ -69,7 +70,7 @@ pub fn validate_upgrade<B>(req: &Request<B>) -> Result<String, Rejection> {
     if !valid_key(&key) {
         return Err(Rejection::bad(
             "Sec-WebSocket-Key must be 16 base64-encoded bytes",
-            "bad_key",
+            Reason::BAD_KEY,
         ));
     }
     Ok(key)

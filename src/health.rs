@@ -39,8 +39,8 @@ fn base64_16(raw: &[u8; 16]) -> String {
     out
 }
 
-/// Checks one backend once.
-pub async fn check(b: &Backend, token: &str, timeout: std::time::Duration) -> bool {
+/// Checks one backend once; `Err` says why it failed.
+pub async fn check(b: &Backend, token: &str, timeout: std::time::Duration) -> Result<(), String> {
     let key = random_key();
     let who = ForwardedClient {
         addr: std::net::IpAddr::from([127, 0, 0, 1]),
@@ -62,15 +62,19 @@ pub async fn check(b: &Backend, token: &str, timeout: std::time::Duration) -> bo
         &who,
         &b.url.authority(),
     );
-    let Ok(up) = connect_and_upgrade(&b.url, b.tls.as_ref(), &head, &key, timeout).await else {
-        return false;
-    };
+    let up = connect_and_upgrade(&b.url, b.tls.as_ref(), &head, &key, timeout)
+        .await
+        .map_err(|e| e.to_string())?;
     let chosen = up
         .headers
         .get(hyper::header::SEC_WEBSOCKET_PROTOCOL)
         .and_then(|v| v.to_str().ok())
         .map(str::trim);
-    let ok = chosen == Some(token);
+    let ok = if chosen == Some(token) {
+        Ok(())
+    } else {
+        Err("101 without the Mosaic subprotocol".to_string())
+    };
     let mut close = Vec::new();
     encode_close(
         &mut close,
@@ -113,11 +117,15 @@ pub async fn check_all(gw: &Gateway) {
         for b in pool.backends().iter().filter(|b| !b.is_draining()) {
             let (pool, b, token, hc) = (pool.clone(), b.clone(), token.clone(), hc.clone());
             checks.push(tokio::spawn(async move {
-                let ok = check(&b, &token, hc.timeout.0).await;
-                if !ok {
-                    tracing::debug!(pool = pool.name, backend = %b.label, "health check failed");
+                let outcome = check(&b, &token, hc.timeout.0).await;
+                match &outcome {
+                    Ok(()) => b.note_check(true, "upgrade ok"),
+                    Err(e) => {
+                        tracing::debug!(pool = pool.name, backend = %b.label, error = %e, "health check failed");
+                        b.note_check(false, e.as_str());
+                    }
                 }
-                pool.record_check(&b, ok, &hc);
+                pool.record_check(&b, outcome.is_ok(), &hc);
             }));
         }
     }

@@ -25,6 +25,7 @@ mod metrics;
 mod pool;
 mod request_head;
 mod server;
+mod status;
 mod upgrade;
 mod upstream;
 

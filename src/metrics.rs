@@ -9,7 +9,25 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-use crate::relay::mosaic::Direction;
+use crate::relay::mosaic::{Direction, Violation};
+use crate::relay::pump::SENT_CLOSE_CODES;
+use crate::tls::{CLIENT_AUTH_LABELS, FAILURE_REASONS};
+use crate::upstream::UpstreamError;
+
+/// Every `http_requests_total{status}` label, in the order [`status_class`] picks them.
+pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+/// The `http_requests_total{status}` label of an HTTP status code (anything odd is 5xx).
+pub fn status_class(status: u16) -> &'static str {
+    let i = match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
+    };
+    STATUS_CLASSES[i]
+}
 
 /// One protocol's connection and traffic series, resolved from their vectors once.
 ///
@@ -84,6 +102,8 @@ pub struct Metrics {
     pub http_requests_total: IntCounterVec,
     /// 1 while the gateway drains.
     pub draining: Gauge,
+    /// 1 when `/readyz` answers 200 (set on every scrape).
+    pub ready: IntGauge,
     /// The Mosaic connections' series.
     pub mosaic: ProtocolMetrics,
     /// The nostr connections' series.
@@ -175,6 +195,14 @@ impl Metrics {
             "draining",
             Gauge::with_opts(opts("draining", "1 while the gateway drains after SIGTERM")),
         );
+        let ready = register(
+            &r,
+            "ready",
+            IntGauge::with_opts(opts(
+                "ready",
+                "1 when /readyz answers 200: listening, a healthy backend in every pool, not draining",
+            )),
+        );
         // Resolving the children also makes both protocols' series visible from the start.
         let [mosaic, nostr] = ["mosaic", "nostr"].map(|p| {
             ProtocolMetrics::resolve(
@@ -185,7 +213,7 @@ impl Metrics {
                 &bytes_total,
             )
         });
-        Metrics {
+        let m = Metrics {
             connections_active,
             connections_total,
             handshake_rejections_total: counter(
@@ -246,9 +274,51 @@ impl Metrics {
                 &["status"],
             ),
             draining,
+            ready,
             registry: r,
             mosaic,
             nostr,
+        };
+        m.preset();
+        m
+    }
+
+    /// Makes every series whose label values are known without a config exist with 0, so
+    /// the first scrape already has them (`rate()` and alerts see 0, not nothing). The
+    /// rejection reasons are preset by `answer::preset_metrics`, pools by
+    /// [`Metrics::preset_pool`].
+    fn preset(&self) {
+        for v in Violation::ALL {
+            self.protocol_violations_total
+                .with_label_values(&[v.label()]);
+        }
+        for code in SENT_CLOSE_CODES {
+            self.closes_sent_total
+                .with_label_values(&[&code.to_string()]);
+        }
+        for l in CLIENT_AUTH_LABELS {
+            self.tls_handshakes_total.with_label_values(&[l]);
+        }
+        for r in FAILURE_REASONS {
+            self.tls_handshake_failures_total.with_label_values(&[r]);
+        }
+        for c in STATUS_CLASSES {
+            self.http_requests_total.with_label_values(&[c]);
+        }
+    }
+
+    /// The series of a Mosaic pool: its connect-time histogram and its failures.
+    pub fn preset_pool(&self, pool: &str) {
+        self.backend_connect_duration_seconds
+            .with_label_values(&[pool]);
+        self.preset_upstream_failures(pool);
+    }
+
+    /// `upstream_failures_total{pool,kind}` for every kind (the nostr relay is pool `nostr`).
+    pub fn preset_upstream_failures(&self, pool: &str) {
+        for kind in UpstreamError::KINDS {
+            self.upstream_failures_total
+                .with_label_values(&[pool, kind]);
         }
     }
 

@@ -9,12 +9,23 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::Duration;
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, SystemTime};
 
 use crate::config::{BackendConfig, Balance, HealthCheckConfig, Scheme, UpstreamUrl};
 use crate::metrics::Metrics;
 use crate::tls::BackendConnector;
+
+/// The last health check of a backend (active, or a client's upgrade that failed).
+#[derive(Debug, Clone)]
+pub struct CheckOutcome {
+    /// When it finished.
+    pub at: SystemTime,
+    /// Whether it passed.
+    pub ok: bool,
+    /// What happened, in a few words (`upgrade ok`, the error).
+    pub detail: String,
+}
 
 /// One backend and its run-time state.
 pub struct Backend {
@@ -35,6 +46,7 @@ pub struct Backend {
     draining: AtomicBool,
     fails: AtomicU32,
     oks: AtomicU32,
+    last_check: Mutex<Option<CheckOutcome>>,
 }
 
 impl Backend {
@@ -57,6 +69,7 @@ impl Backend {
             draining: AtomicBool::new(false),
             fails: AtomicU32::new(0),
             oks: AtomicU32::new(0),
+            last_check: Mutex::new(None),
         }
     }
 
@@ -92,6 +105,20 @@ impl Backend {
     /// Stops sending it new connections (open ones keep running).
     pub fn set_draining(&self) {
         self.draining.store(true, Ordering::Relaxed);
+    }
+
+    /// Records the outcome of a check (for the status page).
+    pub fn note_check(&self, ok: bool, detail: impl Into<String>) {
+        *lock(&self.last_check) = Some(CheckOutcome {
+            at: SystemTime::now(),
+            ok,
+            detail: detail.into(),
+        });
+    }
+
+    /// The last check's outcome, if one finished yet.
+    pub fn last_check(&self) -> Option<CheckOutcome> {
+        lock(&self.last_check).clone()
     }
 
     /// Whether `other` describes the same backend (so a rebuilt list may keep this one).
@@ -133,6 +160,8 @@ pub struct Pool {
     spec: Mutex<Spec>,
     rr: AtomicUsize,
     metrics: Arc<Metrics>,
+    /// Removed backends whose open connections still run (for the status page).
+    removed: Mutex<Vec<Weak<Backend>>>,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -171,6 +200,7 @@ impl Pool {
         balance: Balance,
         metrics: Arc<Metrics>,
     ) -> Self {
+        metrics.preset_pool(name);
         for b in &backends {
             metrics
                 .backend_up
@@ -184,6 +214,7 @@ impl Pool {
             spec: Mutex::new(Spec::default()),
             rr: AtomicUsize::new(0),
             metrics,
+            removed: Mutex::new(Vec::new()),
         }
     }
 
@@ -210,6 +241,18 @@ impl Pool {
             .read()
             .map(|g| g.clone())
             .unwrap_or_else(|p| p.into_inner().clone())
+    }
+
+    /// Removed backends that still carry open connections (they take no new ones).
+    pub fn draining_backends(&self) -> Vec<Arc<Backend>> {
+        let mut removed = lock(&self.removed);
+        let alive: Vec<Arc<Backend>> = removed
+            .iter()
+            .filter_map(Weak::upgrade)
+            .filter(|b| b.active() > 0)
+            .collect();
+        *removed = alive.iter().map(Arc::downgrade).collect();
+        alive
     }
 
     /// The balancing algorithm in force.
@@ -363,6 +406,7 @@ impl Pool {
         for (o, _) in old.iter().zip(&kept).filter(|(_, k)| !**k) {
             o.set_draining();
             if o.active() > 0 {
+                lock(&self.removed).push(Arc::downgrade(o));
                 tracing::info!(pool = self.name, backend = %o.label, open = o.active(),
                     "backend removed: draining its open connections");
             } else {

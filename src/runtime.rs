@@ -133,6 +133,7 @@ pub async fn start_with(
     resolver: Arc<dyn Resolve>,
 ) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
+    crate::answer::preset_metrics(&metrics);
     let public = config.listen_addr();
     let admin = config.admin_addr();
     let acme_http_addr = config
@@ -166,6 +167,10 @@ pub async fn start_with(
         None => None,
     };
     let app = App::new(gateway, metrics);
+    // Expiry series from the first scrape on; the certificate task keeps them current.
+    if let Some(tls) = app.gateway().tls.clone() {
+        crate::certificates::publish_expiry(&app, &tls);
+    }
     let public_addr = public_l[0]
         .local_addr()
         .map_err(bind_err("listen", public))?;
@@ -193,8 +198,10 @@ pub async fn start_with(
     // The sockets are listening (the kernel queues connections) from here on.
     app.listening
         .store(true, std::sync::atomic::Ordering::Relaxed);
+    let status = Arc::new(crate::status::Status::new());
     let mut tasks = vec![
-        tokio::spawn(crate::admin::serve(app.clone(), admin_l)),
+        tokio::spawn(crate::admin::serve(app.clone(), status.clone(), admin_l)),
+        tokio::spawn(crate::status::sample(app.clone(), status)),
         tokio::spawn(crate::health::run(app.clone())),
         tokio::spawn(crate::discovery::run(app.clone(), resolver)),
         tokio::spawn(crate::certificates::run(app.clone())),

@@ -26,7 +26,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
-use crate::answer::{reject, Answer, Rejection};
+use crate::answer::{reject, Answer, Reason, Rejection};
 use crate::connection::{run_connection, ClientStream};
 use crate::drain::DrainState;
 use crate::front::{serve_http, Rewind};
@@ -108,7 +108,7 @@ async fn real_peer(
             tracing::info!(client = %peer, error = %e, "bad PROXY header: connection closed");
             app.metrics
                 .handshake_rejections_total
-                .with_label_values(&["bad_proxy_header"])
+                .with_label_values(&[Reason::BAD_PROXY_HEADER.label()])
                 .inc();
             None
         }
@@ -151,7 +151,7 @@ async fn serve_tls(
             tracing::info!(client = %peer, error = %e, "TLS handshake failed");
         }
         Err(_) => {
-            tls_failed(&app, "timeout");
+            tls_failed(&app, crate::tls::TIMEOUT_REASON);
             tracing::info!(client = %peer, "TLS handshake timed out");
         }
     }
@@ -190,9 +190,9 @@ async fn serve_first_request<S: ClientStream>(
                 HeadError::TooLarge => Rejection::new(
                     StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
                     "request head too large",
-                    "head_too_large",
+                    Reason::HEAD_TOO_LARGE,
                 ),
-                _ => Rejection::bad("malformed HTTP request", "malformed_request"),
+                _ => Rejection::bad("malformed HTTP request", Reason::MALFORMED_REQUEST),
             };
             return refuse(s, reject(&app.metrics, r)).await;
         }

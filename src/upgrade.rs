@@ -12,7 +12,7 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Request, StatusCode};
 
 use crate::admission::{LimitHit, Permit};
-use crate::answer::{reject, Answer, Rejection};
+use crate::answer::{reject, Answer, Reason, Rejection};
 use crate::client_addr::real_client;
 use crate::connection::{Accepted, ActiveConnection, Prepared, Protocol};
 use crate::gateway::{App, ConnInfo, Gateway};
@@ -77,7 +77,7 @@ fn admit(
         return Err(Rejection::new(
             StatusCode::SERVICE_UNAVAILABLE,
             "gateway is shutting down",
-            "draining",
+            Reason::DRAINING,
         ));
     }
     let (client_ip, chain) = real_client(info.peer.ip(), req.headers(), &gw.trusted);
@@ -93,12 +93,12 @@ fn admit(
             LimitHit::Global => Rejection::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "too many connections",
-                "max_connections",
+                Reason::MAX_CONNECTIONS,
             ),
             LimitHit::PerIp => Rejection::new(
                 StatusCode::TOO_MANY_REQUESTS,
                 "too many connections from this address",
-                "max_connections_per_ip",
+                Reason::MAX_CONNECTIONS_PER_IP,
             ),
         })?;
     let who = ForwardedClient {
@@ -131,7 +131,7 @@ impl UpgradeContext<'_> {
             Route::Refuse => Err(Rejection::new(
                 StatusCode::BAD_REQUEST,
                 "no Mosaic subprotocol offered and this endpoint serves no nostr relay",
-                "no_route",
+                Reason::NO_ROUTE,
             )),
             Route::Nostr => self.upgrade_nostr(&offered).await,
             Route::Mosaic(token) => self.upgrade_mosaic(token.as_str()).await,
@@ -175,7 +175,7 @@ impl UpgradeContext<'_> {
             return Err(Rejection::new(
                 StatusCode::BAD_REQUEST,
                 "nostr is not served here",
-                "no_route",
+                Reason::NO_ROUTE,
             ));
         };
         let head = self.upstream_head(offered, true, &url.authority());
@@ -186,12 +186,12 @@ impl UpgradeContext<'_> {
                 tracing::warn!(relay = %url, error = %e, "nostr relay refused or failed the upgrade");
                 app.metrics
                     .upstream_failures_total
-                    .with_label_values(&["nostr", failure_kind(&e)])
+                    .with_label_values(&["nostr", e.kind()])
                     .inc();
                 return Err(Rejection::new(
                     StatusCode::BAD_GATEWAY,
                     "nostr relay unavailable",
-                    "upstream_failed",
+                    Reason::UPSTREAM_FAILED,
                 ));
             }
         };
@@ -207,7 +207,7 @@ impl UpgradeContext<'_> {
                 return Err(Rejection::new(
                     StatusCode::BAD_GATEWAY,
                     "nostr relay chose a subprotocol the client did not offer",
-                    "upstream_bad_protocol",
+                    Reason::UPSTREAM_BAD_PROTOCOL,
                 ));
             }
             response.insert(header::SEC_WEBSOCKET_PROTOCOL, header_value(p));
@@ -296,8 +296,9 @@ impl UpgradeContext<'_> {
                     tracing::warn!(pool = pool.name, backend = %b.label, error = %e, "backend failed the upgrade");
                     metrics
                         .upstream_failures_total
-                        .with_label_values(&[pool.name, failure_kind(&e)])
+                        .with_label_values(&[pool.name, e.kind()])
                         .inc();
+                    b.note_check(false, format!("client upgrade: {e}"));
                     pool.mark_failed(&b);
                     tried.push(b);
                 }
@@ -309,7 +310,7 @@ impl UpgradeContext<'_> {
             Rejection::new(
                 StatusCode::BAD_GATEWAY,
                 "no Mosaic backend accepted the upgrade",
-                "upstream_failed",
+                Reason::UPSTREAM_FAILED,
             )
         })
     }
@@ -319,7 +320,7 @@ fn no_healthy_backend() -> Rejection {
     Rejection::new(
         StatusCode::SERVICE_UNAVAILABLE,
         "no healthy Mosaic backend",
-        "no_healthy_backend",
+        Reason::NO_HEALTHY_BACKEND,
     )
 }
 
@@ -335,15 +336,5 @@ fn selected(up: Upgraded, token: &str) -> Result<Upgraded, UpstreamError> {
         Err(UpstreamError::BadResponse(
             "backend did not select the Mosaic subprotocol",
         ))
-    }
-}
-
-fn failure_kind(e: &UpstreamError) -> &'static str {
-    use UpstreamError::*;
-    match e {
-        Connect(_) => "connect",
-        Timeout => "timeout",
-        Refused(_) => "refused",
-        BadResponse(_) => "bad_response",
     }
 }

@@ -53,6 +53,22 @@ pub enum UpstreamError {
     BadResponse(&'static str),
 }
 
+impl UpstreamError {
+    /// Every `upstream_failures_total{kind}` label, in the order of [`UpstreamError::kind`].
+    pub const KINDS: [&'static str; 4] = ["connect", "timeout", "refused", "bad_response"];
+
+    /// The `upstream_failures_total{kind}` label.
+    pub fn kind(&self) -> &'static str {
+        let i = match self {
+            UpstreamError::Connect(_) => 0,
+            UpstreamError::Timeout => 1,
+            UpstreamError::Refused(_) => 2,
+            UpstreamError::BadResponse(_) => 3,
+        };
+        Self::KINDS[i]
+    }
+}
+
 /// Connects to `url` and sends `head`; succeeds only on a valid 101 for `key`.
 pub async fn connect_and_upgrade(
     url: &UpstreamUrl,

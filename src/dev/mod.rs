@@ -136,6 +136,10 @@ pub async fn run(opts: DevOptions) -> Result<(), DevError> {
         "  metrics  http://{}/metrics   probes: /livez /readyz",
         running.admin_addr
     );
+    println!(
+        "  status   http://{}/   (as JSON: /status.json)",
+        running.admin_addr
+    );
     println!("\n  server key (ephemeral): {server_key}");
     println!("  embedded nostr relay:   ws://{}", relay.local_addr());
     println!("  embedded Mosaic backend: ws://{}\n", backend.local_addr());

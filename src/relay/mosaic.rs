@@ -111,6 +111,15 @@ pub enum Violation {
 }
 
 impl Violation {
+    /// Every kind, for the series that exist from the first scrape.
+    pub const ALL: [Violation; 5] = [
+        Violation::TextMessage,
+        Violation::WrongDirection,
+        Violation::Malformed,
+        Violation::TooLarge,
+        Violation::Framing,
+    ];
+
     /// The `protocol_violations_total{kind}` label.
     pub fn label(self) -> &'static str {
         match self {

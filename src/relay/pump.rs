@@ -507,9 +507,14 @@ async fn forward<R: Source, W: AsyncWrite + Unpin>(
     rep
 }
 
+/// Every close code the gateway itself sends to clients (`closes_sent_total{code}`): what
+/// [`close_reason`] names, which the tests check against every code the relay can choose.
+pub const SENT_CLOSE_CODES: [u16; 5] = [1001, 1002, 1003, 1009, 1014];
+
 fn close_reason(code: u16) -> &'static str {
     match code {
         1001 => "going away",
+        1002 => "protocol error",
         1003 => "binary messages only",
         1009 => "message too big",
         1014 => "bad gateway",
@@ -778,5 +783,28 @@ impl Clock {
             }
         }
         Tick::Continue
+    }
+}
+
+#[cfg(test)]
+mod sent_close_codes {
+    use super::{close_reason, SENT_CLOSE_CODES};
+    use crate::relay::mosaic::{Direction, Violation};
+
+    #[test]
+    fn every_code_the_gateway_sends_a_client_is_listed() {
+        // Drain and idle timeout (1001), a lost upstream (1014), and each violation.
+        let mut chosen = vec![1001, 1014];
+        for v in Violation::ALL {
+            for dir in [Direction::ClientToUpstream, Direction::UpstreamToClient] {
+                chosen.push(v.client_close_code(dir));
+            }
+        }
+        for code in chosen {
+            assert!(SENT_CLOSE_CODES.contains(&code), "{code} missing");
+        }
+        for code in SENT_CLOSE_CODES {
+            assert!(!close_reason(code).is_empty());
+        }
     }
 }

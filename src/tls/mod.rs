@@ -32,7 +32,10 @@ mod verify;
 pub use client::{
     backend_connector, backend_connector_x509, client_config, BackendConnector, ClientIdentity,
 };
-pub use terminator::{client_auth_label, HandshakeError, TlsTerminator, ALPN_ACME_TLS};
+pub use terminator::{
+    client_auth_label, HandshakeError, TlsTerminator, ALPN_ACME_TLS, CLIENT_AUTH_LABELS,
+    FAILURE_REASONS, TIMEOUT_REASON,
+};
 pub(crate) use terminator::{AcmeCertificates, TerminatorParts};
 pub use verify::ServerKeyVerifier;
 

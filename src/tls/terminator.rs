@@ -204,6 +204,18 @@ pub enum HandshakeError {
     AcmeChallengeServed,
 }
 
+/// Every `tls_handshake_failures_total{reason}` label: [`HandshakeError::reason`] of each
+/// failure (an answered ACME challenge is none) and [`TIMEOUT_REASON`].
+pub const FAILURE_REASONS: [&str; 4] = [
+    "client_hello",
+    "no_certificate",
+    "handshake",
+    TIMEOUT_REASON,
+];
+
+/// The failure label of a handshake that did not finish within `limits.handshake_timeout`.
+pub const TIMEOUT_REASON: &str = "timeout";
+
 impl HandshakeError {
     /// The `tls_handshake_failures_total{reason}` label.
     pub fn reason(&self) -> &'static str {
@@ -461,12 +473,11 @@ impl ConfigBuilder<'_> {
     }
 }
 
+/// Every `client_auth` label of `tls_handshakes_total`.
+pub const CLIENT_AUTH_LABELS: [&str; 2] = ["anonymous", "authenticated"];
+
 /// The `client_auth` label of `tls_handshakes_total` for a key returned by
 /// [`TlsTerminator::accept`]: `"authenticated"` or `"anonymous"`.
 pub fn client_auth_label(client_key: Option<&[u8; 32]>) -> &'static str {
-    if client_key.is_some() {
-        "authenticated"
-    } else {
-        "anonymous"
-    }
+    CLIENT_AUTH_LABELS[usize::from(client_key.is_some())]
 }

@@ -2,7 +2,11 @@
 //! Dockerfile agree with each other and with the gateway config they ship.
 //!
 //! Nothing here talks to a cluster or a container engine; the files are parsed and
-//! cross-checked the way a reviewer would before `kubectl apply -k deploy/kubernetes`.
+//! cross-checked the way a reviewer would before `kubectl apply -k
+//! deploy/kubernetes/overlays/<layout>`. Each layout is read as kustomize renders it (its
+//! resources, followed into `../../base`); `.ci/run` also renders both with `kubectl
+//! kustomize` and validates every manifest with `kubernetes-validate --strict`, which has
+//! no schema for the Prometheus Operator's kinds: their shape is checked here.
 
 use serde::Deserialize;
 use serde_json::Value;
@@ -18,6 +22,8 @@ const APP_LABEL: &str = "app.kubernetes.io/name";
 const APP_NAME: &str = "mosaic-gateway";
 /// Never applied by kustomize: it only documents the shape of the key Secret.
 const PLACEHOLDER_SECRET_FILE: &str = "secret.yaml";
+/// The layouts, each a kustomize overlay under deploy/kubernetes/overlays.
+const LAYOUTS: [&str; 2] = ["sidecar", "edge"];
 
 // ---------------------------------------------------------------------------
 // Reading the files
@@ -50,32 +56,95 @@ impl Manifest {
     }
 }
 
+/// Every YAML file under deploy/kubernetes, as paths relative to it.
 fn yaml_files() -> Vec<String> {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let path = entry.expect("directory entry").path();
+            if path.is_dir() {
+                walk(&path, out);
+            } else if path.extension().is_some_and(|e| e == "yaml" || e == "yml") {
+                out.push(path);
+            }
+        }
+    }
     let dir = kubernetes_dir();
-    let mut files: Vec<String> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|entry| entry.expect("directory entry").file_name())
-        .map(|name| name.to_string_lossy().into_owned())
-        .filter(|name| name.ends_with(".yaml") || name.ends_with(".yml"))
-        .collect();
+    let mut paths = Vec::new();
+    walk(&dir, &mut paths);
+    let mut files: Vec<String> = paths.iter().map(|p| relative(p)).collect();
     files.sort();
     assert!(!files.is_empty(), "no YAML files in {}", dir.display());
     files
 }
 
-fn manifests() -> Vec<Manifest> {
-    let mut out = Vec::new();
-    for file in yaml_files() {
-        let text = read(&kubernetes_dir().join(&file));
-        let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
-            .unwrap_or_else(|e| panic!("{file}: not valid YAML: {e}"));
-        assert!(!docs.is_empty(), "{file}: no YAML documents");
-        out.extend(docs.into_iter().map(|doc| Manifest {
-            file: file.clone(),
+/// `path` relative to deploy/kubernetes, with `..` resolved.
+fn relative(path: &Path) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for c in path
+        .strip_prefix(kubernetes_dir())
+        .unwrap_or(path)
+        .components()
+    {
+        match c {
+            std::path::Component::ParentDir => {
+                parts.pop();
+            }
+            std::path::Component::Normal(p) => parts.push(p.to_string_lossy().into_owned()),
+            _ => {}
+        }
+    }
+    parts.join("/")
+}
+
+fn documents(file: &str) -> Vec<Manifest> {
+    let text = read(&kubernetes_dir().join(file));
+    let docs: Vec<Value> = serde_saphyr::from_multiple(&text)
+        .unwrap_or_else(|e| panic!("{file}: not valid YAML: {e}"));
+    assert!(!docs.is_empty(), "{file}: no YAML documents");
+    docs.into_iter()
+        .map(|doc| Manifest {
+            file: file.to_owned(),
             doc,
-        }));
+        })
+        .collect()
+}
+
+/// Every document of every YAML file under deploy/kubernetes.
+fn all_files() -> Vec<Manifest> {
+    yaml_files().iter().flat_map(|f| documents(f)).collect()
+}
+
+/// The resources a kustomization directory (relative to deploy/kubernetes) renders, read
+/// as kustomize does: files in order, directories through their own kustomization.
+fn kustomize(dir: &str) -> Vec<Manifest> {
+    let file = format!("{dir}/kustomization.yaml");
+    let k = documents(&file).remove(0).doc;
+    assert_eq!(k["kind"], "Kustomization", "{file}");
+    let mut out = Vec::new();
+    for r in array(&k["resources"], &format!("{file}: resources")) {
+        let r = string(r, "resources[]");
+        let target = relative(&kubernetes_dir().join(dir).join(r));
+        let path = kubernetes_dir().join(&target);
+        if path.is_dir() {
+            out.extend(kustomize(&target));
+        } else {
+            assert!(path.is_file(), "{file} lists {r}, which does not exist");
+            out.extend(documents(&target));
+        }
     }
     out
+}
+
+/// What `kubectl kustomize deploy/kubernetes/overlays/<name>` applies, plus the placeholder
+/// key Secret (created by hand, see secret.yaml).
+fn layout(name: &str) -> Vec<Manifest> {
+    let mut all = kustomize(&format!("overlays/{name}"));
+    all.extend(documents(PLACEHOLDER_SECRET_FILE));
+    all
+}
+
+fn layouts() -> Vec<(&'static str, Vec<Manifest>)> {
+    LAYOUTS.iter().map(|l| (*l, layout(l))).collect()
 }
 
 fn find<'a>(all: &'a [Manifest], kind: &str, name: &str) -> &'a Value {
@@ -121,13 +190,17 @@ fn named<'a>(list: &'a Value, name: &str, what: &str) -> Option<&'a Value> {
     array(list, what).iter().find(|c| c["name"] == name)
 }
 
-fn sidecar(all: &[Manifest]) -> &Value {
-    named(
-        &pod_spec(all)["initContainers"],
-        GATEWAY_CONTAINER,
-        "initContainers",
-    )
-    .unwrap_or_else(|| panic!("no initContainer named {GATEWAY_CONTAINER}"))
+/// The gateway's container: a native sidecar (an initContainer) or a regular container.
+fn gateway_container(all: &[Manifest]) -> &Value {
+    let spec = pod_spec(all);
+    ["initContainers", "containers"]
+        .iter()
+        .find_map(|list| {
+            spec[*list]
+                .as_array()
+                .and_then(|l| l.iter().find(|c| c["name"] == GATEWAY_CONTAINER))
+        })
+        .unwrap_or_else(|| panic!("no container named {GATEWAY_CONTAINER}"))
 }
 
 fn regular_containers(all: &[Manifest]) -> &[Value] {
@@ -259,6 +332,7 @@ struct Mosaic {
     authenticated_backends: Option<Vec<Backend>>,
     balance: Option<Balance>,
     health_check: Option<HealthCheck>,
+    dns_refresh: Option<Dur>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -279,7 +353,8 @@ enum Balance {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Backend {
-    url: String,
+    url: Option<String>,
+    dns: Option<String>,
 }
 
 #[allow(dead_code)]
@@ -512,9 +587,18 @@ fn json_array(args: &str, what: &str) -> Vec<String> {
 // ---------------------------------------------------------------------------
 // Kubernetes
 
+/// Runs a check on every layout (the layout's name goes to stderr first, so a failure
+/// says which one).
+fn for_each_layout(check: fn(&[Manifest])) {
+    for (name, all) in layouts() {
+        eprintln!("layout {name}");
+        check(&all);
+    }
+}
+
 #[test]
 fn every_manifest_has_api_version_kind_and_name() {
-    for m in manifests() {
+    for m in all_files() {
         let file = &m.file;
         string(&m.doc["apiVersion"], &format!("{file}: apiVersion"));
         let kind = string(&m.doc["kind"], &format!("{file}: kind"));
@@ -535,36 +619,62 @@ fn every_manifest_has_api_version_kind_and_name() {
 }
 
 #[test]
-fn kustomization_applies_every_manifest_but_never_the_placeholder_key() {
-    let all = manifests();
-    let kustomization = only(&all, "Kustomization");
-    let listed: BTreeSet<String> = array(&kustomization["resources"], "resources")
-        .iter()
-        .map(|r| string(r, "resources[]").to_owned())
-        .collect();
-    for resource in &listed {
+fn every_manifest_is_in_a_layout_but_never_the_placeholder_key() {
+    let mut used = BTreeSet::new();
+    for layout in LAYOUTS {
+        let rendered = kustomize(&format!("overlays/{layout}"));
         assert!(
-            kubernetes_dir().join(resource).is_file(),
-            "kustomization lists {resource}, which does not exist"
+            rendered.iter().any(|m| m.file.starts_with("base/")),
+            "overlay {layout} should build on ../../base"
         );
+        let mut seen = BTreeSet::new();
+        for m in &rendered {
+            assert!(
+                seen.insert((m.kind().to_owned(), m.name().to_owned())),
+                "{layout}: {} {} twice",
+                m.kind(),
+                m.name()
+            );
+            assert_ne!(m.kind(), "Secret", "{layout} must not apply a key Secret");
+        }
+        used.extend(rendered.into_iter().map(|m| m.file));
     }
-    let expected: BTreeSet<String> = all
-        .iter()
-        .filter(|m| m.kind() != "Kustomization" && m.file != PLACEHOLDER_SECRET_FILE)
-        .map(|m| m.file.clone())
-        .collect();
-    assert_eq!(listed, expected, "kustomization resources");
+    for file in yaml_files() {
+        if file.ends_with("kustomization.yaml") || file == PLACEHOLDER_SECRET_FILE {
+            continue;
+        }
+        assert!(used.contains(&file), "{file} is in no layout");
+    }
     assert!(
-        all.iter()
-            .any(|m| m.file == PLACEHOLDER_SECRET_FILE && m.kind() == "Secret"),
+        documents(PLACEHOLDER_SECRET_FILE)
+            .iter()
+            .any(|m| m.kind() == "Secret"),
         "{PLACEHOLDER_SECRET_FILE} should document the key Secret"
     );
 }
 
 #[test]
+fn each_overlay_sets_the_image_of_the_gateway() {
+    for layout in LAYOUTS {
+        let k = documents(&format!("overlays/{layout}/kustomization.yaml")).remove(0);
+        let images = array(&k.doc["images"], "images");
+        let all = kustomize(&format!("overlays/{layout}"));
+        let image = string(&gateway_container(&all)["image"], "image");
+        let name = image.split(':').next().unwrap_or_default();
+        assert!(
+            images.iter().any(|i| i["name"] == name),
+            "{layout}: kustomization images: does not set {name}"
+        );
+    }
+}
+
+#[test]
 fn deployment_selector_matches_its_pod_labels() {
-    let all = manifests();
-    let deployment = only(&all, "Deployment");
+    for_each_layout(deployment_selector_matches_its_pod_labels_in);
+}
+
+fn deployment_selector_matches_its_pod_labels_in(all: &[Manifest]) {
+    let deployment = only(all, "Deployment");
     assert_eq!(deployment["apiVersion"], "apps/v1");
     assert!(
         labels_match(
@@ -577,8 +687,11 @@ fn deployment_selector_matches_its_pod_labels() {
 
 #[test]
 fn every_container_has_a_name_and_an_image() {
-    let all = manifests();
-    let spec = pod_spec(&all);
+    for_each_layout(every_container_has_a_name_and_an_image_in);
+}
+
+fn every_container_has_a_name_and_an_image_in(all: &[Manifest]) {
+    let spec = pod_spec(all);
     let mut names = BTreeSet::new();
     for list in ["initContainers", "containers"] {
         for c in spec[list].as_array().into_iter().flatten() {
@@ -588,20 +701,23 @@ fn every_container_has_a_name_and_an_image() {
         }
     }
     assert!(
-        !regular_containers(&all).is_empty(),
+        !regular_containers(all).is_empty(),
         "a pod needs a regular container"
     );
 }
 
 #[test]
 fn gateway_config_uses_only_keys_the_gateway_knows() {
-    let all = manifests();
+    for_each_layout(gateway_config_uses_only_keys_the_gateway_knows_in);
+}
+
+fn gateway_config_uses_only_keys_the_gateway_knows_in(all: &[Manifest]) {
     // The gateway's own parser and validator must accept the shipped config as it is.
-    let text = configmap_entry(&all, GATEWAY_CONFIGMAP, GATEWAY_CONFIG_KEY);
+    let text = configmap_entry(all, GATEWAY_CONFIGMAP, GATEWAY_CONFIG_KEY);
     if let Err(e) = mosaic_gateway::config::parse(text) {
         panic!("the gateway refuses the shipped config:\n{e}");
     }
-    let config = gateway_config(&all);
+    let config = gateway_config(all);
     let tls = config.tls.as_ref().expect("the shipped config serves TLS");
     assert!(
         tls.key_file.starts_with('/'),
@@ -610,7 +726,15 @@ fn gateway_config_uses_only_keys_the_gateway_knows() {
     let mosaic = config.mosaic.as_ref().expect("mosaic section");
     assert!(!mosaic.backends.is_empty(), "mosaic.backends is empty");
     for backend in &mosaic.backends {
-        url_host_port(&backend.url);
+        match (&backend.url, &backend.dns) {
+            (Some(url), None) => {
+                url_host_port(url);
+            }
+            (None, Some(dns)) => {
+                socket_port(dns, "dns");
+            }
+            other => panic!("a backend is a url or a dns name: {other:?}"),
+        }
     }
     assert!(matches!(
         config.log.as_ref().and_then(|l| l.format.as_ref()),
@@ -622,8 +746,8 @@ fn gateway_config_uses_only_keys_the_gateway_knows() {
 
 #[test]
 fn gateway_runs_as_a_native_sidecar() {
-    let all = manifests();
-    let gateway = sidecar(&all);
+    let all = layout("sidecar");
+    let gateway = gateway_container(&all);
     assert_eq!(
         gateway["restartPolicy"], "Always",
         "the gateway initContainer needs restartPolicy: Always to be a sidecar"
@@ -641,8 +765,11 @@ fn gateway_runs_as_a_native_sidecar() {
 
 #[test]
 fn gateway_is_started_with_the_mounted_config() {
-    let all = manifests();
-    let gateway = sidecar(&all);
+    for_each_layout(gateway_is_started_with_the_mounted_config_in);
+}
+
+fn gateway_is_started_with_the_mounted_config_in(all: &[Manifest]) {
+    let gateway = gateway_container(all);
     let args: Vec<&str> = array(&gateway["args"], "args")
         .iter()
         .map(|a| string(a, "args[]"))
@@ -652,7 +779,7 @@ fn gateway_is_started_with_the_mounted_config() {
     };
     let (volume_name, file) = mount_for(gateway, path)
         .unwrap_or_else(|| panic!("nothing is mounted at {path} in the gateway"));
-    let source = &volume(&all, &volume_name)["configMap"];
+    let source = &volume(all, &volume_name)["configMap"];
     assert_eq!(
         source["name"], GATEWAY_CONFIGMAP,
         "{path} should come from the gateway ConfigMap"
@@ -662,9 +789,12 @@ fn gateway_is_started_with_the_mounted_config() {
 
 #[test]
 fn probes_point_at_the_admin_listener() {
-    let all = manifests();
-    let config = gateway_config(&all);
-    let gateway = sidecar(&all);
+    for_each_layout(probes_point_at_the_admin_listener_in);
+}
+
+fn probes_point_at_the_admin_listener_in(all: &[Manifest]) {
+    let config = gateway_config(all);
+    let gateway = gateway_container(all);
     for (probe, path) in [
         ("livenessProbe", Some("/livez")),
         ("readinessProbe", Some("/readyz")),
@@ -691,9 +821,12 @@ fn probes_point_at_the_admin_listener() {
 
 #[test]
 fn websocket_port_matches_the_public_listener() {
-    let all = manifests();
-    let config = gateway_config(&all);
-    let gateway = sidecar(&all);
+    for_each_layout(websocket_port_matches_the_public_listener_in);
+}
+
+fn websocket_port_matches_the_public_listener_in(all: &[Manifest]) {
+    let config = gateway_config(all);
+    let gateway = gateway_container(all);
     assert_eq!(
         resolve_port(gateway, &Value::from("ws"), "ws port"),
         config.listen_port()
@@ -701,11 +834,14 @@ fn websocket_port_matches_the_public_listener() {
 }
 
 #[test]
-fn service_targets_ports_the_sidecar_declares() {
-    let all = manifests();
-    let config = gateway_config(&all);
-    let service = only(&all, "Service");
-    let deployment = only(&all, "Deployment");
+fn service_targets_ports_the_gateway_declares() {
+    for_each_layout(service_targets_ports_the_gateway_declares_in);
+}
+
+fn service_targets_ports_the_gateway_declares_in(all: &[Manifest]) {
+    let config = gateway_config(all);
+    let service = find(all, "Service", APP_NAME);
+    let deployment = only(all, "Deployment");
     assert!(
         labels_match(
             &service["spec"]["selector"],
@@ -713,7 +849,7 @@ fn service_targets_ports_the_sidecar_declares() {
         ),
         "the Service selector must select the gateway pods"
     );
-    let gateway = sidecar(&all);
+    let gateway = gateway_container(all);
     let mut targets = BTreeMap::new();
     for port in array(&service["spec"]["ports"], "Service ports") {
         let name = string(&port["name"], "Service port name");
@@ -733,10 +869,13 @@ fn service_targets_ports_the_sidecar_declares() {
 
 #[test]
 fn servicemonitor_scrapes_the_services_metrics_port() {
-    let all = manifests();
-    let config = gateway_config(&all);
-    let monitor = only(&all, "ServiceMonitor");
-    let service = only(&all, "Service");
+    for_each_layout(servicemonitor_scrapes_the_services_metrics_port_in);
+}
+
+fn servicemonitor_scrapes_the_services_metrics_port_in(all: &[Manifest]) {
+    let config = gateway_config(all);
+    let monitor = only(all, "ServiceMonitor");
+    let service = find(all, "Service", APP_NAME);
     assert_eq!(monitor["apiVersion"], "monitoring.coreos.com/v1");
     assert!(
         labels_match(
@@ -751,7 +890,7 @@ fn servicemonitor_scrapes_the_services_metrics_port() {
         let port_name = string(&endpoint["port"], "endpoint port");
         let port = named(&service["spec"]["ports"], port_name, "Service ports")
             .unwrap_or_else(|| panic!("the Service has no port named {port_name}"));
-        let target = resolve_port(sidecar(&all), &port["targetPort"], port_name);
+        let target = resolve_port(gateway_container(all), &port["targetPort"], port_name);
         assert_eq!(
             target,
             config.admin_port(),
@@ -764,20 +903,24 @@ fn servicemonitor_scrapes_the_services_metrics_port() {
 
 #[test]
 fn pod_outlives_prestop_and_drain() {
-    let all = manifests();
-    let drain = gateway_config(&all).drain_timeout();
+    for_each_layout(pod_outlives_prestop_and_drain_in);
+}
+
+fn pod_outlives_prestop_and_drain_in(all: &[Manifest]) {
+    let drain = gateway_config(all).drain_timeout();
     let grace = Duration::from_secs(number(
-        &pod_spec(&all)["terminationGracePeriodSeconds"],
+        &pod_spec(all)["terminationGracePeriodSeconds"],
         "terminationGracePeriodSeconds",
     ));
     // Regular containers stop first (their preStop runs in parallel), then the
     // sidecar runs its preStop and drains.
-    let main_pre_stop = regular_containers(&all)
+    let main_pre_stop = regular_containers(all)
         .iter()
+        .filter(|c| c["name"] != GATEWAY_CONTAINER)
         .map(pre_stop_seconds)
         .max()
         .unwrap_or(0);
-    let gateway_pre_stop = pre_stop_seconds(sidecar(&all));
+    let gateway_pre_stop = pre_stop_seconds(gateway_container(all));
     assert!(
         gateway_pre_stop > 0,
         "the gateway should wait for endpoints to update before draining"
@@ -791,14 +934,17 @@ fn pod_outlives_prestop_and_drain() {
 
 #[test]
 fn key_is_mounted_where_the_config_expects_it_and_not_world_readable() {
-    let all = manifests();
-    let config = gateway_config(&all);
+    for_each_layout(key_is_mounted_where_the_config_expects_it_and_not_world_readable_in);
+}
+
+fn key_is_mounted_where_the_config_expects_it_and_not_world_readable_in(all: &[Manifest]) {
+    let config = gateway_config(all);
     let key_file = &config.tls.as_ref().expect("tls configured").key_file;
-    let (volume_name, file) = mount_for(sidecar(&all), key_file)
+    let (volume_name, file) = mount_for(gateway_container(all), key_file)
         .unwrap_or_else(|| panic!("nothing is mounted at {key_file} in the gateway"));
-    let source = &volume(&all, &volume_name)["secret"];
+    let source = &volume(all, &volume_name)["secret"];
     let secret_name = string(&source["secretName"], "secret.secretName");
-    let secret = find(&all, "Secret", secret_name);
+    let secret = find(all, "Secret", secret_name);
     let key = source_key(source, &file);
     assert!(
         !secret["stringData"][&key].is_null() || !secret["data"][&key].is_null(),
@@ -814,16 +960,19 @@ fn key_is_mounted_where_the_config_expects_it_and_not_world_readable() {
     // Secret files are owned by root; a non-root gateway reads them through fsGroup.
     assert_ne!(mode & 0o040, 0, "key mode {mode:#o} is not group-readable");
     assert!(
-        pod_spec(&all)["securityContext"]["fsGroup"].is_u64(),
+        pod_spec(all)["securityContext"]["fsGroup"].is_u64(),
         "without fsGroup the non-root gateway cannot read the key"
     );
 }
 
 #[test]
 fn gateway_container_is_locked_down() {
-    let all = manifests();
-    let pod = &pod_spec(&all)["securityContext"];
-    let gateway = sidecar(&all);
+    for_each_layout(gateway_container_is_locked_down_in);
+}
+
+fn gateway_container_is_locked_down_in(all: &[Manifest]) {
+    let pod = &pod_spec(all)["securityContext"];
+    let gateway = gateway_container(all);
     let ctx = &gateway["securityContext"];
     assert!(ctx["runAsNonRoot"] == true || pod["runAsNonRoot"] == true);
     assert_ne!(ctx["runAsUser"], 0);
@@ -842,7 +991,7 @@ fn gateway_container_is_locked_down() {
 
 #[test]
 fn nostr_upstream_is_the_relay_in_the_same_pod() {
-    let all = manifests();
+    let all = layout("sidecar");
     let config = gateway_config(&all);
     let upstream = config
         .nostr
@@ -898,7 +1047,7 @@ fn systemd_unit_runs_the_gateway_and_outlasts_its_drain() {
         .first()
         .and_then(|s| s.trim_end_matches('s').parse().ok())
         .expect("TimeoutStopSec in seconds");
-    let drain = gateway_config(&manifests()).drain_timeout();
+    let drain = gateway_config(&layout("sidecar")).drain_timeout();
     assert!(Duration::from_secs(stop) > drain);
     let dynamic = unit_values(&unit, "DynamicUser").contains(&"yes".to_owned());
     let user = unit_values(&unit, "User");
@@ -910,7 +1059,10 @@ fn systemd_unit_runs_the_gateway_and_outlasts_its_drain() {
 
 #[test]
 fn image_runs_as_a_non_root_user() {
-    let all = manifests();
+    for_each_layout(image_runs_as_a_non_root_user_in);
+}
+
+fn image_runs_as_a_non_root_user_in(all: &[Manifest]) {
     let stage = runtime_stage(&dockerfile());
     let user = stage
         .iter()
@@ -923,7 +1075,7 @@ fn image_runs_as_a_non_root_user() {
         !uid.is_empty() && uid != "root" && uid != "0",
         "USER {user} is root"
     );
-    if let Some(pod_uid) = pod_spec(&all)["securityContext"]["runAsUser"].as_u64() {
+    if let Some(pod_uid) = pod_spec(all)["securityContext"]["runAsUser"].as_u64() {
         assert_eq!(
             uid,
             pod_uid.to_string(),
@@ -934,8 +1086,11 @@ fn image_runs_as_a_non_root_user() {
 
 #[test]
 fn image_exposes_the_ports_and_config_the_manifests_use() {
-    let all = manifests();
-    let config = gateway_config(&all);
+    for_each_layout(image_exposes_the_ports_and_config_the_manifests_use_in);
+}
+
+fn image_exposes_the_ports_and_config_the_manifests_use_in(all: &[Manifest]) {
+    let config = gateway_config(all);
     let stage = runtime_stage(&dockerfile());
     let args = |op: &str| -> Vec<&str> {
         stage
@@ -955,7 +1110,7 @@ fn image_exposes_the_ports_and_config_the_manifests_use() {
     let entrypoint = json_array(entrypoint.last().expect("ENTRYPOINT"), "ENTRYPOINT");
     assert_eq!(entrypoint, ["mosaic-gateway"]);
     let cmd = json_array(args("CMD").last().expect("CMD"), "CMD");
-    let sidecar_args: Vec<String> = array(&sidecar(&all)["args"], "args")
+    let sidecar_args: Vec<String> = array(&gateway_container(all)["args"], "args")
         .iter()
         .map(|a| string(a, "args[]").to_owned())
         .collect();
@@ -964,4 +1119,378 @@ fn image_exposes_the_ports_and_config_the_manifests_use() {
         "the image's default command and the sidecar's args should agree"
     );
     assert_eq!(args("STOPSIGNAL"), ["SIGTERM"]);
+}
+
+// ---------------------------------------------------------------------------
+// The edge layout: a gateway tier in front of Services
+
+#[test]
+fn edge_gateway_is_a_regular_container_and_the_only_one() {
+    let all = layout("edge");
+    let spec = pod_spec(&all);
+    assert!(spec["initContainers"].is_null(), "no sidecar at the edge");
+    let names: Vec<&str> = regular_containers(&all)
+        .iter()
+        .map(|c| string(&c["name"], "name"))
+        .collect();
+    assert_eq!(names, [GATEWAY_CONTAINER]);
+}
+
+#[test]
+fn edge_backends_are_found_through_a_headless_service_and_the_relay_is_a_service() {
+    let all = layout("edge");
+    let config = gateway_config(&all);
+    let mosaic = config.mosaic.as_ref().expect("mosaic section");
+    assert!(
+        mosaic.dns_refresh.is_some(),
+        "set mosaic.dns_refresh for dns: backends"
+    );
+    let service_for = |host: &str, port: u16, what: &str| -> &Value {
+        let (name, rest) = host.split_once('.').unwrap_or((host, ""));
+        assert!(
+            rest.is_empty() || rest.ends_with(".svc.cluster.local"),
+            "{what}: {host} is not a Service's name"
+        );
+        let service = find(&all, "Service", name);
+        let ports = array(&service["spec"]["ports"], "ports");
+        assert!(
+            ports.iter().any(|p| p["port"] == port),
+            "{what}: Service {name} has no port {port}"
+        );
+        service
+    };
+    let dns: Vec<&str> = mosaic
+        .backends
+        .iter()
+        .filter_map(|b| b.dns.as_deref())
+        .collect();
+    assert!(
+        !dns.is_empty(),
+        "the edge discovers its Mosaic backends by DNS"
+    );
+    for entry in dns {
+        let (host, port) = entry.rsplit_once(':').expect("dns: name:port");
+        let service = service_for(host, port.parse().expect("port"), "mosaic.backends");
+        assert_eq!(
+            service["spec"]["clusterIP"], "None",
+            "{host}: a headless Service resolves to every backend pod"
+        );
+        let pods = &pod_spec(&all);
+        assert!(
+            !labels_match(&service["spec"]["selector"], &pods["metadata"]["labels"]),
+            "the backend Service must not select the gateway"
+        );
+    }
+    let upstream = config
+        .nostr
+        .as_ref()
+        .and_then(|n| n.upstream.as_deref())
+        .expect("nostr.upstream");
+    let (host, port) = url_host_port(upstream);
+    service_for(&host, port, "nostr.upstream");
+}
+
+#[test]
+fn edge_survives_disruptions_spreads_and_scales_on_cpu() {
+    let all = layout("edge");
+    let deployment = only(&all, "Deployment");
+    let pod_labels = &deployment["spec"]["template"]["metadata"]["labels"];
+    let pdb = only(&all, "PodDisruptionBudget");
+    assert_eq!(pdb["apiVersion"], "policy/v1");
+    assert!(labels_match(
+        &pdb["spec"]["selector"]["matchLabels"],
+        pod_labels
+    ));
+    let hpa = only(&all, "HorizontalPodAutoscaler");
+    assert_eq!(hpa["apiVersion"], "autoscaling/v2");
+    let target = &hpa["spec"]["scaleTargetRef"];
+    assert_eq!(
+        (&target["kind"], &target["name"]),
+        (&Value::from("Deployment"), &deployment["metadata"]["name"])
+    );
+    let min = number(&hpa["spec"]["minReplicas"], "minReplicas");
+    assert!(min >= 2, "one gateway is no tier");
+    assert!(number(&hpa["spec"]["maxReplicas"], "maxReplicas") > min);
+    // A PDB that allows no disruption blocks node drains; one that allows all is none.
+    match (
+        pdb["spec"]["maxUnavailable"].as_u64(),
+        pdb["spec"]["minAvailable"].as_u64(),
+    ) {
+        (Some(n), None) => assert!(n >= 1 && n < min),
+        (None, Some(n)) => assert!(n >= 1 && n < min),
+        other => panic!("set one of maxUnavailable / minAvailable as a number: {other:?}"),
+    }
+    assert!(
+        deployment["spec"]["replicas"].is_null(),
+        "the HorizontalPodAutoscaler owns replicas; a replicas field fights it on every apply"
+    );
+    let metrics = array(&hpa["spec"]["metrics"], "metrics");
+    assert!(metrics.iter().any(|m| m["type"] == "Resource"
+        && m["resource"]["name"] == "cpu"
+        && m["resource"]["target"]["type"] == "Utilization"));
+    let gateway = gateway_container(&all);
+    string(
+        &gateway["resources"]["requests"]["cpu"],
+        "utilization is relative to the CPU request",
+    );
+    let spread = array(
+        &pod_spec(&all)["topologySpreadConstraints"],
+        "topologySpreadConstraints",
+    );
+    let keys: BTreeSet<&str> = spread
+        .iter()
+        .map(|c| {
+            assert!(
+                labels_match(&c["labelSelector"]["matchLabels"], pod_labels),
+                "a spread constraint must select the gateway pods"
+            );
+            string(&c["topologyKey"], "topologyKey")
+        })
+        .collect();
+    assert!(
+        keys.contains("kubernetes.io/hostname") && keys.contains("topology.kubernetes.io/zone")
+    );
+}
+
+#[test]
+fn edge_public_service_carries_only_the_websocket_port() {
+    let all = layout("edge");
+    let public = all
+        .iter()
+        .find(|m| m.kind() == "Service" && m.doc["spec"]["type"] == "LoadBalancer")
+        .expect("a LoadBalancer Service")
+        .doc
+        .clone();
+    let ports = array(&public["spec"]["ports"], "ports");
+    assert_eq!(ports.len(), 1, "only the WebSocket port is public");
+    assert_eq!(ports[0]["targetPort"], "ws");
+    assert_eq!(public["spec"]["externalTrafficPolicy"], "Local");
+    let pod_labels = &only(&all, "Deployment")["spec"]["template"]["metadata"]["labels"];
+    assert!(labels_match(&public["spec"]["selector"], pod_labels));
+    let monitor = only(&all, "ServiceMonitor");
+    assert!(
+        !labels_match(
+            &monitor["spec"]["selector"]["matchLabels"],
+            &public["metadata"]["labels"]
+        ),
+        "the ServiceMonitor should select the in-cluster Service only"
+    );
+}
+
+// ---------------------------------------------------------------------------
+// The Prometheus Operator's kinds (no schema in kubernetes-validate)
+
+/// A Prometheus duration as the CRDs' pattern allows (`30s`, `1m30s`, `2h`): numbers
+/// with units in the order y w d h m s ms, each at most once, or `0`.
+fn prometheus_duration(text: &str) -> bool {
+    const ORDER: [&str; 7] = ["y", "w", "d", "h", "m", "s", "ms"];
+    if text == "0" {
+        return true;
+    }
+    let (mut rest, mut next) = (text, 0);
+    while !rest.is_empty() {
+        let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+        let after = &rest[digits..];
+        let unit = if after.starts_with("ms") {
+            "ms"
+        } else {
+            after.get(..1).unwrap_or_default()
+        };
+        match ORDER.iter().position(|u| *u == unit) {
+            Some(pos) if digits > 0 && pos >= next => {
+                next = pos + 1;
+                rest = &after[unit.len()..];
+            }
+            _ => return false,
+        }
+    }
+    next > 0
+}
+
+fn keys_within(value: &Value, allowed: &[&str], what: &str) {
+    let object = value
+        .as_object()
+        .unwrap_or_else(|| panic!("{what} must be a mapping"));
+    for key in object.keys() {
+        assert!(
+            allowed.contains(&key.as_str()),
+            "{what}.{key} is not a field of the monitoring.coreos.com/v1 schema"
+        );
+    }
+}
+
+#[test]
+fn servicemonitor_and_prometheusrule_have_the_crds_shape() {
+    let all = kustomize("base");
+    let monitor = only(&all, "ServiceMonitor");
+    keys_within(
+        monitor,
+        &["apiVersion", "kind", "metadata", "spec"],
+        "ServiceMonitor",
+    );
+    keys_within(
+        &monitor["spec"],
+        &[
+            "selector",
+            "endpoints",
+            "namespaceSelector",
+            "jobLabel",
+            "targetLabels",
+            "podTargetLabels",
+            "sampleLimit",
+        ],
+        "ServiceMonitor.spec",
+    );
+    for e in array(&monitor["spec"]["endpoints"], "endpoints") {
+        keys_within(
+            e,
+            &[
+                "port",
+                "targetPort",
+                "path",
+                "scheme",
+                "interval",
+                "scrapeTimeout",
+                "honorLabels",
+                "relabelings",
+                "metricRelabelings",
+            ],
+            "ServiceMonitor.spec.endpoints[]",
+        );
+        for d in ["interval", "scrapeTimeout"] {
+            if let Some(text) = e[d].as_str() {
+                assert!(prometheus_duration(text), "{d}: {text:?} is not a duration");
+            }
+        }
+    }
+    let rule = only(&all, "PrometheusRule");
+    assert_eq!(rule["apiVersion"], "monitoring.coreos.com/v1");
+    keys_within(
+        rule,
+        &["apiVersion", "kind", "metadata", "spec"],
+        "PrometheusRule",
+    );
+    keys_within(&rule["spec"], &["groups"], "PrometheusRule.spec");
+    for g in array(&rule["spec"]["groups"], "groups") {
+        keys_within(
+            g,
+            &[
+                "name",
+                "interval",
+                "rules",
+                "limit",
+                "partial_response_strategy",
+                "query_offset",
+                "labels",
+            ],
+            "groups[]",
+        );
+        string(&g["name"], "groups[].name");
+        for r in array(&g["rules"], "rules") {
+            keys_within(
+                r,
+                &[
+                    "alert",
+                    "record",
+                    "expr",
+                    "for",
+                    "keep_firing_for",
+                    "labels",
+                    "annotations",
+                ],
+                "rules[]",
+            );
+            string(&r["expr"], "rules[].expr");
+            assert!(
+                r["alert"].is_string() != r["record"].is_string(),
+                "alert or record"
+            );
+            if let Some(f) = r["for"].as_str() {
+                assert!(prometheus_duration(f), "for: {f:?}");
+            }
+            for map in ["labels", "annotations"] {
+                for (k, v) in r[map].as_object().into_iter().flatten() {
+                    assert!(v.is_string(), "{map}.{k} must be a string");
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn prometheusrule_carries_exactly_the_rules_of_alerts_yaml() {
+    let rule = only(&kustomize("base"), "PrometheusRule").clone();
+    let file = read(&deploy_dir().join("prometheus/alerts.yaml"));
+    let plain: Value = serde_saphyr::from_str(&file).expect("alerts.yaml");
+    assert_eq!(rule["spec"]["groups"], plain["groups"]);
+}
+
+#[test]
+fn durations_follow_the_prometheus_pattern() {
+    for ok in ["15s", "1m30s", "2h", "10ms", "0"] {
+        assert!(prometheus_duration(ok), "{ok}");
+    }
+    for bad in ["", "15", "s", "1.5m", "15 s", "m1"] {
+        assert!(!prometheus_duration(bad), "{bad}");
+    }
+}
+
+/// The files the tests read must be what kustomize itself renders (when kubectl is here;
+/// `.ci/run` installs it and renders both layouts itself too).
+#[test]
+fn kubectl_kustomize_renders_the_resources_these_tests_read() {
+    let probe = std::process::Command::new("kubectl")
+        .args(["version", "--client"])
+        .output();
+    if probe.map(|o| !o.status.success()).unwrap_or(true) {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "kubectl is missing in CI (.ci/run installs it)"
+        );
+        eprintln!("skipped: kubectl not installed");
+        return;
+    }
+    for name in LAYOUTS {
+        let out = std::process::Command::new("kubectl")
+            .arg("kustomize")
+            .arg(kubernetes_dir().join("overlays").join(name))
+            .output()
+            .expect("kubectl runs");
+        assert!(
+            out.status.success(),
+            "kubectl kustomize overlays/{name}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&String::from_utf8_lossy(&out.stdout))
+            .expect("kustomize output is YAML");
+        let rendered: BTreeSet<(String, String)> = docs
+            .iter()
+            .map(|d| {
+                (
+                    d["kind"].as_str().unwrap_or_default().to_owned(),
+                    d["metadata"]["name"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned(),
+                )
+            })
+            .collect();
+        let read: BTreeSet<(String, String)> = kustomize(&format!("overlays/{name}"))
+            .iter()
+            .map(|m| (m.kind().to_owned(), m.name().to_owned()))
+            .collect();
+        assert_eq!(rendered, read, "overlays/{name}");
+        for d in &docs {
+            if d["kind"] == "Deployment" {
+                let spec = &d["spec"]["template"]["spec"];
+                let images: Vec<&Value> = ["initContainers", "containers"]
+                    .iter()
+                    .flat_map(|l| spec[*l].as_array().into_iter().flatten())
+                    .filter(|c| c["name"] == GATEWAY_CONTAINER)
+                    .map(|c| &c["image"])
+                    .collect();
+                assert_eq!(images, [&Value::from("mosaic-gateway:0.1.0")], "{name}");
+            }
+        }
+    }
 }

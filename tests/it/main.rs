@@ -22,10 +22,12 @@ mod hardening;
 // write `::mosaic_gateway` for the crate in this file; the modules are unaffected.
 mod mosaic_gateway;
 mod nostr_gateway;
+mod observability;
 mod operations;
 mod pool_balancing;
 mod pool_discovery_reload;
 mod pool_health;
+mod status_page;
 mod structure;
 mod tls;
 mod tls_edge;

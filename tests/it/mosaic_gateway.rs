@@ -308,8 +308,9 @@ async fn direction_mode_lets_later_era_types_through() {
     send(&mut ws, vec![0x05, 0, 0, 0, 0, 0, 0, 0]).await;
     assert_eq!(close_code(&mut ws).await, Some(1002));
     let (_, metrics) = admin_get(gw.admin_addr, "/metrics").await;
-    assert!(
-        !metrics.contains("mosaic_gateway_protocol_violations_total{"),
+    assert_eq!(
+        metric_sum(&metrics, "mosaic_gateway_protocol_violations_total"),
+        0.0,
         "{metrics}"
     );
 }

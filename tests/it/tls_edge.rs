@@ -28,21 +28,21 @@ use tokio_tungstenite::WebSocketStream;
 // ---------- the operator's files ----------
 
 /// A test CA issuing ECDSA P-256 leaves into one directory, as a real CA's files would be.
-struct TestCa {
+pub(crate) struct TestCa {
     dir: tempfile::TempDir,
     issuer: Issuer<'static, KeyPair>,
     pem: String,
 }
 
 /// A chain and key on disk.
-struct Issued {
+pub(crate) struct Issued {
     cert_file: PathBuf,
     key_file: PathBuf,
     leaf: CertificateDer<'static>,
 }
 
 impl TestCa {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -65,7 +65,7 @@ impl TestCa {
 
     /// Issues a leaf for `names`, valid for `days` from now, into `<file>.pem` / `<file>.key`
     /// (key mode 0600, chain = leaf then CA).
-    fn issue(&self, file: &str, names: &[&str], days: i64) -> Issued {
+    pub(crate) fn issue(&self, file: &str, names: &[&str], days: i64) -> Issued {
         let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
         let mut params =
             CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
@@ -92,7 +92,7 @@ fn write_private(path: &Path, text: &str) {
 }
 
 /// A `tls:` section: the certificates, and the master key when given.
-fn tls_section(master: Option<&Path>, certs: &[&Issued], extra: &str) -> String {
+pub(crate) fn tls_section(master: Option<&Path>, certs: &[&Issued], extra: &str) -> String {
     let mut y = String::from("tls:\n  watch_interval: 100ms\n");
     if let Some(k) = master {
         y.push_str(&format!("  key_file: \"{}\"\n", k.display()));
@@ -127,7 +127,7 @@ async fn edge_gateway(tls: &str) -> (Running, NostrRelay, MosaicBackend) {
 type NostrRelay = mosaic_gateway::dev::nostr_relay::NostrRelayServer;
 type MosaicBackend = mosaic_gateway::dev::mosaic_backend::MosaicBackend;
 
-fn master_key(dir: &Path) -> (PathBuf, [u8; 32]) {
+pub(crate) fn master_key(dir: &Path) -> (PathBuf, [u8; 32]) {
     let path = dir.join("master.pem");
     let mosrv = keys::keygen(&path).unwrap();
     (path, keys::parse_server_key(&mosrv).unwrap())
