@@ -91,11 +91,12 @@ impl Answer {
     }
 }
 
-/// The answer to a refusal, counted in `handshake_rejections_total{reason}`.
-pub(crate) fn reject(metrics: &Metrics, r: Rejection) -> Answer {
+/// The answer to a refusal, counted in `handshake_rejections_total{route,reason}` (`route`
+/// empty when the request was refused before it had one).
+pub(crate) fn reject(metrics: &Metrics, route: &str, r: Rejection) -> Answer {
     metrics
         .handshake_rejections_total
-        .with_label_values(&[r.label])
+        .with_label_values(&[route, r.label])
         .inc();
     let mut headers = HeaderMap::new();
     let h = &mut headers;
