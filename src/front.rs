@@ -184,7 +184,8 @@ async fn http_passthrough(
     };
     let timeout = nostr.config.connect_timeout.0;
     let result = tokio::time::timeout(timeout, async {
-        let (relay, tcp) = connect_relay(&nostr.pool, nostr.config.max_tries, client_ip, &route).await?;
+        let (relay, tcp) =
+            connect_relay(&nostr.pool, nostr.config.max_tries, client_ip, &route).await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
             .await
             .map_err(|e| RelayError::Failed(relay.label.clone(), e.to_string()))?;

@@ -38,7 +38,8 @@ impl Metrics {
                 .with_label_values(&[route, protocol]),
             connections_total: self.connections_total.with_label_values(&[route, protocol]),
             messages: [
-                self.messages_total.with_label_values(&[route, protocol, up]),
+                self.messages_total
+                    .with_label_values(&[route, protocol, up]),
                 self.messages_total
                     .with_label_values(&[route, protocol, down]),
             ],

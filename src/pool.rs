@@ -375,10 +375,10 @@ impl Pool {
             } else {
                 tracing::info!(route = %self.route, pool = self.name, backend = %o.label, "backend removed");
             }
-            let _ = self
-                .metrics
-                .backend_up
-                .remove_label_values(&[&self.route, self.name, &o.label]);
+            let _ =
+                self.metrics
+                    .backend_up
+                    .remove_label_values(&[&self.route, self.name, &o.label]);
         }
         for m in &merged {
             if !old.iter().any(|o| Arc::ptr_eq(o, m)) {
@@ -508,7 +508,13 @@ mod tests {
             .enumerate()
             .map(|(i, w)| url_backend(9000 + i as u16, *w))
             .collect();
-        Pool::new("default".into(), "default", bs, balance, Arc::new(Metrics::new()))
+        Pool::new(
+            "default".into(),
+            "default",
+            bs,
+            balance,
+            Arc::new(Metrics::new()),
+        )
     }
 
     fn pool(balance: Balance, n: usize) -> Pool {
@@ -748,11 +754,15 @@ mod tests {
         assert_eq!(p.balance(), Balance::LeastConnections);
         let text = m.render();
         assert!(
-            text.contains("backend_up{backend=\"ws://127.0.0.1:9000/\",pool=\"default\",route=\"default\"} 0"),
+            text.contains(
+                "backend_up{backend=\"ws://127.0.0.1:9000/\",pool=\"default\",route=\"default\"} 0"
+            ),
             "{text}"
         );
         assert!(
-            text.contains("backend_up{backend=\"ws://127.0.0.1:9002/\",pool=\"default\",route=\"default\"} 1"),
+            text.contains(
+                "backend_up{backend=\"ws://127.0.0.1:9002/\",pool=\"default\",route=\"default\"} 1"
+            ),
             "{text}"
         );
         assert!(

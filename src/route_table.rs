@@ -260,7 +260,15 @@ mod tests {
             HostPattern::parse("relay.example.com/x"),
             Err(BadHost::Path(_))
         ));
-        for bad in ["", "*", "*.com", "a.*.com", "exa mple.com", "-a.com", "a..com"] {
+        for bad in [
+            "",
+            "*",
+            "*.com",
+            "a.*.com",
+            "exa mple.com",
+            "-a.com",
+            "a..com",
+        ] {
             assert!(HostPattern::parse(bad).is_err(), "{bad}");
         }
         assert!(PathPrefix::parse("inbox").is_err());
@@ -299,7 +307,10 @@ mod tests {
         assert_eq!(t.lookup(Some("a.relay.example.com"), "/inbox/x"), Some(3));
         assert_eq!(t.lookup(Some("a.relay.example.com"), "/inboxes"), Some(2));
         assert_eq!(t.lookup(Some("a.relay.example.com"), "/inbox/vip"), Some(3));
-        assert_eq!(t.lookup(Some("a.relay.example.com"), "/inbox/vip/1"), Some(5));
+        assert_eq!(
+            t.lookup(Some("a.relay.example.com"), "/inbox/vip/1"),
+            Some(5)
+        );
         // A host match beats a route for any host (nginx: server first, then location).
         assert_eq!(t.lookup(Some("a.relay.example.com"), "/paid"), Some(2));
         assert_eq!(t.lookup(Some("other.org"), "/paid/x"), Some(4));
@@ -309,7 +320,10 @@ mod tests {
 
     #[test]
     fn sni_and_host_must_name_one_route() {
-        let t = table(&[(&["a.example.com", "*.a.example.com"], None), (&["b.example.com"], None)]);
+        let t = table(&[
+            (&["a.example.com", "*.a.example.com"], None),
+            (&["b.example.com"], None),
+        ]);
         assert!(!t.misdirected("a.example.com", Some("www.a.example.com"), "/"));
         assert!(t.misdirected("a.example.com", Some("b.example.com"), "/"));
         assert!(t.misdirected("a.example.com", Some("unknown.org"), "/"));

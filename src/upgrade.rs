@@ -234,7 +234,11 @@ impl UpgradeContext<'_> {
     }
 
     /// A Mosaic backend's side of the upgrade, with retries across the route's pool.
-    async fn upgrade_mosaic(&self, mosaic: &MosaicSide, token: &str) -> Result<Accepted, Rejection> {
+    async fn upgrade_mosaic(
+        &self,
+        mosaic: &MosaicSide,
+        token: &str,
+    ) -> Result<Accepted, Rejection> {
         let pool = match (&mosaic.auth_pool, self.client_key) {
             (Some(auth), Some(_)) => auth,
             _ => &mosaic.pool,
