@@ -161,7 +161,7 @@ async fn http_passthrough(
             header_value(&crate::keys::user_key_string(k)),
         );
     }
-    let route = match gw.routes.select(&info, req.uri(), req.headers()) {
+    let route = match gw.routes.select(info.sni.as_deref(), req.uri(), req.headers()) {
         Ok(r) => r,
         Err(NoRoute::Misdirected) => {
             return status_text(

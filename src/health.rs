@@ -17,11 +17,11 @@ use tokio::io::AsyncWriteExt;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::config::HealthCheckConfig;
 use crate::gateway::App;
 use crate::handshake::{upstream_request_head, ForwardedClient};
 use crate::pool::{Backend, Pool};
 use crate::relay::frame::encode_close;
+use crate::routes::{HealthTarget, Probe};
 use crate::upstream::{connect_and_upgrade, UpstreamStream};
 
 fn random_key() -> String {
@@ -48,24 +48,6 @@ fn base64_16(raw: &[u8; 16]) -> String {
     }
     out.push_str("==");
     out
-}
-
-/// How a pool's members are probed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Probe {
-    /// A Mosaic upgrade offering this token; the 101 must select it.
-    Mosaic(String),
-    /// A NIP-11 `GET`.
-    Nip11,
-    /// A WebSocket upgrade with no subprotocol; any 101 passes.
-    WebSocket,
-}
-
-/// A pool, how its members are probed, and the interval and thresholds that apply.
-pub(crate) struct HealthTarget {
-    pub(crate) pool: Arc<Pool>,
-    pub(crate) probe: Probe,
-    pub(crate) hc: HealthCheckConfig,
 }
 
 /// Probes one member once.

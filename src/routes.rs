@@ -11,12 +11,7 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use hyper::StatusCode;
-
-use crate::answer::Rejection;
-use crate::config::{Config, MosaicConfig, NostrConfig, NostrProbe};
-use crate::gateway::ConnInfo;
-use crate::health::{HealthTarget, Probe};
+use crate::config::{Config, HealthCheckConfig, MosaicConfig, NostrConfig, NostrProbe};
 use crate::metrics::{Metrics, ProtocolMetrics};
 use crate::pool::Pool;
 use crate::route_table::{RouteTable, RESERVED_NAME};
@@ -70,18 +65,14 @@ impl RouteState {
         self.mosaic.as_ref().map_or(&[], |m| &m.config.subprotocols)
     }
 
-    /// Takes a place on the route for one connection, within `limits.max_connections` of
-    /// the route.
-    pub(crate) fn enter(self: &Arc<Self>) -> Result<RouteSlot, Rejection> {
+    /// Takes a place on the route for one connection; `None` when the route already
+    /// holds its `limits.max_connections`.
+    pub(crate) fn enter(self: &Arc<Self>) -> Option<RouteSlot> {
         let before = self.open.fetch_add(1, Ordering::Relaxed);
         let slot = RouteSlot(self.clone());
         match self.max_connections {
-            Some(max) if before >= max => Err(Rejection::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many connections on this route",
-                "route_max_connections",
-            )),
-            _ => Ok(slot),
+            Some(max) if before >= max => None,
+            _ => Some(slot),
         }
     }
 
@@ -125,21 +116,22 @@ pub(crate) enum NoRoute {
     Misdirected,
 }
 
-impl NoRoute {
-    /// The refusal of an upgrade.
-    pub(crate) fn rejection(self) -> Rejection {
-        match self {
-            NoRoute::Unknown => Rejection::bad(
-                "no route for this host name and path, and no default route",
-                "unknown_route",
-            ),
-            NoRoute::Misdirected => Rejection::new(
-                StatusCode::MISDIRECTED_REQUEST,
-                "this host name belongs to another route than the TLS server name (SNI)",
-                "misdirected",
-            ),
-        }
-    }
+/// How a pool's members are probed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Probe {
+    /// A Mosaic upgrade offering this token; the 101 must select it.
+    Mosaic(String),
+    /// A NIP-11 `GET`.
+    Nip11,
+    /// A WebSocket upgrade with no subprotocol; any 101 passes.
+    WebSocket,
+}
+
+/// A pool, how its members are probed, and the interval and thresholds that apply.
+pub(crate) struct HealthTarget {
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) probe: Probe,
+    pub(crate) hc: HealthCheckConfig,
 }
 
 /// Every route of a generation and the table that chooses among them.
@@ -220,11 +212,11 @@ impl Routes {
     }
 
     /// The route of a request: by its `Host` (or the authority of an absolute URI) and
-    /// path, the most specific match, else the default route. Over TLS, the route must be
-    /// the one the SNI name leads to.
+    /// path, the most specific match, else the default route. Over TLS (`sni`: the server
+    /// name the client asked for), the route must be the one the SNI name leads to.
     pub(crate) fn select(
         &self,
-        info: &ConnInfo,
+        sni: Option<&str>,
         uri: &hyper::Uri,
         headers: &hyper::HeaderMap,
     ) -> Result<Arc<RouteState>, NoRoute> {
@@ -238,7 +230,7 @@ impl Routes {
                 .and_then(|v| v.to_str().ok())
         });
         let path = uri.path();
-        if let Some(sni) = info.sni.as_deref() {
+        if let Some(sni) = sni {
             if self.table.misdirected(sni, host, path) {
                 return Err(NoRoute::Misdirected);
             }
@@ -414,20 +406,11 @@ fn mosaic_side(
 mod tests {
     use super::*;
 
-    fn info(sni: Option<&str>) -> ConnInfo {
-        ConnInfo {
-            peer: "127.0.0.1:1".parse().unwrap(),
-            tls: sni.is_some(),
-            client_key: None,
-            sni: sni.map(Arc::from),
-        }
-    }
-
     fn select(r: &Routes, sni: Option<&str>, host: &str, path: &str) -> Result<String, NoRoute> {
         let uri: hyper::Uri = path.parse().unwrap();
         let mut h = hyper::HeaderMap::new();
         h.insert(hyper::header::HOST, host.parse().unwrap());
-        r.select(&info(sni), &uri, &h).map(|r| r.name.to_string())
+        r.select(sni, &uri, &h).map(|r| r.name.to_string())
     }
 
     const ROUTES: &str = "routes:\n  - name: a\n    hosts: [a.test]\n    nostr: { upstream: ws://127.0.0.1:1 }\n  - name: b\n    hosts: [b.test]\n    mosaic: { backends: [ { url: ws://127.0.0.1:2 } ] }\n";
@@ -471,9 +454,9 @@ mod tests {
             &a2.nostr.as_ref().unwrap().pool
         ));
         assert_eq!(a2.open_connections(), 1, "the count carries on");
-        assert!(a2.enter().is_err(), "route limit of 1 reached");
+        assert!(a2.enter().is_none(), "route limit of 1 reached");
         drop(slot);
-        assert!(a2.enter().is_ok());
+        assert!(a2.enter().is_some());
         assert!(second.get("b").is_none());
         let bp = &b.mosaic.as_ref().unwrap().pool;
         assert!(bp.backends().is_empty(), "the removed route's pool drains");

@@ -25,7 +25,7 @@ use crate::pool::{affinity, Backend, BackendGuard, Pool};
 use crate::relay::pump::PumpOptions;
 use crate::relay::tracker::MosaicRules;
 use crate::route::{route, Route};
-use crate::routes::{MosaicSide, NostrSide, RouteState};
+use crate::routes::{MosaicSide, NoRoute, NostrSide, RouteState};
 use crate::upstream::{connect_and_upgrade, Upgraded, UpstreamError};
 
 /// Decides an upgrade and completes the upstream's side of it: `Ok` when the upstream
@@ -38,12 +38,18 @@ pub(crate) async fn prepare_upgrade(
     let gw = app.gateway();
     let route = gw
         .routes
-        .select(info, req.uri(), req.headers())
-        .map_err(|e| reject(&app.metrics, "", e.rejection()))?;
+        .select(info.sni.as_deref(), req.uri(), req.headers())
+        .map_err(|e| reject(&app.metrics, "", no_route(e)))?;
     let refuse = |r| reject(&app.metrics, &route.name, r);
     let key = validate_upgrade(req).map_err(refuse)?;
     let (who, permit) = admit(app, &gw, info, req).map_err(refuse)?;
-    let slot = route.enter().map_err(refuse)?;
+    let slot = route.enter().ok_or_else(|| {
+        refuse(Rejection::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many connections on this route",
+            "route_max_connections",
+        ))
+    })?;
     let ctx = UpgradeContext {
         app,
         route: &route,
@@ -74,6 +80,21 @@ pub(crate) async fn prepare_upgrade(
         permit,
         route: slot,
     }))
+}
+
+/// The refusal of an upgrade no route takes.
+fn no_route(e: NoRoute) -> Rejection {
+    match e {
+        NoRoute::Unknown => Rejection::bad(
+            "no route for this host name and path, and no default route",
+            "unknown_route",
+        ),
+        NoRoute::Misdirected => Rejection::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "this host name belongs to another route than the TLS server name (SNI)",
+            "misdirected",
+        ),
+    }
 }
 
 /// Whether the gateway takes this client now (not draining, within the connection limits),
