@@ -859,7 +859,7 @@ async fn metrics_and_logs_carry_the_route() {
             .collect::<Vec<String>>()
     });
     let start = Instant::now();
-    while admin_get(admin, "/readyz").await.0 != 200 {
+    while TcpStream::connect(admin).await.is_err() || admin_get(admin, "/readyz").await.0 != 200 {
         assert!(start.elapsed() < T, "gateway never became ready");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
