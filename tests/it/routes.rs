@@ -1005,3 +1005,82 @@ async fn metrics_and_logs_carry_the_route() {
         );
     }
 }
+
+#[test]
+fn check_config_names_the_key_of_every_route_mistake() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.yaml");
+    std::fs::write(
+        &path,
+        "routes:
+  - name: a
+    hosts: [a.example.org]
+    nostr: { upstream: ws://127.0.0.1:7777 }
+  - name: a
+    hosts: [\"a.example.org:443\", \"*.com\", \"a.*.example.org\", a.example.org/x]
+    nostr: { upstream: ws://127.0.0.1:7777 }
+  - name: nothing
+    hosts: [b.example.org]
+  - name: default
+    hosts: [A.Example.Org]
+    path_prefix: inbox
+    mosaic: { backends: [] }
+  - name: twice
+    hosts: [a.example.org]
+    nostr: { upstreams: [ { url: ws://127.0.0.1:1 } ], upstream: ws://127.0.0.1:2, max_tries: 0 }
+    limits: { max_connections: 0 }
+  - name: bad name!
+    path_prefix: /paid
+    nostr: { upstreams: [ { url: \"wss://127.0.0.1:1\" } ], health_check: { kind: websocket, interval: 0s } }
+  - name: empty
+    nostr: {}
+",
+    )
+    .unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_mosaic-gateway"))
+        .arg("check-config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let text = format!("{stdout}{stderr}");
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    for expected in [
+        "routes[1].name: `a` is already the name of routes[0]",
+        "routes[1].hosts[0]: `a.example.org:443` cannot match: hosts are compared without the port",
+        "routes[1].hosts[1]: `*.com` cannot match any host",
+        "routes[1].hosts[2]: `a.*.example.org` cannot match any host",
+        "routes[1].hosts[3]: `a.example.org/x` cannot match: a host has no path",
+        "routes[2]: give a nostr or a mosaic section (or both)",
+        "routes[3].name: `default` is the name of the top-level (default) route",
+        "routes[3].path_prefix: `inbox` must start with `/`",
+        "routes[3].mosaic.backends: list at least one backend",
+        "routes[4].hosts[0]: `a.example.org` is already routes[0]'s",
+        "routes[4].nostr.upstreams: give either nostr.upstream (one relay) or nostr.upstreams, not both",
+        "routes[4].nostr.max_tries: must be at least 1",
+        "routes[4].limits.max_connections: must be at least 1",
+        "routes[5].name: `bad name!` must be 1 to 64 letters",
+        "routes[5].nostr.upstreams[0].url: wss:// relays are not supported yet",
+        "routes[5].nostr.health_check.interval: must be more than 0",
+        "routes[6].hosts: give hosts or a path_prefix",
+        "routes[6].nostr.upstreams: list at least one relay",
+    ] {
+        assert!(text.contains(expected), "missing `{expected}` in:\n{text}");
+    }
+    // Every line names a key; without a default route no top-level section is required.
+    for line in stdout
+        .lines()
+        .chain(stderr.lines())
+        .filter(|l| !l.is_empty())
+    {
+        assert!(
+            line.contains("routes[") || line.starts_with("mosaic-gateway:"),
+            "{line}"
+        );
+        assert!(
+            !line.contains("mosaic.backends: list") || line.contains("routes["),
+            "{line}"
+        );
+    }
+}
