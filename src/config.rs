@@ -15,7 +15,7 @@ use crate::relay::mosaic::{Validation, DEFAULT_MAX_MESSAGE_BYTES};
 use crate::tls::{CertificateMode, ClientAuth, MinVersion};
 
 mod routes;
-pub use routes::{NostrHealthCheckConfig, NostrProbe, RouteConfig, RouteLimitsConfig};
+pub use routes::{NostrProbe, RouteConfig, RouteLimitsConfig};
 
 /// Everything wrong with a config file, one `key.path: what is wrong` line each.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -224,10 +224,13 @@ fn default_weight() -> u32 {
     1
 }
 
-/// `mosaic.health_check:` settings.
+/// `mosaic.health_check:` and `nostr.health_check:` settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
+    /// nostr relays only: how they are probed (default `nip11`).
+    #[serde(default)]
+    pub kind: Option<NostrProbe>,
     /// Time between active checks.
     #[serde(default = "default_hc_interval")]
     pub interval: DurationStr,
@@ -245,6 +248,7 @@ pub struct HealthCheckConfig {
 impl Default for HealthCheckConfig {
     fn default() -> Self {
         HealthCheckConfig {
+            kind: None,
             interval: default_hc_interval(),
             timeout: default_hc_timeout(),
             unhealthy_threshold: default_fall(),
@@ -357,7 +361,7 @@ pub struct NostrConfig {
     pub balance: Balance,
     /// Active health checks of the relays.
     #[serde(default)]
-    pub health_check: NostrHealthCheckConfig,
+    pub health_check: HealthCheckConfig,
     /// Relays tried for one client handshake before answering 502.
     #[serde(default = "default_max_tries")]
     pub max_tries: u32,
@@ -884,7 +888,13 @@ impl MosaicConfig {
                 check_backend(&format!("{key}[{i}]"), b, errs);
             }
         }
-        self.health_check.validate(errs);
+        self.health_check.validate("mosaic.health_check", errs);
+        if self.health_check.kind.is_some() {
+            errs.push(
+                "mosaic.health_check.kind: only nostr relays have a kind (Mosaic backends are checked with a Mosaic upgrade)"
+                    .into(),
+            );
+        }
         positive(errs, "mosaic.connect_timeout", self.connect_timeout);
         if self.max_tries == 0 {
             errs.push("mosaic.max_tries: must be at least 1".into());
@@ -894,14 +904,15 @@ impl MosaicConfig {
 }
 
 impl HealthCheckConfig {
-    fn validate(&self, errs: &mut Vec<String>) {
-        positive(errs, "mosaic.health_check.interval", self.interval);
-        positive(errs, "mosaic.health_check.timeout", self.timeout);
+    /// Checks the section at `key` (`mosaic.health_check`, `nostr.health_check`).
+    fn validate(&self, key: &str, errs: &mut Vec<String>) {
+        positive(errs, &format!("{key}.interval"), self.interval);
+        positive(errs, &format!("{key}.timeout"), self.timeout);
         if self.unhealthy_threshold == 0 {
-            errs.push("mosaic.health_check.unhealthy_threshold: must be at least 1".into());
+            errs.push(format!("{key}.unhealthy_threshold: must be at least 1"));
         }
         if self.healthy_threshold == 0 {
-            errs.push("mosaic.health_check.healthy_threshold: must be at least 1".into());
+            errs.push(format!("{key}.healthy_threshold: must be at least 1"));
         }
     }
 }

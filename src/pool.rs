@@ -672,6 +672,35 @@ mod tests {
     }
 
     #[test]
+    fn client_ip_hash_keeps_an_address_on_one_backend() {
+        let p = pool(Balance::ClientIpHash, 4);
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let key = |s: &str| affinity(Balance::ClientIpHash, None, ip(s));
+        let first = p.pick(&[], key("192.0.2.7").as_ref()).unwrap();
+        for _ in 0..10 {
+            let again = p.pick(&[], key("192.0.2.7").as_ref()).unwrap();
+            assert!(Arc::ptr_eq(&first, &again));
+        }
+        assert_eq!(key("192.0.2.7"), key("::ffff:192.0.2.7"));
+        assert_ne!(key("192.0.2.7"), key("192.0.2.8"));
+        let spread: std::collections::HashSet<String> = (0..64)
+            .map(|i| {
+                let k = key(&format!("198.51.100.{i}"));
+                p.pick(&[], k.as_ref()).unwrap().label.clone()
+            })
+            .collect();
+        assert_eq!(spread.len(), 4, "addresses spread over every backend");
+        assert_eq!(
+            affinity(Balance::RoundRobin, Some(&[1; 32]), ip("::1")),
+            None
+        );
+        assert_eq!(
+            affinity(Balance::ClientKeyHash, Some(&[1; 32]), ip("::1")),
+            Some([1; 32])
+        );
+    }
+
+    #[test]
     fn down_backends_are_skipped_and_excluded_ones_too() {
         let p = pool(Balance::RoundRobin, 2);
         let bs = p.backends();

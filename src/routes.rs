@@ -264,11 +264,11 @@ impl Routes {
                 let hc = &n.config.health_check;
                 out.push(HealthTarget {
                     pool: n.pool.clone(),
-                    probe: match hc.kind {
+                    probe: match hc.kind.unwrap_or_default() {
                         NostrProbe::Nip11 => Probe::Nip11,
                         NostrProbe::Websocket => Probe::WebSocket,
                     },
-                    hc: hc.thresholds(),
+                    hc: hc.clone(),
                 });
             }
         }

@@ -3,10 +3,7 @@
 
 use serde::Deserialize;
 
-use super::{
-    check_backend, default_fall, default_hc_interval, default_hc_timeout, default_rise, positive,
-    BackendConfig, DurationStr, HealthCheckConfig, MosaicConfig, NostrConfig, Scheme, UpstreamUrl,
-};
+use super::{check_backend, BackendConfig, MosaicConfig, NostrConfig, Scheme, UpstreamUrl};
 use crate::route_table::{HostPattern, PathPrefix, RESERVED_NAME};
 
 /// One entry of `routes:`: which requests it takes (`hosts`, `path_prefix`) and where they
@@ -43,7 +40,7 @@ pub struct RouteLimitsConfig {
     pub max_connections: Option<usize>,
 }
 
-/// How a relay's health is checked.
+/// How a relay's health is checked (`nostr.health_check.kind`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum NostrProbe {
@@ -52,51 +49,6 @@ pub enum NostrProbe {
     Nip11,
     /// A WebSocket upgrade; passes on 101.
     Websocket,
-}
-
-/// `nostr.health_check:` settings.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NostrHealthCheckConfig {
-    /// `nip11` (default) or `websocket`.
-    #[serde(default)]
-    pub kind: NostrProbe,
-    /// Time between active checks.
-    #[serde(default = "default_hc_interval")]
-    pub interval: DurationStr,
-    /// Time allowed for one check.
-    #[serde(default = "default_hc_timeout")]
-    pub timeout: DurationStr,
-    /// Consecutive failures that mark a relay down.
-    #[serde(default = "default_fall")]
-    pub unhealthy_threshold: u32,
-    /// Consecutive successes that mark it up again.
-    #[serde(default = "default_rise")]
-    pub healthy_threshold: u32,
-}
-
-impl Default for NostrHealthCheckConfig {
-    fn default() -> Self {
-        NostrHealthCheckConfig {
-            kind: NostrProbe::default(),
-            interval: default_hc_interval(),
-            timeout: default_hc_timeout(),
-            unhealthy_threshold: default_fall(),
-            healthy_threshold: default_rise(),
-        }
-    }
-}
-
-impl NostrHealthCheckConfig {
-    /// The interval, timeout and thresholds, as the pool counts them.
-    pub fn thresholds(&self) -> HealthCheckConfig {
-        HealthCheckConfig {
-            interval: self.interval,
-            timeout: self.timeout,
-            unhealthy_threshold: self.unhealthy_threshold,
-            healthy_threshold: self.healthy_threshold,
-        }
-    }
 }
 
 impl NostrConfig {
@@ -140,15 +92,7 @@ impl NostrConfig {
                 ));
             }
         }
-        let hc = &self.health_check;
-        positive(errs, "nostr.health_check.interval", hc.interval);
-        positive(errs, "nostr.health_check.timeout", hc.timeout);
-        if hc.unhealthy_threshold == 0 {
-            errs.push("nostr.health_check.unhealthy_threshold: must be at least 1".into());
-        }
-        if hc.healthy_threshold == 0 {
-            errs.push("nostr.health_check.healthy_threshold: must be at least 1".into());
-        }
+        self.health_check.validate("nostr.health_check", errs);
         if self.max_tries == 0 {
             errs.push("nostr.max_tries: must be at least 1".into());
         }

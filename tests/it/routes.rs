@@ -195,19 +195,6 @@ async fn http_get(addr: SocketAddr, request: &str) -> (u16, String) {
     status_and_body(&raw_http(addr, request).await)
 }
 
-fn status_and_body(text: &str) -> (u16, String) {
-    let status = text
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    let body = text
-        .split_once("\r\n\r\n")
-        .map(|x| x.1.to_string())
-        .unwrap_or_default();
-    (status, body)
-}
-
 type Client<S> = WebSocketStream<S>;
 
 /// A WebSocket upgrade for `host` and `path` over `stream`, with these extra headers.
@@ -302,6 +289,15 @@ async fn has_event<S: AsyncRead + AsyncWrite + Unpin>(c: &mut Client<S>, id: &st
 async fn relay_has(addr: SocketAddr, id: &str) -> bool {
     let mut c = ws(addr, &addr.to_string(), "/").await.unwrap();
     has_event(&mut c, id).await
+}
+
+/// Open nostr connections on `route`, as the gateway counts them.
+fn nostr_open(gw: &Running, route: &str) -> i64 {
+    gw.app
+        .metrics
+        .connections_active
+        .with_label_values(&[route, "nostr"])
+        .get()
 }
 
 async fn metrics(gw: &Running) -> String {
@@ -574,19 +570,8 @@ async fn a_relay_pool_keeps_serving_new_clients_when_one_relay_dies_and_takes_it
         (None, Some(r)) => r.shutdown(),
         _ => unreachable!(),
     }
-    let start = Instant::now();
-    loop {
-        let (s, body) = admin_get(gw.admin_addr, "/readyz").await;
-        if s == 503 {
-            assert!(body.contains("pool nostr of route pooled"), "{body}");
-            break;
-        }
-        assert!(
-            start.elapsed() < T,
-            "readyz stays 200 with every relay down"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let body = readyz_becomes(gw.admin_addr, 503).await;
+    assert!(body.contains("pool nostr of route pooled"), "{body}");
     let resp = raw_http(
         a,
         "GET / HTTP/1.1\r\nHost: relay.example.org\r\nConnection: close\r\n\r\n",
@@ -764,12 +749,7 @@ async fn routes_added_and_removed_by_sighup_while_other_connections_stay_up() {
     assert!(has_event(&mut via_b, &second).await);
     drop(on_alpha);
     eventually("alpha's connection is gone", || {
-        gw.app
-            .metrics
-            .connections_active
-            .with_label_values(&["alpha", "nostr"])
-            .get()
-            == 0
+        nostr_open(&gw, "alpha") == 0
     })
     .await;
     gw.shutdown().await;
@@ -809,15 +789,7 @@ async fn each_route_has_its_own_connection_limit_within_the_global_one() {
     assert_eq!(rejected("route_max_connections", "alpha"), 1.0, "{text}");
     assert_eq!(rejected("max_connections", "beta"), 1.0, "{text}");
     drop(first);
-    eventually("alpha's place is free", || {
-        gw.app
-            .metrics
-            .connections_active
-            .with_label_values(&["alpha", "nostr"])
-            .get()
-            == 0
-    })
-    .await;
+    eventually("alpha's place is free", || nostr_open(&gw, "alpha") == 0).await;
     assert!(ws(a, "alpha.example.org", "/").await.is_ok());
     drop((b1, b2));
     gw.shutdown().await;
@@ -828,41 +800,14 @@ async fn metrics_and_logs_carry_the_route() {
     let alpha = nostr_relay().await;
     let beta = nostr_relay().await;
     let backend = mosaic_backend().await;
-    let public: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("proxy.yaml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "listen: \"{public}\"\nadmin:\n  listen: \"{admin}\"\nlog:\n  format: json\nmosaic:\n  backends:\n    - url: ws://{}\nroutes:\n{}{}",
-            backend.local_addr(),
-            nostr_route("alpha", "[alpha.example.org]", "", alpha.local_addr()),
-            nostr_route("beta", "[beta.example.org]", "", beta.local_addr()),
-        ),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mosaic-gateway"))
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .env_remove("RUST_LOG")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let logs = std::thread::spawn(move || {
-        use std::io::BufRead;
-        std::io::BufReader::new(stderr)
-            .lines()
-            .map_while(Result::ok)
-            .collect::<Vec<String>>()
-    });
-    let start = Instant::now();
-    while TcpStream::connect(admin).await.is_err() || admin_get(admin, "/readyz").await.0 != 200 {
-        assert!(start.elapsed() < T, "gateway never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let mut gw = spawn_child_gateway(&format!(
+        "mosaic:\n  backends:\n    - url: ws://{}\nroutes:\n{}{}",
+        backend.local_addr(),
+        nostr_route("alpha", "[alpha.example.org]", "", alpha.local_addr()),
+        nostr_route("beta", "[beta.example.org]", "", beta.local_addr()),
+    ));
+    let (public, admin) = (gw.public, gw.admin);
+    readyz_becomes(admin, 200).await;
     // Every route's series exist from the first scrape.
     let text = admin_get(admin, "/metrics").await.1;
     for route in ["default", "alpha", "beta"] {
@@ -978,14 +923,9 @@ async fn metrics_and_logs_carry_the_route() {
         "{text}"
     );
 
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-    let _ = child.wait();
-    let lines = logs.join().unwrap();
+    sigterm(&gw.child);
+    let _ = gw.child.wait();
+    let lines: Vec<String> = gw.logs.iter().collect();
     let events: Vec<serde_json::Value> = lines
         .iter()
         .filter_map(|l| serde_json::from_str(l).ok())
@@ -1024,7 +964,7 @@ fn check_config_names_the_key_of_every_route_mistake() {
   - name: default
     hosts: [A.Example.Org]
     path_prefix: inbox
-    mosaic: { backends: [] }
+    mosaic: { backends: [], health_check: { kind: nip11 } }
   - name: twice
     hosts: [a.example.org]
     nostr: { upstreams: [ { url: ws://127.0.0.1:1 } ], upstream: ws://127.0.0.1:2, max_tries: 0 }
@@ -1056,6 +996,7 @@ fn check_config_names_the_key_of_every_route_mistake() {
         "routes[3].name: `default` is the name of the top-level (default) route",
         "routes[3].path_prefix: `inbox` must start with `/`",
         "routes[3].mosaic.backends: list at least one backend",
+        "routes[3].mosaic.health_check.kind: only nostr relays have a kind",
         "routes[4].hosts[0]: `a.example.org` is already routes[0]'s",
         "routes[4].nostr.upstreams: give either nostr.upstream (one relay) or nostr.upstreams, not both",
         "routes[4].nostr.max_tries: must be at least 1",
