@@ -64,9 +64,11 @@ impl HostPattern {
         match self {
             HostPattern::Exact(n) => host.eq_ignore_ascii_case(n),
             HostPattern::Wildcard(suffix) => {
-                host.len() > suffix.len() + 1
-                    && host.as_bytes()[host.len() - suffix.len() - 1] == b'.'
-                    && host[host.len() - suffix.len()..].eq_ignore_ascii_case(suffix)
+                // Bytes, not str slices: a peer's host name never makes this panic.
+                let (h, s) = (host.as_bytes(), suffix.as_bytes());
+                h.len() > s.len() + 1
+                    && h[h.len() - s.len() - 1] == b'.'
+                    && h[h.len() - s.len()..].eq_ignore_ascii_case(s)
             }
         }
     }
@@ -284,6 +286,8 @@ mod tests {
         assert_eq!(t.lookup(Some("x.y.example.com"), "/"), Some(1));
         assert_eq!(t.lookup(Some("example.com"), "/"), None);
         assert_eq!(t.lookup(Some("badexample.com"), "/"), None);
+        assert_eq!(t.lookup(Some("é.example.com"), "/"), Some(1));
+        assert_eq!(t.lookup(Some("aé"), "/é"), None);
         assert_eq!(t.lookup(None, "/"), None);
         let ip = table(&[(&["127.0.0.1", "::1"], None)]);
         assert_eq!(ip.lookup(Some("127.0.0.1:80"), "/"), Some(0));
