@@ -7,8 +7,10 @@ use http_body_util::{BodyExt, Full};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Response, StatusCode};
 
-use crate::gateway::Body;
 use crate::metrics::Metrics;
+
+/// Response bodies of the public listener.
+pub type Body = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
 
 /// Declares every `handshake_rejections_total{reason}` label as a [`Reason`] constant and
 /// lists them all in [`Reason::ALL`], from one table, so the series that exist from the
@@ -65,6 +67,12 @@ reasons! {
     HEAD_TOO_LARGE = "head_too_large",
     /// The request head did not parse.
     MALFORMED_REQUEST = "malformed_request",
+    /// Over the matched route's `limits.max_connections`.
+    ROUTE_MAX_CONNECTIONS = "route_max_connections",
+    /// No route matches the Host and path, and there is no default route.
+    UNKNOWN_ROUTE = "unknown_route",
+    /// Over TLS, the Host names another route than the SNI did (421).
+    MISDIRECTED = "misdirected",
 }
 
 /// Why an upgrade request is refused before routing.
@@ -144,18 +152,22 @@ impl Answer {
     }
 }
 
-/// Makes every `handshake_rejections_total{reason}` series exist with 0.
-pub(crate) fn preset_metrics(metrics: &Metrics) {
+/// Makes every `handshake_rejections_total{route,reason}` series of `route` exist with 0
+/// (`""`: refusals before a route is known).
+pub(crate) fn preset_metrics(metrics: &Metrics, route: &str) {
     for r in Reason::ALL {
-        metrics.handshake_rejections_total.with_label_values(&[r]);
+        metrics
+            .handshake_rejections_total
+            .with_label_values(&[route, r]);
     }
 }
 
-/// The answer to a refusal, counted in `handshake_rejections_total{reason}`.
-pub(crate) fn reject(metrics: &Metrics, r: Rejection) -> Answer {
+/// The answer to a refusal, counted in `handshake_rejections_total{route,reason}` (`route`
+/// empty when the request was refused before it had one).
+pub(crate) fn reject(metrics: &Metrics, route: &str, r: Rejection) -> Answer {
     metrics
         .handshake_rejections_total
-        .with_label_values(&[r.label])
+        .with_label_values(&[route, r.label])
         .inc();
     let mut headers = HeaderMap::new();
     let h = &mut headers;

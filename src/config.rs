@@ -14,6 +14,9 @@ use serde::Deserialize;
 use crate::relay::mosaic::{Validation, DEFAULT_MAX_MESSAGE_BYTES};
 use crate::tls::{CertificateMode, ClientAuth, MinVersion};
 
+mod routes;
+pub use routes::{NostrProbe, RouteConfig, RouteLimitsConfig};
+
 /// Everything wrong with a config file, one `key.path: what is wrong` line each.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigErrors(pub Vec<String>);
@@ -49,6 +52,10 @@ pub struct Config {
     /// The nostr relay; absent to refuse non-Mosaic upgrades.
     #[serde(default)]
     pub nostr: Option<NostrConfig>,
+    /// More relays and Mosaic pools, chosen by host name and path; the top-level `mosaic`
+    /// and `nostr` sections are the default route.
+    #[serde(default)]
+    pub routes: Vec<RouteConfig>,
     /// Connection limits and timeouts.
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -191,6 +198,8 @@ pub enum Balance {
     LeastConnections,
     /// Consistent hashing on the TLS client key; anonymous clients use least-connections.
     ClientKeyHash,
+    /// Consistent hashing on the real client address: a client stays on one upstream.
+    ClientIpHash,
 }
 
 /// One backend entry: a URL, or a DNS name re-resolved on an interval.
@@ -215,10 +224,13 @@ fn default_weight() -> u32 {
     1
 }
 
-/// `mosaic.health_check:` settings.
+/// `mosaic.health_check:` and `nostr.health_check:` settings.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckConfig {
+    /// nostr relays only: how they are probed (default `nip11`).
+    #[serde(default)]
+    pub kind: Option<NostrProbe>,
     /// Time between active checks.
     #[serde(default = "default_hc_interval")]
     pub interval: DurationStr,
@@ -236,6 +248,7 @@ pub struct HealthCheckConfig {
 impl Default for HealthCheckConfig {
     fn default() -> Self {
         HealthCheckConfig {
+            kind: None,
             interval: default_hc_interval(),
             timeout: default_hc_timeout(),
             unhealthy_threshold: default_fall(),
@@ -340,6 +353,18 @@ pub struct NostrConfig {
     /// Time allowed to connect to the relay and complete its upgrade.
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: DurationStr,
+    /// A pool of relays, with the same entries as `mosaic.backends` (instead of `upstream`).
+    #[serde(default)]
+    pub upstreams: Vec<BackendConfig>,
+    /// How the pool picks a relay.
+    #[serde(default)]
+    pub balance: Balance,
+    /// Active health checks of the relays.
+    #[serde(default)]
+    pub health_check: HealthCheckConfig,
+    /// Relays tried for one client handshake before answering 502.
+    #[serde(default = "default_max_tries")]
+    pub max_tries: u32,
 }
 
 /// `limits:` settings.
@@ -672,10 +697,15 @@ impl Config {
         if let Some(tls) = &self.tls {
             tls.validate(&mut errs);
         }
+        // With routes, the top-level sections are the default route, which may be absent.
+        if self.routes.is_empty() || !self.mosaic.backends.is_empty() {
+            self.mosaic.require_backends(&mut errs);
+        }
         self.mosaic.validate(&mut errs);
         if let Some(n) = &self.nostr {
             n.validate(&mut errs);
         }
+        routes::validate(&self.routes, &mut errs);
         self.limits.validate(&mut errs);
         for (i, c) in self.forwarded.trusted_proxies.iter().enumerate() {
             if parse_cidr(c).is_err() {
@@ -817,6 +847,12 @@ impl AcmeConfig {
 }
 
 impl MosaicConfig {
+    fn require_backends(&self, errs: &mut Vec<String>) {
+        if self.backends.is_empty() {
+            errs.push("mosaic.backends: list at least one backend (url: ws://host:port)".into());
+        }
+    }
+
     fn validate(&self, errs: &mut Vec<String>) {
         if self.subprotocols.is_empty() {
             errs.push("mosaic.subprotocols: list at least one token (e.g. mosaic2024)".into());
@@ -841,9 +877,6 @@ impl MosaicConfig {
         if self.max_message_bytes > 64 * 1024 * 1024 {
             errs.push("mosaic.max_message_bytes: must be at most 67108864 (64 MiB)".into());
         }
-        if self.backends.is_empty() {
-            errs.push("mosaic.backends: list at least one backend (url: ws://host:port)".into());
-        }
         for (key, list) in [
             ("mosaic.backends", &self.backends),
             (
@@ -855,7 +888,13 @@ impl MosaicConfig {
                 check_backend(&format!("{key}[{i}]"), b, errs);
             }
         }
-        self.health_check.validate(errs);
+        self.health_check.validate("mosaic.health_check", errs);
+        if self.health_check.kind.is_some() {
+            errs.push(
+                "mosaic.health_check.kind: only nostr relays have a kind (Mosaic backends are checked with a Mosaic upgrade)"
+                    .into(),
+            );
+        }
         positive(errs, "mosaic.connect_timeout", self.connect_timeout);
         if self.max_tries == 0 {
             errs.push("mosaic.max_tries: must be at least 1".into());
@@ -865,14 +904,15 @@ impl MosaicConfig {
 }
 
 impl HealthCheckConfig {
-    fn validate(&self, errs: &mut Vec<String>) {
-        positive(errs, "mosaic.health_check.interval", self.interval);
-        positive(errs, "mosaic.health_check.timeout", self.timeout);
+    /// Checks the section at `key` (`mosaic.health_check`, `nostr.health_check`).
+    fn validate(&self, key: &str, errs: &mut Vec<String>) {
+        positive(errs, &format!("{key}.interval"), self.interval);
+        positive(errs, &format!("{key}.timeout"), self.timeout);
         if self.unhealthy_threshold == 0 {
-            errs.push("mosaic.health_check.unhealthy_threshold: must be at least 1".into());
+            errs.push(format!("{key}.unhealthy_threshold: must be at least 1"));
         }
         if self.healthy_threshold == 0 {
-            errs.push("mosaic.health_check.healthy_threshold: must be at least 1".into());
+            errs.push(format!("{key}.healthy_threshold: must be at least 1"));
         }
     }
 }
@@ -888,6 +928,7 @@ impl NostrConfig {
             }
         }
         positive(errs, "nostr.connect_timeout", self.connect_timeout);
+        self.validate_pool(errs);
     }
 }
 
@@ -923,7 +964,7 @@ pub fn parse_cidr(s: &str) -> Result<ipnet::IpNet, ValueError> {
     Ok(ipnet::IpNet::from(s.parse::<std::net::IpAddr>()?))
 }
 
-fn check_backend(key: &str, b: &BackendConfig, errs: &mut Vec<String>) {
+pub(crate) fn check_backend(key: &str, b: &BackendConfig, errs: &mut Vec<String>) {
     match (&b.url, &b.dns) {
         (Some(_), Some(_)) => errs.push(format!("{key}: give either url or dns, not both")),
         (None, None) => errs.push(format!(

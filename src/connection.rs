@@ -14,9 +14,10 @@ use crate::admission::Permit;
 use crate::drain::DrainSignal;
 use crate::gateway::{App, ConnInfo};
 use crate::handshake::ForwardedClient;
-use crate::metrics::{Metrics, ProtocolMetrics};
+use crate::metrics::ProtocolMetrics;
 use crate::pool::BackendGuard;
 use crate::relay::pump::{relay, Buffered, Pump, PumpOptions, RelayReport, Side, Source, Traffic};
+use crate::routes::{RouteSlot, RouteState};
 use crate::upstream::{Upgraded, UpstreamStream};
 
 /// The protocol a relayed connection speaks, for metrics and logs.
@@ -34,12 +35,9 @@ impl Protocol {
         }
     }
 
-    /// This protocol's connection and traffic series.
-    pub(crate) fn metrics(self, m: &Metrics) -> &ProtocolMetrics {
-        match self {
-            Protocol::Mosaic => &m.mosaic,
-            Protocol::Nostr => &m.nostr,
-        }
+    /// This protocol's connection and traffic series on `route`.
+    pub(crate) fn metrics(self, route: &RouteState) -> &ProtocolMetrics {
+        route.series(self == Protocol::Nostr)
     }
 }
 
@@ -64,6 +62,8 @@ pub(crate) struct Prepared {
     pub(crate) accepted: Accepted,
     pub(crate) opts: PumpOptions,
     pub(crate) permit: Permit,
+    /// The route's place (and series) for this connection.
+    pub(crate) route: RouteSlot,
 }
 
 /// One count in `connections_active`, given back when dropped (whatever path ends the
@@ -178,11 +178,12 @@ struct Open {
     /// Held for their drop: the backend's connection count and the limits' place.
     _backend: Option<BackendGuard>,
     _permit: Permit,
+    route: RouteSlot,
 }
 
 impl Open {
     fn fold(&self, t: Traffic) {
-        let series = self.protocol.metrics(&self.app.metrics);
+        let series = self.protocol.metrics(self.route.route());
         series.messages[0].inc_by(t.messages_up);
         series.messages[1].inc_by(t.messages_down);
         series.bytes[0].inc_by(t.bytes_up);
@@ -206,6 +207,7 @@ impl Open {
         tracing::info!(
             conn = self.id,
             client = %self.client_addr,
+            route = %self.route.route().name,
             protocol = self.protocol.label(),
             subprotocol = self.subprotocol.as_deref().unwrap_or(""),
             upstream = %self.upstream_label,
@@ -241,6 +243,7 @@ pub(crate) fn run_connection(
         accepted,
         opts,
         permit,
+        route,
     } = *prepared;
     let Accepted {
         protocol,
@@ -255,6 +258,7 @@ pub(crate) fn run_connection(
         conn = id,
         client = %who.addr,
         peer = %info.peer,
+        route = %route.route().name,
         protocol = protocol.label(),
         subprotocol = subprotocol.as_deref().unwrap_or(""),
         upstream = %upstream_label,
@@ -281,6 +285,7 @@ pub(crate) fn run_connection(
         active,
         _backend: backend,
         _permit: permit,
+        route,
     };
     async move {
         let fold = |t: Traffic| open.fold(t);

@@ -50,13 +50,7 @@ pub async fn refresh(gw: &Gateway, resolver: &dyn Resolve) -> usize {
             }
         }
     }
-    let timeout = LOOKUP_TIMEOUT.min(
-        gw.config
-            .mosaic
-            .dns_refresh
-            .0
-            .max(Duration::from_millis(500)),
-    );
+    let timeout = LOOKUP_TIMEOUT.min(dns_refresh(gw).max(Duration::from_millis(500)));
     let mut changed = 0;
     for name in names {
         let answer = match tokio::time::timeout(timeout, resolver.resolve(&name)).await {
@@ -77,11 +71,16 @@ pub async fn refresh(gw: &Gateway, resolver: &dyn Resolve) -> usize {
         for p in &pools {
             if p.update_dns(&name, &answer) {
                 changed += 1;
-                tracing::info!(pool = p.name, dns = %name, addresses = ?answer, "DNS answer changed");
+                tracing::info!(route = %p.route, pool = p.name, dns = %name, addresses = ?answer, "DNS answer changed");
             }
         }
     }
     changed
+}
+
+/// The refresh interval: the shortest `mosaic.dns_refresh` of any route.
+fn dns_refresh(gw: &Gateway) -> Duration {
+    gw.routes.dns_refresh(gw.config.mosaic.dns_refresh.0)
 }
 
 /// Re-resolves every `mosaic.dns_refresh` (of the current generation) and right after
@@ -90,7 +89,7 @@ pub async fn run(app: Arc<App>, resolver: Arc<dyn Resolve>) {
     loop {
         let gw = app.gateway();
         refresh(&gw, resolver.as_ref()).await;
-        let next = tokio::time::Instant::now() + gw.config.mosaic.dns_refresh.0;
+        let next = tokio::time::Instant::now() + dns_refresh(&gw);
         loop {
             let now = tokio::time::Instant::now();
             if now >= next {

@@ -1,6 +1,6 @@
 //! The hyper path: plain HTTP on the public listener (NIP-11, CORS preflight, the relay's
-//! page, passed to the nostr relay) and upgrades that arrive on a keep-alive connection
-//! after a plain request.
+//! page, passed to a healthy nostr relay of the request's route) and upgrades that arrive
+//! on a keep-alive connection after a plain request.
 //!
 //! A connection comes here when its first request is not an upgrade; hyper starts from the
 //! bytes the fast path already read.
@@ -20,11 +20,14 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
 use crate::answer::full;
+use crate::answer::Body;
 use crate::client_addr::real_client;
 use crate::connection::{run_connection, unwrap_client};
 use crate::drain::DrainState;
-use crate::gateway::{App, Body, ConnInfo, Gateway};
+use crate::gateway::{App, ConnInfo, Gateway};
 use crate::handshake::{header_value, wants_websocket, ForwardedClient};
+use crate::pool::{affinity, Backend, Pool};
+use crate::routes::{NoRoute, RouteState};
 use crate::upgrade::prepare_upgrade;
 
 /// A stream whose first bytes the fast path already read, handed to hyper.
@@ -79,7 +82,8 @@ where
 {
     let limits = &gw.config.limits;
     let svc_app = app.clone();
-    let svc = service_fn(move |req| handle_request(svc_app.clone(), info, req));
+    let svc_info = info.clone();
+    let svc = service_fn(move |req| handle_request(svc_app.clone(), svc_info.clone(), req));
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.handshake_timeout.0)
@@ -158,28 +162,44 @@ async fn http_passthrough(
             header_value(&crate::keys::user_key_string(k)),
         );
     }
-    let Some(url) = gw.nostr.clone() else {
-        let mut r = Response::new(full(
-            "not found: this endpoint serves WebSocket upgrades only\n",
-        ));
-        *r.status_mut() = StatusCode::NOT_FOUND;
-        return r;
+    let route = match gw.routes.select(info.sni.as_deref(), req.uri(), req.headers()) {
+        Ok(r) => r,
+        Err(NoRoute::Misdirected) => {
+            return status_text(
+                StatusCode::MISDIRECTED_REQUEST,
+                "misdirected request: this host name belongs to another route than the TLS server name (SNI)\n",
+            )
+        }
+        Err(NoRoute::Unknown) => {
+            return status_text(
+                StatusCode::NOT_FOUND,
+                "not found: no route for this host name and path\n",
+            )
+        }
     };
-    let timeout = gw.config.nostr_connect_timeout();
+    let Some(nostr) = route.nostr.as_ref() else {
+        return status_text(
+            StatusCode::NOT_FOUND,
+            "not found: this endpoint serves WebSocket upgrades only\n",
+        );
+    };
+    let timeout = nostr.config.connect_timeout.0;
     let result = tokio::time::timeout(timeout, async {
-        let tcp = TcpStream::connect((url.host.as_str(), url.port))
-            .await
-            .map_err(|e| e.to_string())?;
-        let _ = tcp.set_nodelay(true);
+        let (relay, tcp) =
+            connect_relay(&nostr.pool, nostr.config.max_tries, client_ip, &route).await?;
         let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| RelayError::Failed(relay.label.clone(), e.to_string()))?;
         tokio::spawn(async move {
             let _ = conn.await;
         });
-        sender.send_request(req).await.map_err(|e| e.to_string())
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| RelayError::Failed(relay.label.clone(), e.to_string()))
     })
     .await;
+
     match result {
         Ok(Ok(resp)) => {
             let class = crate::metrics::status_class(resp.status().as_u16());
@@ -189,26 +209,77 @@ async fn http_passthrough(
                 .inc();
             resp.map(|b| b.boxed())
         }
-        Ok(Err(e)) => {
-            tracing::warn!(relay = %url, error = %e, "HTTP pass-through to the nostr relay failed");
+        Ok(Err(RelayError::NoneHealthy)) => {
             app.metrics
                 .http_requests_total
                 .with_label_values(&["5xx"])
                 .inc();
-            let mut r = Response::new(full("nostr relay unavailable\n"));
-            *r.status_mut() = StatusCode::BAD_GATEWAY;
+            let mut r = status_text(StatusCode::SERVICE_UNAVAILABLE, "no healthy nostr relay\n");
+            r.headers_mut()
+                .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("5"));
             r
+        }
+        Ok(Err(RelayError::Failed(relay, e))) => {
+            tracing::warn!(route = %route.name, relay = %relay, error = %e, "HTTP pass-through to the nostr relay failed");
+            app.metrics
+                .http_requests_total
+                .with_label_values(&["5xx"])
+                .inc();
+            status_text(StatusCode::BAD_GATEWAY, "nostr relay unavailable\n")
         }
         Err(_) => {
             app.metrics
                 .http_requests_total
                 .with_label_values(&["5xx"])
                 .inc();
-            let mut r = Response::new(full("nostr relay timed out\n"));
-            *r.status_mut() = StatusCode::GATEWAY_TIMEOUT;
-            r
+            status_text(StatusCode::GATEWAY_TIMEOUT, "nostr relay timed out\n")
         }
     }
+}
+
+fn status_text(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut r = Response::new(full(text));
+    *r.status_mut() = status;
+    r
+}
+
+/// Why a plain request reached no relay.
+enum RelayError {
+    /// No relay of the route is healthy: 503.
+    NoneHealthy,
+    /// The relay (label) failed: 502.
+    Failed(String, String),
+}
+
+/// A connection to a healthy relay of the route: up to `max_tries` relays are tried, each
+/// that refuses the connection is marked down.
+async fn connect_relay(
+    pool: &Pool,
+    max_tries: u32,
+    client_ip: std::net::IpAddr,
+    route: &RouteState,
+) -> Result<(Arc<Backend>, TcpStream), RelayError> {
+    let hash_key = affinity(pool.balance(), None, client_ip);
+    let mut tried: Vec<Arc<Backend>> = Vec::new();
+    let mut last = RelayError::NoneHealthy;
+    for _ in 0..max_tries {
+        let Some(b) = pool.pick(&tried, hash_key.as_ref()) else {
+            break;
+        };
+        match TcpStream::connect((b.url.host.as_str(), b.url.port)).await {
+            Ok(tcp) => {
+                let _ = tcp.set_nodelay(true);
+                return Ok((b, tcp));
+            }
+            Err(e) => {
+                tracing::warn!(route = %route.name, pool = pool.name, backend = %b.label, error = %e, "nostr relay refused the connection");
+                pool.mark_failed(&b);
+                last = RelayError::Failed(b.label.clone(), e.to_string());
+                tried.push(b);
+            }
+        }
+    }
+    Err(last)
 }
 
 /// An upgrade that arrived through hyper (a keep-alive connection's later request).
@@ -220,7 +291,7 @@ pub(crate) async fn upgrade(
     let on_upgrade = hyper::upgrade::on(&mut req);
     let (parts, _body) = req.into_parts();
     let view = Request::from_parts(parts, ());
-    let mut prepared = match prepare_upgrade(&app, info, &view).await {
+    let mut prepared = match prepare_upgrade(&app, &info, &view).await {
         Ok(p) => p,
         Err(answer) => return answer.into_response(),
     };

@@ -8,35 +8,28 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
-use bytes::Bytes;
-use http_body_util::combinators::BoxBody;
 use tokio::sync::watch;
 
 use crate::admission::Limits;
 use crate::client_addr::TrustedProxies;
-use crate::config::{AcmeChallenge, AcmeConfig, Config, TlsConfig, UpstreamUrl};
+use crate::config::{AcmeChallenge, AcmeConfig, Config, TlsConfig};
 use crate::drain::{DrainSignal, DrainState};
 use crate::keys::KeyError;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
+use crate::routes::Routes;
 use crate::tls::acme::{AcmeError, AcmeManager, AcmeSettings, Challenge};
 use crate::tls::certs::{CertStore, CertificateSource, NamePattern};
 use crate::tls::{AcmeCertificates, TerminatorParts, TlsError, TlsTerminator};
-
-/// Response bodies of the public listener.
-pub type Body = BoxBody<Bytes, hyper::Error>;
 
 /// One configuration generation: what new connections use. A reload builds a new one;
 /// open connections keep the one they started with.
 pub struct Gateway {
     /// The validated config.
     pub config: Config,
-    /// The pool for every Mosaic client.
-    pub pool: Arc<Pool>,
-    /// The pool for TLS-authenticated clients, when configured.
-    pub auth_pool: Option<Arc<Pool>>,
-    /// The nostr relay, when served.
-    pub nostr: Option<UpstreamUrl>,
+    /// The default route (the top-level `mosaic` / `nostr`) and `routes:`, each with its
+    /// pools.
+    pub routes: Routes,
     /// Proxies whose X-Forwarded-For is believed.
     pub trusted: TrustedProxies,
     /// TLS termination, when configured.
@@ -51,10 +44,11 @@ impl Gateway {
         Gateway::assemble(config, None, metrics)
     }
 
-    /// Builds the next generation on reload. The pools are kept and reconfigured with the
-    /// new backend list and balancing, so backends that stay keep their health and
-    /// connection counts, DNS answers for names still listed stay, and removed backends
-    /// drain (open connections keep running, no new ones). Nothing changes if it fails.
+    /// Builds the next generation on reload. The pools of routes that stay are kept and
+    /// reconfigured with the new backend list and balancing, so backends that stay keep
+    /// their health and connection counts, DNS answers for names still listed stay, and
+    /// removed backends (and routes) drain (open connections keep running, no new ones).
+    /// Nothing changes if it fails.
     pub fn rebuild(
         config: Config,
         old: &Gateway,
@@ -74,59 +68,18 @@ impl Gateway {
             Some(t) => Some(Arc::new(build_tls(t, old)?)),
             None => None,
         };
-        let m = &config.mosaic;
-        let pool = match old {
-            Some(o) => {
-                o.pool.reconfigure(&m.backends, m.balance);
-                o.pool.clone()
-            }
-            None => Arc::new(Pool::from_config(
-                "default",
-                &m.backends,
-                m.balance,
-                metrics.clone(),
-            )),
-        };
-        let auth_pool = match (
-            old.and_then(|o| o.auth_pool.clone()),
-            m.authenticated_backends.is_empty(),
-        ) {
-            (Some(p), false) => {
-                p.reconfigure(&m.authenticated_backends, m.balance);
-                Some(p)
-            }
-            (Some(p), true) => {
-                // The pool goes away: its backends drain like removed ones.
-                p.reconfigure(&[], m.balance);
-                None
-            }
-            (None, false) => Some(Arc::new(Pool::from_config(
-                "authenticated",
-                &m.authenticated_backends,
-                m.balance,
-                metrics.clone(),
-            ))),
-            (None, true) => None,
-        };
-        let nostr = config.nostr_upstream();
-        if nostr.is_some() {
-            metrics.preset_upstream_failures("nostr");
-        }
+        let routes = Routes::build(&config, old.map(|o| &o.routes), metrics);
         Ok(Gateway {
-            nostr,
             trusted: TrustedProxies::new(&config.forwarded.trusted_proxies),
             tls,
-            pool,
-            auth_pool,
+            routes,
             config,
         })
     }
 
-    /// Every pool, for health checks and readiness.
+    /// Every pool of every route, for health checks, discovery and readiness.
     pub fn pools(&self) -> Vec<Arc<Pool>> {
-        let mut v = vec![self.pool.clone()];
-        v.extend(self.auth_pool.clone());
-        v
+        self.routes.pools()
     }
 }
 
@@ -213,7 +166,7 @@ pub enum BuildError {
 }
 
 /// Why `/readyz` answers 503.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NotReady {
     /// SIGTERM started the drain.
     #[error("draining")]
@@ -222,8 +175,10 @@ pub enum NotReady {
     #[error("listener not bound yet")]
     NotListening,
     /// A pool has no backend that passes its health check.
-    #[error("no healthy backend in pool {pool}")]
+    #[error("no healthy backend in pool {pool} of route {route}")]
     NoHealthyBackend {
+        /// The route's name.
+        route: Arc<str>,
         /// The pool's name.
         pool: &'static str,
     },
@@ -280,7 +235,7 @@ impl App {
         matches!(*self.drain.borrow(), DrainState::Draining { .. })
     }
 
-    /// Readiness: listening, a healthy backend in every pool, not draining.
+    /// Readiness: listening, a healthy backend in every pool of every route, not draining.
     pub fn readiness(&self) -> Result<(), NotReady> {
         if self.is_draining() {
             return Err(NotReady::Draining);
@@ -290,7 +245,10 @@ impl App {
         }
         for p in self.gateway().pools() {
             if !p.has_healthy() {
-                return Err(NotReady::NoHealthyBackend { pool: p.name });
+                return Err(NotReady::NoHealthyBackend {
+                    route: p.route.clone(),
+                    pool: p.name,
+                });
             }
         }
         Ok(())
@@ -336,9 +294,12 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 /// What the gateway knows about one accepted connection before HTTP starts.
-#[derive(Clone, Copy)]
+#[derive(Clone)]
 pub(crate) struct ConnInfo {
     pub(crate) peer: SocketAddr,
     pub(crate) tls: bool,
     pub(crate) client_key: Option<[u8; 32]>,
+    /// The TLS server name (SNI) the client asked for: requests on the connection must
+    /// belong to the route it leads to.
+    pub(crate) sni: Option<Arc<str>>,
 }

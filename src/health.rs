@@ -1,17 +1,28 @@
-//! Active health checks: a real Mosaic WebSocket upgrade to every backend on an interval.
+//! Active health checks of every pool of every route, each on its own interval: a real
+//! Mosaic WebSocket upgrade to Mosaic backends; a NIP-11 request (or a WebSocket upgrade)
+//! to nostr relays.
 //!
-//! A check passes when the backend answers 101 with the Mosaic subprotocol; the gateway
-//! then closes the WebSocket politely (close 1000) so the backend logs nothing alarming.
+//! A Mosaic check passes when the backend answers 101 with the Mosaic subprotocol; the
+//! gateway then closes the WebSocket politely (close 1000) so the backend logs nothing
+//! alarming. A NIP-11 check passes on a 2xx answer to `GET` with
+//! `Accept: application/nostr+json`.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Duration;
 
+use http_body_util::Empty;
+use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
 
-use crate::gateway::{App, Gateway};
+use crate::gateway::App;
 use crate::handshake::{upstream_request_head, ForwardedClient};
-use crate::pool::Backend;
+use crate::pool::{Backend, Pool};
 use crate::relay::frame::encode_close;
-use crate::upstream::{connect_and_upgrade, UpstreamStream};
+use crate::routes::{HealthTarget, Probe};
+use crate::upstream::{connect_and_upgrade, UpstreamError, UpstreamStream};
 
 fn random_key() -> String {
     let mut raw = [0u8; 16];
@@ -39,8 +50,68 @@ fn base64_16(raw: &[u8; 16]) -> String {
     out
 }
 
-/// Checks one backend once; `Err` says why it failed.
-pub async fn check(b: &Backend, token: &str, timeout: std::time::Duration) -> Result<(), String> {
+/// Why a check failed, as the log and the status page say it.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckFailure {
+    /// The connect or the upgrade failed.
+    #[error("{0}")]
+    Upstream(#[from] UpstreamError),
+    /// The backend answered 101 without the Mosaic subprotocol.
+    #[error("101 without the Mosaic subprotocol")]
+    WrongSubprotocol,
+    /// The NIP-11 request got no answer in time.
+    #[error("NIP-11 request failed or timed out")]
+    Nip11Unanswered,
+    /// The NIP-11 request got an answer other than 2xx.
+    #[error("NIP-11 answered HTTP {0}")]
+    Nip11Status(u16),
+}
+
+/// Probes one member once.
+async fn probe(b: &Backend, probe: &Probe, timeout: Duration) -> Result<(), CheckFailure> {
+    match probe {
+        Probe::Mosaic(token) => check(b, Some(token), timeout).await,
+        Probe::WebSocket => check(b, None, timeout).await,
+        Probe::Nip11 => nip11(b, timeout).await,
+    }
+}
+
+/// A NIP-11 request to a relay: passes on 2xx.
+async fn nip11(b: &Backend, timeout: Duration) -> Result<(), CheckFailure> {
+    let request = hyper::Request::get(b.url.path.as_str())
+        .header(hyper::header::HOST, b.url.authority())
+        .header(hyper::header::ACCEPT, "application/nostr+json")
+        .header(hyper::header::USER_AGENT, "mosaic-gateway-health-check")
+        .body(Empty::<bytes::Bytes>::new());
+    let Ok(request) = request else {
+        return Err(CheckFailure::Nip11Unanswered);
+    };
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect((b.url.host.as_str(), b.url.port))
+            .await
+            .ok()?;
+        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+            .await
+            .ok()?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        let resp = sender.send_request(request).await.ok()?;
+        Some(resp.status())
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(Some(s)) if s.is_success() => Ok(()),
+        Ok(Some(s)) => Err(CheckFailure::Nip11Status(s.as_u16())),
+        _ => Err(CheckFailure::Nip11Unanswered),
+    }
+}
+
+/// Checks one backend once with a WebSocket upgrade; with `token`, the 101 must select it.
+pub async fn check(
+    b: &Backend,
+    token: Option<&str>,
+    timeout: Duration,
+) -> Result<(), CheckFailure> {
     let key = random_key();
     let who = ForwardedClient {
         addr: std::net::IpAddr::from([127, 0, 0, 1]),
@@ -53,27 +124,26 @@ pub async fn check(b: &Backend, token: &str, timeout: std::time::Duration) -> Re
         "user-agent",
         hyper::header::HeaderValue::from_static("mosaic-gateway-health-check"),
     );
+    let protocols: Vec<String> = token.iter().map(|t| t.to_string()).collect();
     let head = upstream_request_head(
         &b.url.path,
         &headers,
         &key,
-        &[token.to_string()],
+        &protocols,
         false,
         &who,
         &b.url.authority(),
     );
-    let up = connect_and_upgrade(&b.url, b.tls.as_ref(), &head, &key, timeout)
-        .await
-        .map_err(|e| e.to_string())?;
+    let up = connect_and_upgrade(&b.url, b.tls.as_ref(), &head, &key, timeout).await?;
     let chosen = up
         .headers
         .get(hyper::header::SEC_WEBSOCKET_PROTOCOL)
         .and_then(|v| v.to_str().ok())
         .map(str::trim);
-    let ok = if chosen == Some(token) {
+    let ok = if token.is_none() || chosen == token {
         Ok(())
     } else {
-        Err("101 without the Mosaic subprotocol".to_string())
+        Err(CheckFailure::WrongSubprotocol)
     };
     let mut close = Vec::new();
     encode_close(
@@ -98,61 +168,86 @@ pub async fn check(b: &Backend, token: &str, timeout: std::time::Duration) -> Re
     ok
 }
 
-/// How often a wait between rounds looks for a reload (which may shorten the interval).
-const GENERATION_POLL: std::time::Duration = std::time::Duration::from_millis(100);
+/// How often the scheduler looks for a reload (which may add pools or shorten intervals).
+const GENERATION_POLL: Duration = Duration::from_millis(100);
 
-/// Checks every backend of every pool of `gw` once, concurrently, and records the results
-/// against that generation's thresholds.
-pub async fn check_all(gw: &Gateway) {
-    let hc = gw.config.mosaic.health_check.clone();
-    let token = gw
-        .config
-        .mosaic
-        .subprotocols
-        .first()
-        .cloned()
-        .unwrap_or_else(|| "mosaic2024".into());
+/// Checks every member of `target`'s pool once, concurrently, and records the results
+/// against its thresholds.
+async fn check_pool(target: HealthTarget) {
+    let HealthTarget { pool, probe: p, hc } = target;
     let mut checks = Vec::new();
-    for pool in gw.pools() {
-        for b in pool.backends().iter().filter(|b| !b.is_draining()) {
-            let (pool, b, token, hc) = (pool.clone(), b.clone(), token.clone(), hc.clone());
-            checks.push(tokio::spawn(async move {
-                let outcome = check(&b, &token, hc.timeout.0).await;
-                match &outcome {
-                    Ok(()) => b.note_check(true, "upgrade ok"),
-                    Err(e) => {
-                        tracing::debug!(pool = pool.name, backend = %b.label, error = %e, "health check failed");
-                        b.note_check(false, e.as_str());
-                    }
+    for b in pool.backends().iter().filter(|b| !b.is_draining()) {
+        let (pool, b, p, hc) = (pool.clone(), b.clone(), p.clone(), hc.clone());
+        checks.push(tokio::spawn(async move {
+            let outcome = probe(&b, &p, hc.timeout.0).await;
+            match &outcome {
+                Ok(()) => b.note_check(true, "ok"),
+                Err(e) => {
+                    tracing::debug!(route = %pool.route, pool = pool.name, backend = %b.label, error = %e, "health check failed");
+                    b.note_check(false, e.to_string());
                 }
-                pool.record_check(&b, outcome.is_ok(), &hc);
-            }));
-        }
+            }
+            pool.record_check(&b, outcome.is_ok(), &hc);
+        }));
     }
     for c in checks {
         let _ = c.await;
     }
 }
 
-/// Runs a round of checks at start and then every `health_check.interval` (counted from
-/// the start of the previous round), always with the current generation's pools and
-/// settings, until the process ends.
+/// One pool's schedule: when its last round started, and that round while it runs. It
+/// holds the pool, so no other pool can take its address (the key) meanwhile.
+struct Schedule {
+    _pool: Arc<Pool>,
+    started: Instant,
+    round: JoinHandle<()>,
+}
+
+/// Checks each pool at start and then every `health_check.interval` of its own section
+/// (counted from the start of its previous round, and never two rounds of one pool at
+/// once), always with the current generation's pools and settings, until the process
+/// ends.
 pub async fn run(app: Arc<App>) {
+    // Keyed by the pool's address: a pool kept across reloads keeps its schedule.
+    let mut schedules: HashMap<usize, Schedule> = HashMap::new();
     loop {
-        let gw = app.gateway();
-        let started = tokio::time::Instant::now();
-        check_all(&gw).await;
-        drop(gw);
-        // Wait out the interval of whatever generation is current, so a reload that
-        // shortens it takes effect at once.
-        loop {
-            let interval = app.gateway().config.mosaic.health_check.interval.0;
-            let now = tokio::time::Instant::now();
-            if now >= started + interval {
-                break;
+        let targets = app.gateway().routes.health_targets();
+        let now = Instant::now();
+        let mut next = now + GENERATION_POLL;
+        let mut live = Vec::with_capacity(targets.len());
+        for t in targets {
+            let id = Arc::as_ptr(&t.pool) as usize;
+            live.push(id);
+            let interval = t.hc.interval.0;
+            let s = schedules.get_mut(&id);
+            let due = match &s {
+                None => true,
+                Some(s) => s.round.is_finished() && now >= s.started + interval,
+            };
+            if due {
+                let pool = t.pool.clone();
+                let round = tokio::spawn(check_pool(t));
+                schedules.insert(
+                    id,
+                    Schedule {
+                        _pool: pool,
+                        started: now,
+                        round,
+                    },
+                );
+                next = next.min(now + interval);
+            } else if let Some(s) = s {
+                // A round still running past its interval: look again shortly.
+                let at = if s.round.is_finished() {
+                    s.started + interval
+                } else {
+                    now + Duration::from_millis(20)
+                };
+                next = next.min(at.max(now + Duration::from_millis(1)));
             }
-            tokio::time::sleep((started + interval - now).min(GENERATION_POLL)).await;
         }
+        schedules.retain(|id, _| live.contains(id));
+        tokio::time::sleep_until(next).await;
     }
 }
 

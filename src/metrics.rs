@@ -29,41 +29,41 @@ pub fn status_class(status: u16) -> &'static str {
     STATUS_CLASSES[i]
 }
 
-/// One protocol's connection and traffic series, resolved from their vectors once.
+/// One route's and protocol's connection and traffic series, resolved from their vectors
+/// once, when the route is built ([`Metrics::protocol_series`]).
 ///
 /// Every connection updates six of them; looking each up by label would hash the labels
 /// under the vector's lock, from every worker thread, on every connection.
 pub struct ProtocolMetrics {
-    /// `connections_active{protocol}`.
+    /// `connections_active{route,protocol}`.
     pub connections_active: IntGauge,
-    /// `connections_total{protocol}`.
+    /// `connections_total{route,protocol}`.
     pub connections_total: IntCounter,
-    /// `messages_total{protocol,direction}`: client to upstream, then upstream to client.
+    /// `messages_total{route,protocol,direction}`: client to upstream, then upstream to client.
     pub messages: [IntCounter; 2],
-    /// `bytes_total{protocol,direction}`, in the same order.
+    /// `bytes_total{route,protocol,direction}`, in the same order.
     pub bytes: [IntCounter; 2],
 }
 
-impl ProtocolMetrics {
-    fn resolve(
-        protocol: &str,
-        active: &IntGaugeVec,
-        total: &IntCounterVec,
-        messages: &IntCounterVec,
-        bytes: &IntCounterVec,
-    ) -> Self {
+impl Metrics {
+    /// Resolves (and so creates) the connection and traffic series of `protocol` on `route`.
+    pub fn protocol_series(&self, route: &str, protocol: &str) -> ProtocolMetrics {
         let up = Direction::ClientToUpstream.label();
         let down = Direction::UpstreamToClient.label();
         ProtocolMetrics {
-            connections_active: active.with_label_values(&[protocol]),
-            connections_total: total.with_label_values(&[protocol]),
+            connections_active: self
+                .connections_active
+                .with_label_values(&[route, protocol]),
+            connections_total: self.connections_total.with_label_values(&[route, protocol]),
             messages: [
-                messages.with_label_values(&[protocol, up]),
-                messages.with_label_values(&[protocol, down]),
+                self.messages_total
+                    .with_label_values(&[route, protocol, up]),
+                self.messages_total
+                    .with_label_values(&[route, protocol, down]),
             ],
             bytes: [
-                bytes.with_label_values(&[protocol, up]),
-                bytes.with_label_values(&[protocol, down]),
+                self.bytes_total.with_label_values(&[route, protocol, up]),
+                self.bytes_total.with_label_values(&[route, protocol, down]),
             ],
         }
     }
@@ -72,19 +72,19 @@ impl ProtocolMetrics {
 /// Every metric the gateway exports.
 pub struct Metrics {
     registry: Registry,
-    /// Open proxied connections by protocol.
+    /// Open proxied connections by route and protocol.
     pub connections_active: IntGaugeVec,
-    /// Proxied connections opened, by protocol.
+    /// Proxied connections opened, by route and protocol.
     pub connections_total: IntCounterVec,
-    /// Upgrades answered with an error, by reason.
+    /// Upgrades answered with an error, by route (empty before one is known) and reason.
     pub handshake_rejections_total: IntCounterVec,
-    /// Messages relayed, by protocol and direction.
+    /// Messages relayed, by route, protocol and direction.
     pub messages_total: IntCounterVec,
-    /// Bytes relayed (frames included), by protocol and direction.
+    /// Bytes relayed (frames included), by route, protocol and direction.
     pub bytes_total: IntCounterVec,
     /// Mosaic rule violations, by kind.
     pub protocol_violations_total: IntCounterVec,
-    /// 1 when a backend is healthy, by pool and backend.
+    /// 1 when a backend is healthy, by route, pool and backend.
     pub backend_up: IntGaugeVec,
     /// Time to connect and upgrade to a backend, by pool.
     pub backend_connect_duration_seconds: HistogramVec,
@@ -104,10 +104,6 @@ pub struct Metrics {
     pub draining: Gauge,
     /// 1 when `/readyz` answers 200 (set on every scrape).
     pub ready: IntGauge,
-    /// The Mosaic connections' series.
-    pub mosaic: ProtocolMetrics,
-    /// The nostr connections' series.
-    pub nostr: ProtocolMetrics,
 }
 
 /// Registers a metric built from a fixed definition. Names and labels are compile-time
@@ -150,25 +146,25 @@ impl Metrics {
             &r,
             "connections_active",
             "Open proxied WebSocket connections",
-            &["protocol"],
+            &["route", "protocol"],
         );
         let connections_total = counter(
             &r,
             "connections_total",
             "Proxied WebSocket connections opened",
-            &["protocol"],
+            &["route", "protocol"],
         );
         let messages_total = counter(
             &r,
             "messages_total",
             "WebSocket messages relayed",
-            &["protocol", "direction"],
+            &["route", "protocol", "direction"],
         );
         let bytes_total = counter(
             &r,
             "bytes_total",
             "Bytes relayed after the upgrade",
-            &["protocol", "direction"],
+            &["route", "protocol", "direction"],
         );
         let name = "backend_connect_duration_seconds";
         let help = "Time to connect to a backend and complete its upgrade";
@@ -203,16 +199,6 @@ impl Metrics {
                 "1 when /readyz answers 200: listening, a healthy backend in every pool, not draining",
             )),
         );
-        // Resolving the children also makes both protocols' series visible from the start.
-        let [mosaic, nostr] = ["mosaic", "nostr"].map(|p| {
-            ProtocolMetrics::resolve(
-                p,
-                &connections_active,
-                &connections_total,
-                &messages_total,
-                &bytes_total,
-            )
-        });
         let m = Metrics {
             connections_active,
             connections_total,
@@ -220,7 +206,7 @@ impl Metrics {
                 &r,
                 "handshake_rejections_total",
                 "Upgrade requests answered with an error",
-                &["reason"],
+                &["route", "reason"],
             ),
             messages_total,
             bytes_total,
@@ -234,7 +220,7 @@ impl Metrics {
                 &r,
                 "backend_up",
                 "1 when the backend is healthy, 0 when down",
-                &["pool", "backend"],
+                &["route", "pool", "backend"],
             ),
             backend_connect_duration_seconds,
             tls_handshakes_total: counter(
@@ -276,8 +262,6 @@ impl Metrics {
             draining,
             ready,
             registry: r,
-            mosaic,
-            nostr,
         };
         m.preset();
         m

@@ -153,7 +153,9 @@ struct Spec {
 
 /// A named set of backends and how to choose among them.
 pub struct Pool {
-    /// `default` or `authenticated`: the `pool` metric label.
+    /// The route it serves: the `route` metric label.
+    pub route: Arc<str>,
+    /// `default`, `authenticated` or `nostr`: the `pool` metric label.
     pub name: &'static str,
     backends: RwLock<Arc<Vec<Arc<Backend>>>>,
     balance: RwLock<Balance>,
@@ -195,6 +197,7 @@ fn desired(spec: &Spec) -> Vec<Arc<Backend>> {
 impl Pool {
     /// A pool over a fixed list of `backends` (no config entries behind it).
     pub fn new(
+        route: Arc<str>,
         name: &'static str,
         backends: Vec<Arc<Backend>>,
         balance: Balance,
@@ -204,10 +207,11 @@ impl Pool {
         for b in &backends {
             metrics
                 .backend_up
-                .with_label_values(&[name, &b.label])
+                .with_label_values(&[&route, name, &b.label])
                 .set(1);
         }
         Pool {
+            route,
             name,
             backends: RwLock::new(Arc::new(backends)),
             balance: RwLock::new(balance),
@@ -221,6 +225,7 @@ impl Pool {
     /// A pool for config `entries`; `dns:` entries contribute backends once
     /// [`Pool::update_dns`] has an answer for them.
     pub fn from_config(
+        route: Arc<str>,
         name: &'static str,
         entries: &[BackendConfig],
         balance: Balance,
@@ -230,7 +235,7 @@ impl Pool {
             entries: entries.to_vec(),
             resolved: HashMap::new(),
         };
-        let pool = Pool::new(name, desired(&spec), balance, metrics);
+        let pool = Pool::new(route, name, desired(&spec), balance, metrics);
         *lock(&pool.spec) = spec;
         pool
     }
@@ -270,7 +275,8 @@ impl Pool {
             .any(|b| b.is_healthy() && !b.is_draining())
     }
 
-    /// Picks a backend for a new connection, skipping `exclude` (already tried).
+    /// Picks a backend for a new connection, skipping `exclude` (already tried). `affinity`
+    /// is the hash key of the `client-*-hash` balancers ([`affinity`]).
     pub fn pick(
         &self,
         exclude: &[Arc<Backend>],
@@ -297,7 +303,7 @@ impl Pool {
                 }
                 pick
             }
-            (Balance::ClientKeyHash, Some(key)) => {
+            (Balance::ClientKeyHash | Balance::ClientIpHash, Some(key)) => {
                 // Weighted rendezvous hashing: a user keeps its backend while that backend
                 // lives, and losing one backend moves only that backend's users.
                 let score = |b: &Backend| {
@@ -312,7 +318,8 @@ impl Pool {
                     .max_by(|a, b| score(a).total_cmp(&score(b)))
                     .unwrap_or(first)
             }
-            (Balance::LeastConnections, _) | (Balance::ClientKeyHash, None) => {
+            (Balance::LeastConnections, _)
+            | (Balance::ClientKeyHash | Balance::ClientIpHash, None) => {
                 let start = self.rr.fetch_add(1, Ordering::Relaxed) % cands.len();
                 // Start the scan at a rotating point so ties spread instead of piling on the first.
                 let mut best = cands[start];
@@ -339,13 +346,13 @@ impl Pool {
         }
         self.metrics
             .backend_up
-            .with_label_values(&[self.name, &b.label])
+            .with_label_values(&[&self.route, self.name, &b.label])
             .set(i64::from(healthy));
         if was != healthy {
             if healthy {
-                tracing::info!(pool = self.name, backend = %b.label, "backend is healthy again");
+                tracing::info!(route = %self.route, pool = self.name, backend = %b.label, "backend is healthy again");
             } else {
-                tracing::warn!(pool = self.name, backend = %b.label, "backend marked down");
+                tracing::warn!(route = %self.route, pool = self.name, backend = %b.label, "backend marked down");
             }
         }
     }
@@ -407,23 +414,23 @@ impl Pool {
             o.set_draining();
             if o.active() > 0 {
                 lock(&self.removed).push(Arc::downgrade(o));
-                tracing::info!(pool = self.name, backend = %o.label, open = o.active(),
+                tracing::info!(route = %self.route, pool = self.name, backend = %o.label, open = o.active(),
                     "backend removed: draining its open connections");
             } else {
-                tracing::info!(pool = self.name, backend = %o.label, "backend removed");
+                tracing::info!(route = %self.route, pool = self.name, backend = %o.label, "backend removed");
             }
-            let _ = self
-                .metrics
-                .backend_up
-                .remove_label_values(&[self.name, &o.label]);
+            let _ =
+                self.metrics
+                    .backend_up
+                    .remove_label_values(&[&self.route, self.name, &o.label]);
         }
         for m in &merged {
             if !old.iter().any(|o| Arc::ptr_eq(o, m)) {
-                tracing::info!(pool = self.name, backend = %m.label, weight = m.weight, "backend added");
+                tracing::info!(route = %self.route, pool = self.name, backend = %m.label, weight = m.weight, "backend added");
             }
             self.metrics
                 .backend_up
-                .with_label_values(&[self.name, &m.label])
+                .with_label_values(&[&self.route, self.name, &m.label])
                 .set(i64::from(m.is_healthy()));
         }
         if let Ok(mut g) = self.backends.write() {
@@ -478,6 +485,28 @@ fn dns_names(entries: &[BackendConfig]) -> Vec<String> {
     v
 }
 
+/// The hash key a `client-key-hash` or `client-ip-hash` pool keeps a client on one
+/// upstream with: the TLS client key, or the address (IPv4 as IPv4-mapped IPv6).
+pub fn affinity(
+    balance: Balance,
+    client_key: Option<&[u8; 32]>,
+    ip: std::net::IpAddr,
+) -> Option<[u8; 32]> {
+    match balance {
+        Balance::ClientKeyHash => client_key.copied(),
+        Balance::ClientIpHash => {
+            let v6 = match ip {
+                std::net::IpAddr::V4(a) => a.to_ipv6_mapped(),
+                std::net::IpAddr::V6(a) => a,
+            };
+            let mut k = [0u8; 32];
+            k[..16].copy_from_slice(&v6.octets());
+            Some(k)
+        }
+        Balance::RoundRobin | Balance::LeastConnections => None,
+    }
+}
+
 fn fnv1a(a: &[u8], b: &[u8]) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for &x in a.iter().chain(b"|").chain(b) {
@@ -523,7 +552,13 @@ mod tests {
             .enumerate()
             .map(|(i, w)| url_backend(9000 + i as u16, *w))
             .collect();
-        Pool::new("default", bs, balance, Arc::new(Metrics::new()))
+        Pool::new(
+            "default".into(),
+            "default",
+            bs,
+            balance,
+            Arc::new(Metrics::new()),
+        )
     }
 
     fn pool(balance: Balance, n: usize) -> Pool {
@@ -681,6 +716,35 @@ mod tests {
     }
 
     #[test]
+    fn client_ip_hash_keeps_an_address_on_one_backend() {
+        let p = pool(Balance::ClientIpHash, 4);
+        let ip = |s: &str| s.parse::<std::net::IpAddr>().unwrap();
+        let key = |s: &str| affinity(Balance::ClientIpHash, None, ip(s));
+        let first = p.pick(&[], key("192.0.2.7").as_ref()).unwrap();
+        for _ in 0..10 {
+            let again = p.pick(&[], key("192.0.2.7").as_ref()).unwrap();
+            assert!(Arc::ptr_eq(&first, &again));
+        }
+        assert_eq!(key("192.0.2.7"), key("::ffff:192.0.2.7"));
+        assert_ne!(key("192.0.2.7"), key("192.0.2.8"));
+        let spread: std::collections::HashSet<String> = (0..64)
+            .map(|i| {
+                let k = key(&format!("198.51.100.{i}"));
+                p.pick(&[], k.as_ref()).unwrap().label.clone()
+            })
+            .collect();
+        assert_eq!(spread.len(), 4, "addresses spread over every backend");
+        assert_eq!(
+            affinity(Balance::RoundRobin, Some(&[1; 32]), ip("::1")),
+            None
+        );
+        assert_eq!(
+            affinity(Balance::ClientKeyHash, Some(&[1; 32]), ip("::1")),
+            Some([1; 32])
+        );
+    }
+
+    #[test]
     fn down_backends_are_skipped_and_excluded_ones_too() {
         let p = pool(Balance::RoundRobin, 2);
         let bs = p.backends();
@@ -733,6 +797,7 @@ mod tests {
     fn reconfigure_keeps_state_and_drains_removed() {
         let m = Arc::new(Metrics::new());
         let p = Pool::from_config(
+            "default".into(),
             "default",
             &[
                 entry_url("ws://127.0.0.1:9000", 1),
@@ -762,11 +827,15 @@ mod tests {
         assert_eq!(p.balance(), Balance::LeastConnections);
         let text = m.render();
         assert!(
-            text.contains("backend_up{backend=\"ws://127.0.0.1:9000/\",pool=\"default\"} 0"),
+            text.contains(
+                "backend_up{backend=\"ws://127.0.0.1:9000/\",pool=\"default\",route=\"default\"} 0"
+            ),
             "{text}"
         );
         assert!(
-            text.contains("backend_up{backend=\"ws://127.0.0.1:9002/\",pool=\"default\"} 1"),
+            text.contains(
+                "backend_up{backend=\"ws://127.0.0.1:9002/\",pool=\"default\",route=\"default\"} 1"
+            ),
             "{text}"
         );
         assert!(
@@ -793,6 +862,7 @@ mod tests {
     #[test]
     fn dns_answers_add_and_drain_backends() {
         let p = Pool::from_config(
+            "default".into(),
             "default",
             &[
                 entry_url("ws://10.0.0.9:80", 1),

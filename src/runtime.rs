@@ -133,7 +133,7 @@ pub async fn start_with(
     resolver: Arc<dyn Resolve>,
 ) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
-    crate::answer::preset_metrics(&metrics);
+    crate::answer::preset_metrics(&metrics, "");
     let public = config.listen_addr();
     let admin = config.admin_addr();
     let acme_http_addr = config

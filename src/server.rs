@@ -82,6 +82,7 @@ async fn handle_connection(
             peer,
             tls: false,
             client_key: None,
+            sni: None,
         };
         return serve_first_request(app, gw, tcp, info, deadline).await;
     };
@@ -108,7 +109,7 @@ async fn real_peer(
             tracing::info!(client = %peer, error = %e, "bad PROXY header: connection closed");
             app.metrics
                 .handshake_rejections_total
-                .with_label_values(&[Reason::BAD_PROXY_HEADER.label()])
+                .with_label_values(&["", Reason::BAD_PROXY_HEADER.label()])
                 .inc();
             None
         }
@@ -140,6 +141,8 @@ async fn serve_tls(
                 peer,
                 tls: true,
                 client_key,
+                // Requests on this connection must belong to the route this name leads to.
+                sni: stream.get_ref().1.server_name().map(Arc::from),
             };
             serve_first_request(app, gw, stream, info, deadline).await;
         }
@@ -194,7 +197,7 @@ async fn serve_first_request<S: ClientStream>(
                 ),
                 _ => Rejection::bad("malformed HTTP request", Reason::MALFORMED_REQUEST),
             };
-            return refuse(s, reject(&app.metrics, r)).await;
+            return refuse(s, reject(&app.metrics, "", r)).await;
         }
     };
     if !wants_websocket(req.headers()) {
@@ -208,7 +211,7 @@ async fn serve_first_request<S: ClientStream>(
     drop(buf);
     // Stage 4. Boxed, like the relay below: the task that lives as long as the connection
     // should not carry the set-up's (or hyper's) state machine around.
-    let mut prepared = match Box::pin(prepare_upgrade(&app, info, &req)).await {
+    let mut prepared = match Box::pin(prepare_upgrade(&app, &info, &req)).await {
         Ok(p) => p,
         Err(answer) => return refuse(s, answer).await,
     };

@@ -281,7 +281,6 @@ impl Status {
             traffic: traffic.into_values().collect(),
             rate_window_seconds: RATE_WINDOW.as_secs(),
             pools,
-            nostr_upstream: gw.nostr.as_ref().map(|u| u.to_string()),
             rejections,
             recent_window_seconds: RECENT_WINDOW.as_secs(),
             tls: gw.tls.is_some(),
@@ -309,6 +308,7 @@ fn balance_name(b: Balance) -> &'static str {
         Balance::RoundRobin => "round-robin",
         Balance::LeastConnections => "least-connections",
         Balance::ClientKeyHash => "client-key-hash",
+        Balance::ClientIpHash => "client-ip-hash",
     }
 }
 
@@ -338,6 +338,7 @@ fn pool_report(p: &Pool, now: SystemTime) -> PoolReport {
     let mut backends: Vec<BackendRow> = p.backends().iter().map(|b| backend_row(b, now)).collect();
     backends.extend(p.draining_backends().iter().map(|b| backend_row(b, now)));
     PoolReport {
+        route: p.route.to_string(),
         pool: p.name,
         balance: balance_name(p.balance()),
         healthy: backends.iter().filter(|b| b.state == "up").count(),
@@ -373,7 +374,6 @@ pub struct Report {
     /// Every Mosaic pool.
     pub pools: Vec<PoolReport>,
     /// The nostr relay, when served.
-    pub nostr_upstream: Option<String>,
     /// `handshake_rejections_total` by reason: within the recent window and since start.
     pub rejections: Vec<RejectionRow>,
     /// The window of `rejections[].recent`.
@@ -421,7 +421,9 @@ pub struct TrafficRow {
 /// One pool.
 #[derive(Serialize)]
 pub struct PoolReport {
-    /// `default` or `authenticated`.
+    /// The route the pool serves (`default`: the top-level sections).
+    pub route: String,
+    /// `default`, `authenticated` or `nostr`.
     pub pool: &'static str,
     /// The balancing algorithm.
     pub balance: &'static str,
@@ -649,8 +651,9 @@ pub fn html(r: &Report) -> String {
     for p in &r.pools {
         let _ = write!(
             o,
-            "<h3>pool {} <span class=\"muted\">{} · {} of {} up</span></h3><div class=\"scroll\"><table>\
+            "<h3>{} / {} <span class=\"muted\">{} · {} of {} up</span></h3><div class=\"scroll\"><table>\
 <tr><th>backend</th><th>state</th><th class=\"n\">open</th><th class=\"n\">weight</th><th>last check</th></tr>",
+            escape(&p.route),
             escape(p.pool),
             escape(p.balance),
             p.healthy,
@@ -678,9 +681,6 @@ pub fn html(r: &Report) -> String {
             );
         }
         o.push_str("</table></div>");
-    }
-    if let Some(n) = &r.nostr_upstream {
-        let _ = write!(o, "<h3>nostr relay</h3><p class=\"wrap\">{}</p>", escape(n));
     }
     o.push_str("</section>");
 

@@ -1,5 +1,6 @@
-//! The upgrade itself: validation, limits, the routing decision, and the upstream's side of
-//! the handshake (with retries across the Mosaic pool), before the client hears 101.
+//! The upgrade itself: the route (by host and path), validation, limits, the routing
+//! decision by subprotocol, and the upstream's side of the handshake (with retries across
+//! the route's Mosaic pool or nostr relay pool), before the client hears 101.
 //!
 //! What comes out is a [`Prepared`] connection for [`crate::connection`] to relay, or the
 //! HTTP answer that refuses it.
@@ -20,26 +21,38 @@ use crate::handshake::{
     feature_list, header_value, negotiate_features, offered_protocols, upstream_request_head,
     validate_upgrade, ForwardedClient, X_MOSAIC_FEATURES,
 };
-use crate::pool::{Backend, BackendGuard, Pool};
+use crate::pool::{affinity, Backend, BackendGuard, Pool};
 use crate::relay::pump::PumpOptions;
 use crate::relay::tracker::MosaicRules;
 use crate::route::{route, Route};
+use crate::routes::{MosaicSide, NoRoute, NostrSide, RouteState};
 use crate::upstream::{connect_and_upgrade, Upgraded, UpstreamError};
 
 /// Decides an upgrade and completes the upstream's side of it: `Ok` when the upstream
 /// answered 101 (the client is told next), `Err` with the HTTP answer otherwise.
 pub(crate) async fn prepare_upgrade(
     app: &Arc<App>,
-    info: ConnInfo,
+    info: &ConnInfo,
     req: &Request<()>,
 ) -> Result<Box<Prepared>, Answer> {
-    let refuse = |r| reject(&app.metrics, r);
     let gw = app.gateway();
+    let route = gw
+        .routes
+        .select(info.sni.as_deref(), req.uri(), req.headers())
+        .map_err(|e| reject(&app.metrics, "", no_route(e)))?;
+    let refuse = |r| reject(&app.metrics, &route.name, r);
     let key = validate_upgrade(req).map_err(refuse)?;
     let (who, permit) = admit(app, &gw, info, req).map_err(refuse)?;
+    let slot = route.enter().ok_or_else(|| {
+        refuse(Rejection::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many connections on this route",
+            Reason::ROUTE_MAX_CONNECTIONS,
+        ))
+    })?;
     let ctx = UpgradeContext {
         app,
-        gw: &gw,
+        route: &route,
         req,
         key: &key,
         who: &who,
@@ -47,13 +60,16 @@ pub(crate) async fn prepare_upgrade(
     };
     let accepted = ctx.connect_upstream().await.map_err(refuse)?;
     let opts = PumpOptions {
-        mosaic: (accepted.protocol == Protocol::Mosaic).then_some(MosaicRules {
-            validation: gw.config.mosaic.validate,
-            max_message_bytes: gw.config.mosaic.max_message_bytes,
-        }),
+        mosaic: match (&route.mosaic, accepted.protocol) {
+            (Some(m), Protocol::Mosaic) => Some(MosaicRules {
+                validation: m.config.validate,
+                max_message_bytes: m.config.max_message_bytes,
+            }),
+            _ => None,
+        },
         idle_timeout: gw.config.limits.idle_timeout.0,
     };
-    let series = accepted.protocol.metrics(&app.metrics);
+    let series = accepted.protocol.metrics(&route);
     series.connections_total.inc();
     Ok(Box::new(Prepared {
         active: ActiveConnection::new(series.connections_active.clone()),
@@ -62,7 +78,23 @@ pub(crate) async fn prepare_upgrade(
         accepted,
         opts,
         permit,
+        route: slot,
     }))
+}
+
+/// The refusal of an upgrade no route takes.
+fn no_route(e: NoRoute) -> Rejection {
+    match e {
+        NoRoute::Unknown => Rejection::bad(
+            "no route for this host name and path, and no default route",
+            Reason::UNKNOWN_ROUTE,
+        ),
+        NoRoute::Misdirected => Rejection::new(
+            StatusCode::MISDIRECTED_REQUEST,
+            "this host name belongs to another route than the TLS server name (SNI)",
+            Reason::MISDIRECTED,
+        ),
+    }
 }
 
 /// Whether the gateway takes this client now (not draining, within the connection limits),
@@ -70,7 +102,7 @@ pub(crate) async fn prepare_upgrade(
 fn admit(
     app: &App,
     gw: &Gateway,
-    info: ConnInfo,
+    info: &ConnInfo,
     req: &Request<()>,
 ) -> Result<(ForwardedClient, Permit), Rejection> {
     if app.is_draining() {
@@ -113,7 +145,7 @@ fn admit(
 /// One client upgrade on its way upstream: what both upstream handshakes need.
 struct UpgradeContext<'a> {
     app: &'a App,
-    gw: &'a Gateway,
+    route: &'a RouteState,
     req: &'a Request<()>,
     /// The client's `Sec-WebSocket-Key`, reused upstream so the accept keys match.
     key: &'a str,
@@ -126,15 +158,21 @@ impl UpgradeContext<'_> {
     /// Routes by the offered subprotocols and completes the chosen upstream's handshake.
     async fn connect_upstream(&self) -> Result<Accepted, Rejection> {
         let offered = offered_protocols(self.req.headers());
-        let gw = self.gw;
-        match route(&offered, &gw.config.mosaic.subprotocols, gw.nostr.is_some()) {
-            Route::Refuse => Err(Rejection::new(
+        let r = self.route;
+        match (
+            route(&offered, r.mosaic_tokens(), r.serves_nostr()),
+            &r.mosaic,
+            &r.nostr,
+        ) {
+            (Route::Nostr, _, Some(nostr)) => self.upgrade_nostr(nostr, &offered).await,
+            (Route::Mosaic(token), Some(mosaic), _) => {
+                self.upgrade_mosaic(mosaic, token.as_str()).await
+            }
+            _ => Err(Rejection::new(
                 StatusCode::BAD_REQUEST,
                 "no Mosaic subprotocol offered and this endpoint serves no nostr relay",
                 Reason::NO_ROUTE,
             )),
-            Route::Nostr => self.upgrade_nostr(&offered).await,
-            Route::Mosaic(token) => self.upgrade_mosaic(token.as_str()).await,
         }
     }
 
@@ -168,33 +206,24 @@ fn path_and_query(req: &Request<()>) -> &str {
 }
 
 impl UpgradeContext<'_> {
-    /// The nostr relay's side of the upgrade; its subprotocol and extensions pass through.
-    async fn upgrade_nostr(&self, offered: &[String]) -> Result<Accepted, Rejection> {
-        let (app, gw, key) = (self.app, self.gw, self.key);
-        let Some(url) = gw.nostr.as_ref() else {
-            return Err(Rejection::new(
-                StatusCode::BAD_REQUEST,
-                "nostr is not served here",
-                Reason::NO_ROUTE,
-            ));
+    /// A nostr relay's side of the upgrade, with retries across the route's relays; its
+    /// subprotocol and extensions pass through.
+    async fn upgrade_nostr(
+        &self,
+        nostr: &NostrSide,
+        offered: &[String],
+    ) -> Result<Accepted, Rejection> {
+        let key = self.key;
+        let n = &nostr.config;
+        let tries = Tries {
+            pool: &nostr.pool,
+            max_tries: n.max_tries,
+            timeout: n.connect_timeout.0,
+            protocols: offered,
+            nostr: true,
+            what: "nostr relay",
         };
-        let head = self.upstream_head(offered, true, &url.authority());
-        let timeout = gw.config.nostr_connect_timeout();
-        let upstream = match connect_and_upgrade(url, None, &head, key, timeout).await {
-            Ok(u) => u,
-            Err(e) => {
-                tracing::warn!(relay = %url, error = %e, "nostr relay refused or failed the upgrade");
-                app.metrics
-                    .upstream_failures_total
-                    .with_label_values(&["nostr", e.kind()])
-                    .inc();
-                return Err(Rejection::new(
-                    StatusCode::BAD_GATEWAY,
-                    "nostr relay unavailable",
-                    Reason::UPSTREAM_FAILED,
-                ));
-            }
-        };
+        let (backend, upstream) = self.try_pool(tries, Ok).await?;
         let mut response = switching_protocols(key);
         // The relay's choice must be one the client offered; otherwise the client would fail.
         let chosen = upstream
@@ -219,30 +248,40 @@ impl UpgradeContext<'_> {
             protocol: Protocol::Nostr,
             subprotocol: chosen,
             upstream,
-            upstream_label: url.to_string(),
-            backend: None,
+            upstream_label: backend.label.clone(),
+            backend: Some(BackendGuard::new(backend)),
             response,
         })
     }
 
-    /// A Mosaic backend's side of the upgrade, with retries across the pool.
-    async fn upgrade_mosaic(&self, token: &str) -> Result<Accepted, Rejection> {
-        let gw = self.gw;
-        let pool = match (&gw.auth_pool, self.client_key) {
+    /// A Mosaic backend's side of the upgrade, with retries across the route's pool.
+    async fn upgrade_mosaic(
+        &self,
+        mosaic: &MosaicSide,
+        token: &str,
+    ) -> Result<Accepted, Rejection> {
+        let pool = match (&mosaic.auth_pool, self.client_key) {
             (Some(auth), Some(_)) => auth,
-            _ => &gw.pool,
+            _ => &mosaic.pool,
         };
-        if !pool.has_healthy() {
-            return Err(no_healthy_backend());
-        }
-        let (backend, upstream) = self.try_backends(pool, token).await?;
+        let m = &mosaic.config;
+        let protocols = [token.to_string()];
+        let tries = Tries {
+            pool,
+            max_tries: m.max_tries,
+            timeout: m.connect_timeout.0,
+            protocols: &protocols,
+            nostr: false,
+            what: "Mosaic backend",
+        };
+        let (backend, upstream) = self.try_pool(tries, |up| selected(up, token)).await?;
         let mut response = switching_protocols(self.key);
         let h = &mut response;
         h.insert(header::SEC_WEBSOCKET_PROTOCOL, header_value(token));
         if token == "mosaic2024" {
             let client = feature_list(self.req.headers(), X_MOSAIC_FEATURES);
             let granted = feature_list(&upstream.headers, X_MOSAIC_FEATURES);
-            let allowed = &gw.config.mosaic.features;
+            let allowed = &m.features;
             if let Some(v) = negotiate_features(client.as_deref(), granted.as_deref(), allowed) {
                 h.insert(X_MOSAIC_FEATURES, header_value(&v));
             }
@@ -264,26 +303,29 @@ impl UpgradeContext<'_> {
         })
     }
 
-    /// Tries up to `mosaic.max_tries` healthy backends of `pool`, marking each that fails.
-    async fn try_backends(
+    /// Tries up to `max_tries` healthy members of the pool, marking each that fails down;
+    /// `accept` judges an upstream's 101.
+    async fn try_pool(
         &self,
-        pool: &Pool,
-        token: &str,
+        t: Tries<'_>,
+        accept: impl Fn(Upgraded) -> Result<Upgraded, UpstreamError>,
     ) -> Result<(Arc<Backend>, Upgraded), Rejection> {
-        let m = &self.gw.config.mosaic;
+        let pool = t.pool;
+        if !pool.has_healthy() {
+            return Err(no_healthy(t.what));
+        }
         let metrics = &self.app.metrics;
-        let protocols = [token.to_string()];
+        let hash_key = affinity(pool.balance(), self.client_key, self.who.addr);
         let mut tried: Vec<Arc<Backend>> = Vec::new();
-        for _ in 0..m.max_tries {
-            let Some(b) = pool.pick(&tried, self.client_key) else {
+        for _ in 0..t.max_tries {
+            let Some(b) = pool.pick(&tried, hash_key.as_ref()) else {
                 break;
             };
-            let head = self.upstream_head(&protocols, false, &b.url.authority());
+            let head = self.upstream_head(t.protocols, t.nostr, &b.url.authority());
             let started = Instant::now();
-            let result =
-                connect_and_upgrade(&b.url, b.tls.as_ref(), &head, self.key, m.connect_timeout.0)
-                    .await
-                    .and_then(|up| selected(up, token));
+            let result = connect_and_upgrade(&b.url, b.tls.as_ref(), &head, self.key, t.timeout)
+                .await
+                .and_then(&accept);
             match result {
                 Ok(up) => {
                     metrics
@@ -293,7 +335,7 @@ impl UpgradeContext<'_> {
                     return Ok((b, up));
                 }
                 Err(e) => {
-                    tracing::warn!(pool = pool.name, backend = %b.label, error = %e, "backend failed the upgrade");
+                    tracing::warn!(route = %pool.route, pool = pool.name, backend = %b.label, error = %e, "{} failed the upgrade", t.what);
                     metrics
                         .upstream_failures_total
                         .with_label_values(&[pool.name, e.kind()])
@@ -305,7 +347,13 @@ impl UpgradeContext<'_> {
             }
         }
         Err(if tried.is_empty() {
-            no_healthy_backend()
+            no_healthy(t.what)
+        } else if t.nostr {
+            Rejection::new(
+                StatusCode::BAD_GATEWAY,
+                "nostr relay unavailable",
+                Reason::UPSTREAM_FAILED,
+            )
         } else {
             Rejection::new(
                 StatusCode::BAD_GATEWAY,
@@ -316,10 +364,27 @@ impl UpgradeContext<'_> {
     }
 }
 
-fn no_healthy_backend() -> Rejection {
+/// One upgrade's attempts across a pool.
+struct Tries<'a> {
+    pool: &'a Pool,
+    max_tries: u32,
+    timeout: std::time::Duration,
+    /// The subprotocols offered upstream.
+    protocols: &'a [String],
+    /// Whether extensions pass through (nostr) or are stripped (Mosaic).
+    nostr: bool,
+    /// "Mosaic backend" or "nostr relay", for refusals and logs.
+    what: &'static str,
+}
+
+fn no_healthy(what: &'static str) -> Rejection {
     Rejection::new(
         StatusCode::SERVICE_UNAVAILABLE,
-        "no healthy Mosaic backend",
+        if what == "nostr relay" {
+            "no healthy nostr relay"
+        } else {
+            "no healthy Mosaic backend"
+        },
         Reason::NO_HEALTHY_BACKEND,
     )
 }

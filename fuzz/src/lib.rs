@@ -17,6 +17,7 @@ use mosaic_gateway::relay::frame;
 use mosaic_gateway::relay::mosaic::{self, Direction, HeadVerdict, QueryEvent, Validation};
 use mosaic_gateway::relay::tracker::{MosaicRules, Tracker};
 use mosaic_gateway::route::{self, Route};
+use mosaic_gateway::route_table::{HostPattern, RouteTable};
 
 /// The names of every target, as used for `fuzz/corpus/<name>/` and the fuzz binaries.
 pub const TARGETS: [&str; 6] = [
@@ -233,6 +234,43 @@ pub fn upgrade_route(data: &[u8]) {
     }
     for never in ["x-mosaic-client-key", "forwarded", "x-forwarded-host"] {
         assert_eq!(counts.get(never), None, "{never} reached the backend");
+    }
+    route_by_host(&req, token_line);
+}
+
+/// The route table on a peer's `Host` and path (and the token line as a host pattern): total,
+/// and a host always names the route its own SNI would.
+fn route_by_host(req: &Request<()>, pattern: &[u8]) {
+    let owned: Vec<(Vec<String>, Option<String>)> = vec![
+        (vec!["relay.example.com".into()], None),
+        (vec!["*.example.com".into()], Some("/inbox".into())),
+        (vec!["[::1]".into(), "127.0.0.1".into()], Some("/x/".into())),
+        (Vec::new(), Some("/paid".into())),
+        (
+            vec![String::from_utf8_lossy(pattern).into_owned()],
+            Some("/".into()),
+        ),
+    ];
+    let table = RouteTable::new(owned.iter().map(|(h, p)| (h.as_slice(), p.as_deref())));
+    let host = req
+        .headers()
+        .get(hyper::header::HOST)
+        .and_then(|v| v.to_str().ok());
+    let path = req.uri().path();
+    if let Some(i) = table.lookup(host, path) {
+        assert!(i < owned.len());
+    }
+    if let Some(h) = host {
+        assert!(!table.misdirected(h, Some(h), path));
+        let _ = table.misdirected(h, None, path);
+    }
+    if let Ok(p) = HostPattern::parse(&String::from_utf8_lossy(pattern)) {
+        let text = p.to_string();
+        assert!(
+            !text.contains(':') || text.parse::<IpAddr>().is_ok(),
+            "{text}"
+        );
+        assert_eq!(HostPattern::parse(&text).as_ref(), Ok(&p), "{text}");
     }
 }
 

@@ -2,6 +2,7 @@
 //! real backends (the in-repo Mosaic backend, rust-nostr's relay) and real clients.
 
 use std::net::SocketAddr;
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -203,6 +204,11 @@ pub async fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
         &format!("GET {path} HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n"),
     )
     .await;
+    status_and_body(&text)
+}
+
+/// The status and body of a raw HTTP response.
+pub fn status_and_body(text: &str) -> (u16, String) {
     let status = text
         .split(' ')
         .nth(1)
@@ -213,6 +219,22 @@ pub async fn admin_get(addr: SocketAddr, path: &str) -> (u16, String) {
         .map(|x| x.1.to_string())
         .unwrap_or_default();
     (status, body)
+}
+
+/// Polls `/readyz` on the admin listener at `addr` until it answers `want`, or panics after
+/// `T`; returns the body of that answer.
+pub async fn readyz_becomes(addr: SocketAddr, want: u16) -> String {
+    let start = std::time::Instant::now();
+    loop {
+        if TcpStream::connect(addr).await.is_ok() {
+            let (status, body) = admin_get(addr, "/readyz").await;
+            if status == want {
+                return body;
+            }
+        }
+        assert!(start.elapsed() < T, "/readyz never answered {want}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 /// The value of one metric sample (exact label text, e.g. `{protocol="mosaic"}`), or 0.
@@ -441,4 +463,63 @@ pub fn with_client_key(
     };
     config.alpn_protocols = vec![tls::ALPN_HTTP11.to_vec()];
     config
+}
+
+/// The `mosaic-gateway` binary run as a child with a config file (JSON logs at info), as an
+/// operator runs it; its stderr lines arrive on `logs`.
+pub struct ChildGateway {
+    /// The process.
+    pub child: Child,
+    /// The public listener.
+    pub public: SocketAddr,
+    /// The admin listener.
+    pub admin: SocketAddr,
+    /// Log lines (stderr), as they come.
+    pub logs: std::sync::mpsc::Receiver<String>,
+    _dir: tempfile::TempDir,
+}
+
+/// Starts the binary on free ports with `yaml_tail` after `listen`, `admin` and `log`.
+pub fn spawn_child_gateway(yaml_tail: &str) -> ChildGateway {
+    let public: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("proxy.yaml");
+    std::fs::write(
+        &cfg,
+        format!("listen: \"{public}\"\nadmin:\n  listen: \"{admin}\"\nlog:\n  format: json\n  level: info\n{yaml_tail}"),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mosaic-gateway"))
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env_remove("RUST_LOG")
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, logs) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufRead::lines(std::io::BufReader::new(stderr)).map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    ChildGateway {
+        child,
+        public,
+        admin,
+        logs,
+        _dir: dir,
+    }
+}
+
+/// Sends SIGTERM to `child`.
+pub fn sigterm(child: &Child) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
 }

@@ -38,7 +38,7 @@ async fn global_cap_answers_503_and_recovers_when_connections_close() {
     assert_eq!(
         metric(
             &metrics,
-            "mosaic_gateway_handshake_rejections_total{reason=\"max_connections\"}"
+            "mosaic_gateway_handshake_rejections_total{reason=\"max_connections\",route=\"default\"}"
         ),
         1.0
     );
@@ -394,7 +394,7 @@ async fn proxy_protocol_from_a_trusted_balancer_gives_the_real_client_address() 
     assert_eq!(
         metric(
             &metrics,
-            "mosaic_gateway_handshake_rejections_total{reason=\"bad_proxy_header\"}"
+            "mosaic_gateway_handshake_rejections_total{reason=\"bad_proxy_header\",route=\"\"}"
         ),
         1.0
     );

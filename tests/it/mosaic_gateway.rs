@@ -456,7 +456,7 @@ async fn metrics_count_mosaic_traffic() {
     assert_eq!(
         metric(
             &during,
-            "mosaic_gateway_connections_active{protocol=\"mosaic\"}"
+            "mosaic_gateway_connections_active{protocol=\"mosaic\",route=\"default\"}"
         ),
         1.0
     );
@@ -468,12 +468,15 @@ async fn metrics_count_mosaic_traffic() {
     while let Some(Ok(_)) = ws.next().await {}
     let m = gw.app.metrics.clone();
     eventually("connection closed", || {
-        m.connections_active.with_label_values(&["mosaic"]).get() == 0
+        m.connections_active
+            .with_label_values(&["default", "mosaic"])
+            .get()
+            == 0
     })
     .await;
     let (_, after) = admin_get(gw.admin_addr, "/metrics").await;
-    let up = "{direction=\"client_to_upstream\",protocol=\"mosaic\"}";
-    let down = "{direction=\"upstream_to_client\",protocol=\"mosaic\"}";
+    let up = "{direction=\"client_to_upstream\",protocol=\"mosaic\",route=\"default\"}";
+    let down = "{direction=\"upstream_to_client\",protocol=\"mosaic\",route=\"default\"}";
     assert_eq!(
         metric(&after, &format!("mosaic_gateway_messages_total{up}")),
         3.0
@@ -486,7 +489,7 @@ async fn metrics_count_mosaic_traffic() {
     assert_eq!(
         metric(
             &after,
-            "mosaic_gateway_connections_total{protocol=\"mosaic\"}"
+            "mosaic_gateway_connections_total{protocol=\"mosaic\",route=\"default\"}"
         ),
         1.0
     );

@@ -75,15 +75,23 @@ async fn nostr_sdk_client_publishes_fetches_and_gets_live_events_through_the_gat
     assert_eq!(got.content, "live #gatewaylive");
 
     let m = gw.app.metrics.clone();
-    assert_eq!(m.connections_active.with_label_values(&["nostr"]).get(), 2);
+    assert_eq!(
+        m.connections_active
+            .with_label_values(&["default", "nostr"])
+            .get(),
+        2
+    );
     writer.disconnect().await;
     reader.disconnect().await;
     eventually("nostr connections closed", || {
-        m.connections_active.with_label_values(&["nostr"]).get() == 0
+        m.connections_active
+            .with_label_values(&["default", "nostr"])
+            .get()
+            == 0
     })
     .await;
     let text = m.render();
-    let up = "{direction=\"client_to_upstream\",protocol=\"nostr\"}";
+    let up = "{direction=\"client_to_upstream\",protocol=\"nostr\",route=\"default\"}";
     assert!(
         metric(&text, &format!("mosaic_gateway_messages_total{up}")) >= 3.0,
         "{text}"
@@ -226,12 +234,15 @@ async fn permessage_deflate_negotiated_end_to_end_passes_through_intact() {
     tx.close().await.unwrap();
     let m = gw.app.metrics.clone();
     eventually("the connection is folded into metrics", || {
-        m.connections_active.with_label_values(&["nostr"]).get() == 0
+        m.connections_active
+            .with_label_values(&["default", "nostr"])
+            .get()
+            == 0
     })
     .await;
     let up = m
         .bytes_total
-        .with_label_values(&["nostr", "client_to_upstream"])
+        .with_label_values(&["default", "nostr", "client_to_upstream"])
         .get();
     assert!(
         up > 0 && (up as usize) < text.len() / 10,
@@ -240,7 +251,7 @@ async fn permessage_deflate_negotiated_end_to_end_passes_through_intact() {
 }
 
 #[tokio::test]
-async fn relay_down_means_502_and_relay_lost_mid_session_means_1014() {
+async fn relay_down_means_502_then_503_and_relay_lost_mid_session_means_1014() {
     let relay = nostr_relay().await;
     let gw = nostr_gateway(&relay).await;
     let mut ws = RawWs::connect(gw.public_addr, &[]).await.unwrap();
@@ -251,12 +262,19 @@ async fn relay_down_means_502_and_relay_lost_mid_session_means_1014() {
     let addr = relay.local_addr();
     eventually("relay gone", || std::net::TcpStream::connect(addr).is_err()).await;
     assert_eq!(refused_status(gw.public_addr, &[]).await, 502);
+    // The failed upgrade marked the only relay down: 503 with Retry-After until a health
+    // check finds it back, for upgrades and plain requests alike.
+    assert_eq!(refused_status(gw.public_addr, &[]).await, 503);
     let resp = raw_http(
         gw.public_addr,
         "GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     )
     .await;
-    assert!(resp.starts_with("HTTP/1.1 502"), "{resp}");
+    assert!(resp.starts_with("HTTP/1.1 503"), "{resp}");
+    assert!(
+        resp.to_ascii_lowercase().contains("retry-after: 5"),
+        "{resp}"
+    );
 }
 
 #[tokio::test]

@@ -114,17 +114,19 @@ fn expected_zero_series() -> Vec<(String, Labels)> {
                 .collect(),
         ));
     };
+    // The fresh gateway has the top-level sections only: the route `default`.
+    let route = ("route", "default");
     for protocol in ["mosaic", "nostr"] {
-        add("connections_active", &[("protocol", protocol)]);
-        add("connections_total", &[("protocol", protocol)]);
+        add("connections_active", &[route, ("protocol", protocol)]);
+        add("connections_total", &[route, ("protocol", protocol)]);
         for direction in ["client_to_upstream", "upstream_to_client"] {
             add(
                 "messages_total",
-                &[("protocol", protocol), ("direction", direction)],
+                &[route, ("protocol", protocol), ("direction", direction)],
             );
             add(
                 "bytes_total",
-                &[("protocol", protocol), ("direction", direction)],
+                &[route, ("protocol", protocol), ("direction", direction)],
             );
         }
     }
@@ -144,8 +146,17 @@ fn expected_zero_series() -> Vec<(String, Labels)> {
         "bad_proxy_header",
         "head_too_large",
         "malformed_request",
+        "route_max_connections",
+        "unknown_route",
+        "misdirected",
     ] {
-        add("handshake_rejections_total", &[("reason", reason)]);
+        // Before a route is known (route ""), and on the one route.
+        for r in ["", "default"] {
+            add(
+                "handshake_rejections_total",
+                &[("route", r), ("reason", reason)],
+            );
+        }
     }
     for kind in [
         "text_message",
@@ -168,7 +179,7 @@ fn expected_zero_series() -> Vec<(String, Labels)> {
     for status in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
         add("http_requests_total", &[("status", status)]);
     }
-    for pool in ["default", "authenticated"] {
+    for pool in ["default", "authenticated", "nostr"] {
         add("backend_connect_duration_seconds_count", &[("pool", pool)]);
         add("backend_connect_duration_seconds_sum", &[("pool", pool)]);
     }
@@ -210,12 +221,13 @@ async fn the_first_scrape_has_every_series_whose_labels_are_known_in_advance() {
         .map(|(_, l, _)| l)
         .collect();
     let pools: BTreeSet<&str> = backends.iter().map(|l| l["pool"].as_str()).collect();
+    // The nostr relay is a pool of one, health-checked with NIP-11 like any backend.
     assert_eq!(
         pools,
-        BTreeSet::from(["authenticated", "default"]),
+        BTreeSet::from(["authenticated", "default", "nostr"]),
         "{text}"
     );
-    assert_eq!(backends.len(), 2);
+    assert_eq!(backends.len(), 3);
     let info = got
         .iter()
         .find(|(n, _, _)| n == "mosaic_gateway_build_info")
@@ -239,7 +251,7 @@ async fn the_first_scrape_has_every_series_whose_labels_are_known_in_advance() {
         .iter()
         .filter(|(n, _, _)| n == "mosaic_gateway_backend_connect_duration_seconds_bucket")
         .count();
-    assert_eq!(buckets, 2 * 14, "13 buckets and +Inf per pool");
+    assert_eq!(buckets, 3 * 14, "13 buckets and +Inf per pool");
 }
 
 #[tokio::test]

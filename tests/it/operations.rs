@@ -1,88 +1,21 @@
 //! Running the real binary as an operator does: JSON logs, probes, metrics, and a SIGTERM
 //! drain with an open Mosaic query and an open nostr subscription.
 
-use std::io::{BufRead, BufReader};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use crate::common::*;
 use mosaic_gateway::dev::mosaic_backend::wire;
 
-struct Gateway {
-    child: Child,
-    public: std::net::SocketAddr,
-    admin: std::net::SocketAddr,
-    logs: std::sync::mpsc::Receiver<String>,
-    _dir: tempfile::TempDir,
-}
-
-fn spawn_gateway(yaml_tail: &str) -> Gateway {
-    let public: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let admin: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("proxy.yaml");
-    std::fs::write(
-        &cfg,
-        format!("listen: \"{public}\"\nadmin:\n  listen: \"{admin}\"\nlog:\n  format: json\n  level: info\n{yaml_tail}"),
-    )
-    .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_mosaic-gateway"))
-        .args(["run", "--config"])
-        .arg(&cfg)
-        .env_remove("RUST_LOG")
-        .stderr(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, logs) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            let _ = tx.send(line);
-        }
-    });
-    Gateway {
-        child,
-        public,
-        admin,
-        logs,
-        _dir: dir,
-    }
-}
-
-async fn wait_ready(addr: std::net::SocketAddr) {
-    let start = Instant::now();
-    loop {
-        if tokio::net::TcpStream::connect(addr).await.is_ok() {
-            let (status, _) = admin_get(addr, "/readyz").await;
-            if status == 200 {
-                return;
-            }
-        }
-        assert!(start.elapsed() < T, "gateway never became ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn sigterm(child: &Child) {
-    let ok = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-}
-
 #[tokio::test]
 async fn sigterm_closes_open_queries_with_shutting_down_then_1001_and_exits_0() {
     let backend = mosaic_backend().await;
     let relay = nostr_relay().await;
-    let mut gw = spawn_gateway(&format!(
+    let mut gw = spawn_child_gateway(&format!(
         "mosaic:\n  backends:\n    - url: ws://{}\nnostr:\n  upstream: ws://{}\nshutdown:\n  drain_timeout: 8s\n",
         backend.local_addr(),
         relay.local_addr()
     ));
-    wait_ready(gw.admin).await;
+    readyz_becomes(gw.admin, 200).await;
 
     // An open Mosaic query (past Query Complete) and a second one, and a nostr subscription.
     let mut mosaic = RawWs::connect(gw.public, &["Sec-WebSocket-Protocol: mosaic2024"])
@@ -206,11 +139,11 @@ async fn sigterm_closes_open_queries_with_shutting_down_then_1001_and_exits_0() 
 async fn probes_answer_healthy_all_backends_down_and_recovered() {
     let backend = mosaic_backend().await;
     let port = backend.local_addr().port();
-    let mut gw = spawn_gateway(&format!(
+    let mut gw = spawn_child_gateway(&format!(
         "mosaic:\n  backends:\n    - url: ws://{}\n  health_check: {{ interval: 200ms, timeout: 200ms, unhealthy_threshold: 1, healthy_threshold: 1 }}\n",
         backend.local_addr()
     ));
-    wait_ready(gw.admin).await;
+    readyz_becomes(gw.admin, 200).await;
     assert_eq!(admin_get(gw.admin, "/livez").await.0, 200);
     assert_eq!(admin_get(gw.admin, "/healthz").await.0, 200);
     let (_, metrics) = admin_get(gw.admin, "/metrics").await;
@@ -220,19 +153,8 @@ async fn probes_answer_healthy_all_backends_down_and_recovered() {
     );
     backend.shutdown();
     drop(backend);
-    let start = Instant::now();
-    loop {
-        let (s, body) = admin_get(gw.admin, "/readyz").await;
-        if s == 503 {
-            assert!(body.contains("no healthy backend"), "{body}");
-            break;
-        }
-        assert!(
-            start.elapsed() < T,
-            "readyz stayed 200 with every backend down"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let body = readyz_becomes(gw.admin, 503).await;
+    assert!(body.contains("no healthy backend"), "{body}");
     assert_eq!(
         admin_get(gw.admin, "/livez").await.0,
         200,
@@ -250,7 +172,7 @@ async fn probes_answer_healthy_all_backends_down_and_recovered() {
     )
     .await
     .unwrap();
-    wait_ready(gw.admin).await;
+    readyz_becomes(gw.admin, 200).await;
     sigterm(&gw.child);
     let exit = tokio::task::spawn_blocking(move || gw.child.wait().unwrap())
         .await

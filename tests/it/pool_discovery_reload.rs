@@ -48,7 +48,7 @@ async fn metrics(gw: &Running) -> String {
 }
 
 fn dns_label(addr: SocketAddr, entry: &str) -> String {
-    format!("mosaic_gateway_backend_up{{backend=\"ws://{addr}/ (dns {entry})\",pool=\"default\"}}")
+    format!("mosaic_gateway_backend_up{{backend=\"ws://{addr}/ (dns {entry})\",pool=\"default\",route=\"default\"}}")
 }
 
 async fn submit_ok(ws: &mut Ws, seed: u8) {
@@ -393,7 +393,7 @@ async fn an_in_process_reload_takes_new_check_settings_and_new_dns_names_at_once
     a.shutdown();
     let killed = Instant::now();
     let label_a = format!(
-        "mosaic_gateway_backend_up{{backend=\"ws://{}/\",pool=\"default\"}}",
+        "mosaic_gateway_backend_up{{backend=\"ws://{}/\",pool=\"default\",route=\"default\"}}",
         a.local_addr()
     );
     wait_metrics(&gw, "the killed backend to be marked down", |t| {

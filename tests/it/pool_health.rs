@@ -25,7 +25,9 @@ fn backends_yaml(addrs: &[SocketAddr], balance: &str, health: &str) -> String {
 }
 
 fn up_metric(addr: SocketAddr) -> String {
-    format!("mosaic_gateway_backend_up{{backend=\"ws://{addr}/\",pool=\"default\"}}")
+    format!(
+        "mosaic_gateway_backend_up{{backend=\"ws://{addr}/\",pool=\"default\",route=\"default\"}}"
+    )
 }
 
 async fn metrics(gw: &Running) -> String {

@@ -211,8 +211,15 @@ async fn status_page_shows_traffic_pools_and_certificates_and_a_killed_backend_a
     for backend in pool["backends"].as_array().unwrap() {
         assert_eq!(backend["last_check"]["ok"], true, "{backend}");
     }
+    let relays = status["pools"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pool"] == "nostr")
+        .unwrap();
+    assert_eq!(relays["route"], "default");
     assert_eq!(
-        status["nostr_upstream"],
+        relays["backends"][0]["backend"],
         format!("ws://{}/", relay.local_addr())
     );
     let rejected = status["rejections"]
@@ -260,10 +267,12 @@ async fn status_page_shows_traffic_pools_and_certificates_and_a_killed_backend_a
     let url = format!("http://{admin}/");
     let page = open(&browser, &url, 1000, false).await;
     let rows = page_eval(page, ROWS_JS).await;
+    // The Mosaic pool's two backends, then the nostr relay (a pool of one).
     let expected = |state_b: &str| {
         json!([
             [format!("ws://{}/", a.local_addr()), "up", "up"],
             [format!("ws://{}/", b.local_addr()), state_b, state_b],
+            [format!("ws://{}/", relay.local_addr()), "up", "up"],
         ])
     };
     assert_eq!(rows, expected("up"));

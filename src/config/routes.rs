@@ -1,0 +1,201 @@
+//! `routes:` and the nostr relay pool (`nostr.upstreams`, `balance`, `health_check`,
+//! `max_tries`): schema and validation, every problem naming its key.
+
+use serde::Deserialize;
+
+use super::{check_backend, BackendConfig, MosaicConfig, NostrConfig, Scheme, UpstreamUrl};
+use crate::route_table::{HostPattern, PathPrefix, RESERVED_NAME};
+
+/// One entry of `routes:`: which requests it takes (`hosts`, `path_prefix`) and where they
+/// go (its own `nostr` and `mosaic` sections, with every key the top-level ones have).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteConfig {
+    /// The route's name: the `route` label of its metrics and logs.
+    pub name: String,
+    /// Exact names and `*.example.com` wildcards, compared without the port, any case.
+    #[serde(default)]
+    pub hosts: Vec<String>,
+    /// Only requests whose path is this or below it (`/inbox` takes `/inbox` and
+    /// `/inbox/…`, not `/inboxes`).
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    /// The route's nostr relay or relays.
+    #[serde(default)]
+    pub nostr: Option<NostrConfig>,
+    /// The route's Mosaic pool.
+    #[serde(default)]
+    pub mosaic: Option<MosaicConfig>,
+    /// Limits of this route, on top of the global ones.
+    #[serde(default)]
+    pub limits: RouteLimitsConfig,
+}
+
+/// `routes[i].limits`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouteLimitsConfig {
+    /// Open connections on this route at most (503 beyond); the global limit still applies.
+    #[serde(default)]
+    pub max_connections: Option<usize>,
+}
+
+/// How a relay's health is checked (`nostr.health_check.kind`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum NostrProbe {
+    /// `GET` with `Accept: application/nostr+json` (NIP-11); passes on a 2xx answer.
+    #[default]
+    Nip11,
+    /// A WebSocket upgrade; passes on 101.
+    Websocket,
+}
+
+impl NostrConfig {
+    /// The relay pool's entries: `upstream` as a one-member pool, or `upstreams`.
+    pub fn relays(&self) -> Vec<BackendConfig> {
+        match &self.upstream {
+            Some(u) => vec![BackendConfig {
+                url: Some(u.clone()),
+                dns: None,
+                weight: 1,
+                pin: None,
+            }],
+            None => self.upstreams.clone(),
+        }
+    }
+
+    /// Whether any relay is configured (otherwise non-Mosaic upgrades are refused).
+    pub fn serves(&self) -> bool {
+        self.upstream.is_some() || !self.upstreams.is_empty()
+    }
+
+    /// The pool keys (`upstreams`, `health_check`, `max_tries`).
+    pub(super) fn validate_pool(&self, errs: &mut Vec<String>) {
+        if self.upstream.is_some() && !self.upstreams.is_empty() {
+            errs.push(
+                "nostr.upstreams: give either nostr.upstream (one relay) or nostr.upstreams, not both"
+                    .into(),
+            );
+        }
+        for (i, b) in self.upstreams.iter().enumerate() {
+            let key = format!("nostr.upstreams[{i}]");
+            check_backend(&key, b, errs);
+            let wss = b
+                .url
+                .as_deref()
+                .and_then(|u| UpstreamUrl::parse(u).ok())
+                .is_some_and(|u| u.scheme == Scheme::Wss);
+            if wss {
+                errs.push(format!(
+                    "{key}.url: wss:// relays are not supported yet; use ws://"
+                ));
+            }
+        }
+        self.health_check.validate("nostr.health_check", errs);
+        if self.max_tries == 0 {
+            errs.push("nostr.max_tries: must be at least 1".into());
+        }
+    }
+}
+
+/// Checks `routes:`, one line per problem, each naming its key.
+pub(super) fn validate(routes: &[RouteConfig], errs: &mut Vec<String>) {
+    // (host pattern or "", path prefix) → the route that claimed it first.
+    let mut claimed: Vec<(String, String, usize)> = Vec::new();
+    for (i, r) in routes.iter().enumerate() {
+        let key = format!("routes[{i}]");
+        validate_name(routes, i, &key, errs);
+        let prefix = match r.path_prefix.as_deref().map(PathPrefix::parse) {
+            Some(Ok(p)) => Some(p),
+            Some(Err(e)) => {
+                errs.push(format!("{key}.path_prefix: {e}"));
+                None
+            }
+            None => None,
+        };
+        let prefix_text = prefix.as_ref().map_or("", |p| p.as_str()).to_string();
+        if r.hosts.is_empty() && r.path_prefix.is_none() {
+            errs.push(format!(
+                "{key}.hosts: give hosts or a path_prefix (this route would match nothing; the top-level mosaic/nostr sections are the default route)"
+            ));
+        }
+        let mut claims = Vec::new();
+        for (j, h) in r.hosts.iter().enumerate() {
+            match HostPattern::parse(h) {
+                Ok(p) => claims.push((p.to_string(), format!("{key}.hosts[{j}]"))),
+                Err(e) => errs.push(format!("{key}.hosts[{j}]: {e}")),
+            }
+        }
+        if r.hosts.is_empty() {
+            claims.push((String::new(), format!("{key}.path_prefix")));
+        }
+        for (host, at) in claims {
+            match claimed
+                .iter()
+                .find(|(h, p, _)| *h == host && *p == prefix_text)
+            {
+                Some((_, _, first)) if *first != i => errs.push(format!(
+                    "{at}: `{}`{} is already routes[{first}]'s; the same request cannot go to two routes",
+                    if host.is_empty() { "any host" } else { &host },
+                    if prefix_text.is_empty() { String::new() } else { format!(" with path_prefix `{prefix_text}`") },
+                )),
+                Some(_) => errs.push(format!("{at}: `{host}` is listed twice")),
+                None => claimed.push((host, prefix_text.clone(), i)),
+            }
+        }
+        validate_sections(r, &key, errs);
+    }
+}
+
+fn validate_name(routes: &[RouteConfig], i: usize, key: &str, errs: &mut Vec<String>) {
+    let name = &routes[i].name;
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    if !ok {
+        errs.push(format!(
+            "{key}.name: `{name}` must be 1 to 64 letters, digits, `-`, `_` or `.` (it is a metric label)"
+        ));
+    } else if name == RESERVED_NAME {
+        errs.push(format!(
+            "{key}.name: `{RESERVED_NAME}` is the name of the top-level (default) route; choose another"
+        ));
+    }
+    if let Some(first) = routes[..i].iter().position(|r| r.name == *name) {
+        errs.push(format!(
+            "{key}.name: `{name}` is already the name of routes[{first}]; route names must be unique"
+        ));
+    }
+}
+
+/// The route's own sections: reported with the same lines as the top-level ones, under
+/// `routes[i].`.
+fn validate_sections(r: &RouteConfig, key: &str, errs: &mut Vec<String>) {
+    let mut own = Vec::new();
+    match (&r.nostr, &r.mosaic) {
+        (None, None) => errs.push(format!(
+            "{key}: give a nostr or a mosaic section (or both); this route serves nothing"
+        )),
+        (nostr, mosaic) => {
+            if let Some(m) = mosaic {
+                m.require_backends(&mut own);
+                m.validate(&mut own);
+            }
+            if let Some(n) = nostr {
+                if !n.serves() {
+                    own.push(
+                        "nostr.upstreams: list at least one relay (or give nostr.upstream)".into(),
+                    );
+                }
+                n.validate(&mut own);
+            }
+        }
+    }
+    if r.limits.max_connections == Some(0) {
+        own.push("limits.max_connections: must be at least 1".into());
+    }
+    errs.extend(own.into_iter().map(|e| format!("{key}.{e}")));
+}
