@@ -11,6 +11,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+pub use crate::rate_limit::config::{
+    AccessConfig, LimitAction, RateConfig, RateLimitsConfig, SubmissionScope,
+};
 use crate::relay::mosaic::{Validation, DEFAULT_MAX_MESSAGE_BYTES};
 use crate::tls::{CertificateMode, ClientAuth, MinVersion};
 
@@ -52,6 +55,12 @@ pub struct Config {
     /// Connection limits and timeouts.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Rate limits (token buckets), each off unless set.
+    #[serde(default)]
+    pub rate_limits: RateLimitsConfig,
+    /// Client addresses served or refused.
+    #[serde(default)]
+    pub access: AccessConfig,
     /// Which proxies' client-address claims are believed.
     #[serde(default)]
     pub forwarded: ForwardedConfig,
@@ -677,6 +686,8 @@ impl Config {
             n.validate(&mut errs);
         }
         self.limits.validate(&mut errs);
+        self.rate_limits.validate(self.mosaic.validate, &mut errs);
+        self.access.validate(&mut errs);
         for (i, c) in self.forwarded.trusted_proxies.iter().enumerate() {
             if parse_cidr(c).is_err() {
                 errs.push(format!(

@@ -130,6 +130,9 @@ async fn http_passthrough(
     let gw = app.gateway();
     // Identity and origin are the gateway's to assert, on plain HTTP as on upgrades.
     let (client_ip, chain) = real_client(info.peer.ip(), req.headers(), &gw.trusted);
+    if let Some(refused) = crate::rate_limit::refuse_request(&app, &gw, &info, client_ip) {
+        return refused;
+    }
     let h = req.headers_mut();
     for name in [
         "x-mosaic-client-key",

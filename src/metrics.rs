@@ -84,6 +84,10 @@ pub struct Metrics {
     pub http_requests_total: IntCounterVec,
     /// 1 while the gateway drains.
     pub draining: Gauge,
+    /// Rate limits and access lists applied, by protocol and limit.
+    pub rate_limited_total: IntCounterVec,
+    /// Clients remembered by the rate limiters' shared tables, by table.
+    pub rate_limiter_entries: IntGaugeVec,
     /// The Mosaic connections' series.
     pub mosaic: ProtocolMetrics,
     /// The nostr connections' series.
@@ -185,7 +189,27 @@ impl Metrics {
                 &bytes_total,
             )
         });
+        let rate_limited_total = counter(
+            &r,
+            "rate_limited_total",
+            "Connections, messages and bytes held back, answered or refused by a rate limit or access list",
+            &["protocol", "limit"],
+        );
+        for (protocol, limit) in crate::rate_limit::known_series() {
+            rate_limited_total.with_label_values(&[protocol, limit]);
+        }
+        let rate_limiter_entries = int_gauge(
+            &r,
+            "rate_limiter_entries",
+            "Clients (addresses or keys) the rate limiters' shared tables remember",
+            &["table"],
+        );
+        for table in crate::rate_limit::TABLES {
+            rate_limiter_entries.with_label_values(&[table]);
+        }
         Metrics {
+            rate_limited_total,
+            rate_limiter_entries,
             connections_active,
             connections_total,
             handshake_rejections_total: counter(

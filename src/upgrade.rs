@@ -37,6 +37,9 @@ pub(crate) async fn prepare_upgrade(
     let gw = app.gateway();
     let key = validate_upgrade(req).map_err(refuse)?;
     let (who, permit) = admit(app, &gw, info, req).map_err(refuse)?;
+    if let Some(refusal) = crate::rate_limit::admit_upgrade(app, &gw, &info, who.addr, req) {
+        return Err(refusal);
+    }
     let ctx = UpgradeContext {
         app,
         gw: &gw,
@@ -52,6 +55,12 @@ pub(crate) async fn prepare_upgrade(
             max_message_bytes: gw.config.mosaic.max_message_bytes,
         }),
         idle_timeout: gw.config.limits.idle_timeout.0,
+        limits: gw.rate.connection_plan(
+            &app.rate_tables,
+            accepted.protocol,
+            who.addr,
+            info.client_key.as_ref(),
+        ),
     };
     let series = accepted.protocol.metrics(&app.metrics);
     series.connections_total.inc();
