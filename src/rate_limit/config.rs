@@ -202,3 +202,103 @@ impl AccessConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{parse, LimitAction, SubmissionScope};
+
+    const BACKEND: &str = "mosaic:\n  backends:\n    - url: ws://127.0.0.1:8081\n";
+
+    #[test]
+    fn the_issue_example_parses_with_its_defaults() {
+        let c = parse(&format!(
+            "{BACKEND}rate_limits:
+  connections_per_ip: {{ rate: 20, per: 1s, burst: 40 }}
+  messages_per_connection: {{ rate: 100, per: 1s, burst: 200, action: throttle }}
+  bytes_per_connection: {{ rate: 1048576, per: 1s, burst: 2097152 }}
+  mosaic_submissions: {{ rate: 10, per: 1s, burst: 20, scope: client_key }}
+  mosaic_open_queries: 32
+  ipv6_prefix: 56
+access:
+  allow: [0.0.0.0/0, \"::/0\"]
+  deny: [203.0.113.0/24, 2001:db8::1]
+"
+        ))
+        .unwrap();
+        let r = &c.rate_limits;
+        assert_eq!(r.connections_per_ip.as_ref().unwrap().burst(), 40.0);
+        let m = r.messages_per_connection.as_ref().unwrap();
+        assert_eq!(m.action, Some(LimitAction::Throttle));
+        assert_eq!(
+            r.mosaic_submissions.as_ref().unwrap().scope,
+            Some(SubmissionScope::ClientKey)
+        );
+        assert_eq!((r.mosaic_open_queries, r.ipv6_prefix), (Some(32), 56));
+        assert_eq!(c.access.deny.len(), 2);
+        // Nothing set: every limit off; the burst defaults to the rate.
+        let c = parse(&format!(
+            "{BACKEND}rate_limits:\n  connections_per_ip: {{ rate: 2.5 }}\n"
+        ))
+        .unwrap();
+        let r = &c.rate_limits;
+        assert!(r.messages_per_connection.is_none() && r.mosaic_open_queries.is_none());
+        assert_eq!(r.connections_per_ip.as_ref().unwrap().burst(), 3.0);
+        assert_eq!((r.ipv6_prefix, r.table_size), (64, 100_000));
+    }
+
+    #[test]
+    fn every_mistake_names_its_key() {
+        let e = parse(&format!(
+            "{BACKEND}rate_limits:
+  connections_per_ip: {{ rate: 0, per: 0s, burst: 0.5 }}
+  bytes_per_connection: {{ rate: 10, action: close }}
+  messages_per_connection: {{ rate: 10, scope: ip }}
+  mosaic_open_queries: 0
+  ipv6_prefix: 129
+  table_size: 3
+access:
+  allow: [10.0.0.0/8, not-a-net]
+  deny: [300.1.1.1]
+"
+        ))
+        .unwrap_err();
+        let keys: Vec<&str> = e.0.iter().map(|l| l.split(':').next().unwrap()).collect();
+        assert_eq!(
+            keys,
+            [
+                "rate_limits.connections_per_ip.rate",
+                "rate_limits.connections_per_ip.per",
+                "rate_limits.connections_per_ip.burst",
+                "rate_limits.messages_per_connection.scope",
+                "rate_limits.bytes_per_connection.action",
+                "rate_limits.mosaic_open_queries",
+                "rate_limits.ipv6_prefix",
+                "rate_limits.table_size",
+                "access.allow[1]",
+                "access.deny[0]",
+            ],
+            "{e}"
+        );
+        let e = parse(&format!(
+            "{BACKEND}  validate: direction\nrate_limits:\n  mosaic_submissions: {{ rate: 1 }}\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.0[0].starts_with("rate_limits.mosaic_submissions: needs mosaic.validate: strict"),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "{BACKEND}rate_limits:\n  messages_per_connection: {{ rate: 1, action: drop }}\n"
+        ))
+        .unwrap_err();
+        assert!(
+            e.0[0].starts_with("rate_limits.messages_per_connection.action:"),
+            "{e}"
+        );
+        let e = parse(&format!(
+            "{BACKEND}rate_limits:\n  connection_per_ip: {{ rate: 1 }}\n"
+        ))
+        .unwrap_err();
+        assert!(e.0[0].starts_with("rate_limits.connection_per_ip:"), "{e}");
+    }
+}

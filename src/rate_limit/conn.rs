@@ -67,6 +67,10 @@ pub(crate) struct ConnLimiter<'p> {
 /// most about a hundred times a second, however low the rate.
 const MAX_WAKEUPS_PER_SECOND: f64 = 100.0;
 
+/// The longest frame header: a budget always lets the tracker read the next one, even a
+/// budget of one byte (the few bytes over it are owed, and waited for next time).
+const MAX_HEADER: usize = 14;
+
 impl<'p> ConnLimiter<'p> {
     /// Full buckets for a new connection.
     pub(crate) fn new(plan: &'p ConnPlan, now: u64) -> Self {
@@ -90,7 +94,11 @@ impl<'p> ConnLimiter<'p> {
         let Some(spec) = &self.plan.bytes else {
             return len;
         };
-        let budget = usize::try_from(self.bytes.available(spec, now)).unwrap_or(usize::MAX);
+        let budget = match usize::try_from(self.bytes.available(spec, now)) {
+            Ok(0) => 0,
+            Ok(b) => b.max(MAX_HEADER),
+            Err(_) => usize::MAX,
+        };
         scanned.saturating_add(budget).min(len)
     }
 

@@ -438,8 +438,9 @@ async fn forward<R: Source, W: AsyncWrite + Unpin>(
     // After the gateway sent its own close on `dst`, it only reads `src` to see the peer go.
     let mut closing = false;
     let mut out = Vec::new();
-    // A rate limit holding this direction back: while set, nothing more is read.
-    let mut held = false;
+    // A rate limit holding this direction back: while set, nothing more is read; `timed`
+    // says the throttle's timer ends the hold (else a nudge from the peer does).
+    let (mut held, mut timed) = (false, false);
     // The throttle's timer, made the first time a limit throttles this direction.
     let mut throttle: Option<Pin<Box<tokio::time::Sleep>>> = None;
     'relay: loop {
@@ -447,17 +448,18 @@ async fn forward<R: Source, W: AsyncWrite + Unpin>(
             Some(l) if !closing => {
                 let hold =
                     limited_pass(l, &mut tracker, &mut pending, &mut dst, &lane, &mut rep).await;
-                held = true;
+                (held, timed) = (true, false);
                 match hold {
                     Held::No => held = false,
                     Held::For(d) => {
+                        timed = true;
                         let at = tokio::time::Instant::now() + d;
                         match throttle.as_mut() {
                             Some(t) => t.as_mut().reset(at),
                             None => throttle = Some(Box::pin(tokio::time::sleep_until(at))),
                         }
                     }
-                    Held::Answers => throttle = None,
+                    Held::Answers => {}
                     Held::Broken => break 'relay,
                 }
             }
@@ -486,9 +488,9 @@ async fn forward<R: Source, W: AsyncWrite + Unpin>(
                         counters
                             .close_seen
                             .store(tracker.close_seen(), Ordering::Relaxed);
-                        pending.advance(used);
-                        tracker.consumed(used);
                     }
+                    pending.advance(used);
+                    tracker.consumed(used);
                     if let Some(v) = scan.violation {
                         rep.violated = true;
                         violated(v, dir, mine, peer, shared);
@@ -567,8 +569,10 @@ async fn forward<R: Source, W: AsyncWrite + Unpin>(
                 // A limit holds the client back: no reads (TCP backpressure) until the
                 // throttle's time is up, or a nudge says the answers were written.
                 return match throttle.as_mut() {
-                    Some(t) => std::future::Future::poll(t.as_mut(), cx).map(|()| Woke::Resume),
-                    None => Poll::Pending,
+                    Some(t) if timed => {
+                        std::future::Future::poll(t.as_mut(), cx).map(|()| Woke::Resume)
+                    }
+                    _ => Poll::Pending,
                 };
             }
             if pending.capacity() == pending.len() {
@@ -653,7 +657,8 @@ async fn limited_pass<W: AsyncWrite + Unpin>(
             };
             tracker.scan_gated(&mut pending[..limit], &mut gate)
         };
-        limiter.charge_bytes(tracker.scanned() - scanned, now);
+        let progress = tracker.scanned() - scanned;
+        limiter.charge_bytes(progress, now);
         if scan.safe > 0 {
             if dst.write_all(&pending[..scan.safe]).await.is_err() {
                 return Held::Broken;
@@ -691,6 +696,14 @@ async fn limited_pass<W: AsyncWrite + Unpin>(
                 return Held::No;
             }
             None => {}
+        }
+        if progress == 0 && used == 0 {
+            // Nothing more to judge within what was read (or the budget): wait for either.
+            return if limit == pending.len() {
+                Held::No
+            } else {
+                Held::For(limiter.bytes_wait(now))
+            };
         }
     }
 }

@@ -304,7 +304,7 @@ async fn ipv6_clients_are_served_and_reported() {
 
 /// Opens a connection, sends `prefix` (a PROXY header) and then a Mosaic upgrade; returns
 /// the gateway's first answer line.
-async fn upgrade_after(addr: std::net::SocketAddr, prefix: &[u8]) -> String {
+pub(crate) async fn upgrade_after(addr: std::net::SocketAddr, prefix: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let mut bytes = prefix.to_vec();
     bytes.extend_from_slice(UPGRADE.as_bytes());
@@ -321,7 +321,7 @@ async fn upgrade_after(addr: std::net::SocketAddr, prefix: &[u8]) -> String {
     text.lines().next().unwrap_or("").to_string()
 }
 
-fn proxy_v2(src: std::net::SocketAddr, dst: std::net::SocketAddr) -> Vec<u8> {
+pub(crate) fn proxy_v2(src: std::net::SocketAddr, dst: std::net::SocketAddr) -> Vec<u8> {
     let mut h = b"\r\n\r\n\x00\r\nQUIT\n".to_vec();
     h.push(0x21); // version 2, PROXY
     match (src, dst) {

@@ -26,6 +26,7 @@ mod operations;
 mod pool_balancing;
 mod pool_discovery_reload;
 mod pool_health;
+mod rate_limits;
 mod structure;
 mod tls;
 mod tls_edge;
