@@ -9,6 +9,7 @@ use hyper::{Response, StatusCode};
 
 use crate::gateway::Body;
 use crate::metrics::Metrics;
+use crate::rate_limit::Refused;
 
 /// Why an upgrade request is refused before routing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -88,6 +89,37 @@ impl Answer {
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&self.body);
         out
+    }
+}
+
+/// The answer to a client the rate limits or access lists refuse before routing: 403, or
+/// 429 with `Retry-After` in whole seconds (rounded up: a client that waits that long gets
+/// a token). Counted in `handshake_rejections_total{reason}` too.
+pub(crate) fn refusal(metrics: &Metrics, why: Refused) -> Answer {
+    match why {
+        Refused::Denied => reject(
+            metrics,
+            Rejection::new(
+                StatusCode::FORBIDDEN,
+                "this address is not served here",
+                "access_denied",
+            ),
+        ),
+        Refused::TooManyConnections(wait) => {
+            let mut answer = reject(
+                metrics,
+                Rejection::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many new connections from this address",
+                    "connections_per_ip",
+                ),
+            );
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            answer
+                .headers
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            answer
+        }
     }
 }
 

@@ -11,11 +11,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-pub use crate::rate_limit::config::{
-    AccessConfig, LimitAction, RateConfig, RateLimitsConfig, SubmissionScope,
-};
 use crate::relay::mosaic::{Validation, DEFAULT_MAX_MESSAGE_BYTES};
 use crate::tls::{CertificateMode, ClientAuth, MinVersion};
+
+mod rate_limits;
+pub use rate_limits::{AccessConfig, LimitAction, RateConfig, RateLimitsConfig, SubmissionScope};
 
 /// Everything wrong with a config file, one `key.path: what is wrong` line each.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -19,12 +19,13 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::answer::full;
+use crate::answer::{full, refusal};
 use crate::client_addr::real_client;
 use crate::connection::{run_connection, unwrap_client};
 use crate::drain::DrainState;
 use crate::gateway::{App, Body, ConnInfo, Gateway};
 use crate::handshake::{header_value, wants_websocket, ForwardedClient};
+use crate::rate_limit::{Asked, Refused};
 use crate::upgrade::prepare_upgrade;
 
 /// A stream whose first bytes the fast path already read, handed to hyper.
@@ -130,8 +131,11 @@ async fn http_passthrough(
     let gw = app.gateway();
     // Identity and origin are the gateway's to assert, on plain HTTP as on upgrades.
     let (client_ip, chain) = real_client(info.peer.ip(), req.headers(), &gw.trusted);
-    if let Some(refused) = crate::rate_limit::refuse_request(&app, &gw, &info, client_ip) {
-        return refused;
+    if gw
+        .rate
+        .refuses_forwarded(info.peer.ip(), client_ip, Asked::Nostr)
+    {
+        return refusal(&app.metrics, Refused::Denied).into_response();
     }
     let h = req.headers_mut();
     for name in [

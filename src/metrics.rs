@@ -121,6 +121,26 @@ fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
     register(r, name, GaugeVec::new(opts(name, help), labels))
 }
 
+/// `rate_limited_total{protocol,limit}` series known in advance: both protocols for every
+/// limit that applies to them, and `unknown` for connections refused before their request
+/// said which protocol they speak.
+pub const RATE_LIMITED_SERIES: [(&str, &str); 11] = [
+    ("mosaic", "connections"),
+    ("mosaic", "messages"),
+    ("mosaic", "bytes"),
+    ("mosaic", "submissions"),
+    ("mosaic", "open_queries"),
+    ("mosaic", "denied"),
+    ("nostr", "connections"),
+    ("nostr", "messages"),
+    ("nostr", "bytes"),
+    ("nostr", "denied"),
+    ("unknown", "denied"),
+];
+
+/// The `table` label values of `rate_limiter_entries`.
+pub const RATE_LIMITER_TABLES: [&str; 2] = ["connections", "submissions"];
+
 /// Upstream connect times: from half a millisecond on loopback to seconds across regions.
 const CONNECT_BUCKETS: [f64; 13] = [
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
@@ -195,7 +215,7 @@ impl Metrics {
             "Connections, messages and bytes held back, answered or refused by a rate limit or access list",
             &["protocol", "limit"],
         );
-        for (protocol, limit) in crate::rate_limit::known_series() {
+        for (protocol, limit) in RATE_LIMITED_SERIES {
             rate_limited_total.with_label_values(&[protocol, limit]);
         }
         let rate_limiter_entries = int_gauge(
@@ -204,7 +224,7 @@ impl Metrics {
             "Clients (addresses or keys) the rate limiters' shared tables remember",
             &["table"],
         );
-        for table in crate::rate_limit::TABLES {
+        for table in RATE_LIMITER_TABLES {
             rate_limiter_entries.with_label_values(&[table]);
         }
         Metrics {

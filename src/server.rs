@@ -4,8 +4,8 @@
 //! module and each knowing only the stages after it:
 //!
 //! 1. the PROXY header from a trusted load balancer ([`crate::proxy_protocol`]), then the
-//!    access lists on the client's address (`crate::rate_limit`): a refused address is
-//!    closed here, before TLS;
+//!    the access lists on the client's address ([`crate::rate_limit`]): a refused address
+//!    is closed here, before TLS;
 //! 2. TLS ([`crate::tls`]), which also yields the client's ed25519 key;
 //! 3. the first request head ([`crate::request_head`]): a plain request goes to the hyper
 //!    path ([`crate::front`]), an upgrade stays on the fast path below;
@@ -80,7 +80,13 @@ async fn handle_connection(
     let Some(peer) = real_peer(&app, &gw, &tcp, peer, deadline).await else {
         return;
     };
-    if crate::rate_limit::refused_at_accept(&gw, accepted, peer) {
+    let forwarded = &gw.config.forwarded;
+    if gw.rate.refuses_at_accept(
+        &gw.trusted,
+        forwarded.proxy_protocol,
+        accepted.ip(),
+        peer.ip(),
+    ) {
         return;
     }
     let Some(tls) = tls.or_else(|| gw.tls.clone()) else {

@@ -12,7 +12,7 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Request, StatusCode};
 
 use crate::admission::{LimitHit, Permit};
-use crate::answer::{reject, Answer, Rejection};
+use crate::answer::{refusal, reject, Answer, Rejection};
 use crate::client_addr::real_client;
 use crate::connection::{Accepted, ActiveConnection, Prepared, Protocol};
 use crate::gateway::{App, ConnInfo, Gateway};
@@ -21,6 +21,7 @@ use crate::handshake::{
     validate_upgrade, ForwardedClient, X_MOSAIC_FEATURES,
 };
 use crate::pool::{Backend, BackendGuard, Pool};
+use crate::rate_limit::Asked;
 use crate::relay::pump::PumpOptions;
 use crate::relay::tracker::MosaicRules;
 use crate::route::{route, Route};
@@ -37,9 +38,17 @@ pub(crate) async fn prepare_upgrade(
     let gw = app.gateway();
     let key = validate_upgrade(req).map_err(refuse)?;
     let (who, permit) = admit(app, &gw, info, req).map_err(refuse)?;
-    if let Some(refusal) = crate::rate_limit::admit_upgrade(app, &gw, &info, who.addr, req) {
-        return Err(refusal);
-    }
+    let asked = || match route(
+        &offered_protocols(req.headers()),
+        &gw.config.mosaic.subprotocols,
+        true,
+    ) {
+        Route::Mosaic(_) => Asked::Mosaic,
+        _ => Asked::Nostr,
+    };
+    gw.rate
+        .admit_connection(&app.rate_tables, info.peer.ip(), who.addr, asked)
+        .map_err(|why| refusal(&app.metrics, why))?;
     let ctx = UpgradeContext {
         app,
         gw: &gw,
@@ -55,9 +64,9 @@ pub(crate) async fn prepare_upgrade(
             max_message_bytes: gw.config.mosaic.max_message_bytes,
         }),
         idle_timeout: gw.config.limits.idle_timeout.0,
-        limits: gw.rate.connection_plan(
+        limits: gw.rate.connection_limiter(
             &app.rate_tables,
-            accepted.protocol,
+            accepted.protocol == Protocol::Mosaic,
             who.addr,
             info.client_key.as_ref(),
         ),

@@ -1,59 +1,26 @@
-//! One connection's limits while it is relayed: its message, byte and Submission buckets,
-//! its open-query cap, and the [`Gate`] the tracker asks at message boundaries.
+//! One connection's rate limits while it is relayed: the buckets of its [`ConnPlan`]
+//! (messages, bytes, Submissions) and its open-query cap, behind the relay's [`Limiter`].
 //!
 //! Only connections with a limit configured have one; the relay of the others never
 //! reaches this code.
 
 use std::collections::HashSet;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
-use prometheus::IntCounter;
-
-use super::bucket::{Bucket, Spec};
-use super::config::LimitAction;
-use super::table::{Key, Table};
+use super::bucket::{now_ns, Bucket, Spec};
+use super::{ConnPlan, LimitAction, Submissions};
+use crate::relay::limiter::Limiter;
 use crate::relay::mosaic::{
     GatewayMessage, MosaicMessageType, QueryEvent, QUERY_CLOSED_TOO_OPEN, SUBMISSION_TOO_FAST,
 };
-use crate::relay::tracker::{Admit, Gate, HEAD_BYTES};
-
-/// `rate_limited_total{protocol,limit}` for the limits a relayed connection applies.
-#[derive(Clone)]
-pub(crate) struct LimitCounters {
-    pub(crate) messages: IntCounter,
-    pub(crate) bytes: IntCounter,
-    pub(crate) submissions: IntCounter,
-    pub(crate) open_queries: IntCounter,
-}
-
-/// Whose bucket a Submission takes from.
-#[derive(Clone)]
-pub(crate) enum Submissions {
-    /// The connection's own.
-    Connection(Spec),
-    /// One shared by every connection with this key.
-    Shared {
-        table: Arc<Table>,
-        key: Key,
-        spec: Spec,
-        cap: usize,
-    },
-}
-
-/// What limits one connection has, decided when it is set up.
-#[derive(Clone)]
-pub(crate) struct ConnPlan {
-    pub(crate) messages: Option<(Spec, LimitAction)>,
-    pub(crate) bytes: Option<Spec>,
-    pub(crate) submissions: Option<Submissions>,
-    pub(crate) open_queries: Option<usize>,
-    pub(crate) counters: LimitCounters,
-}
+use crate::relay::tracker::{Admit, HEAD_BYTES};
 
 /// A connection's buckets, client to upstream.
-pub(crate) struct ConnLimiter<'p> {
-    plan: &'p ConnPlan,
+pub(crate) struct ConnLimiter {
+    plan: ConnPlan,
+    /// The clock, read once per pass of the relay.
+    now: u64,
     messages: Bucket,
     bytes: Bucket,
     submissions: Bucket,
@@ -71,26 +38,48 @@ const MAX_WAKEUPS_PER_SECOND: f64 = 100.0;
 /// budget of one byte (the few bytes over it are owed, and waited for next time).
 const MAX_HEADER: usize = 14;
 
-impl<'p> ConnLimiter<'p> {
+impl ConnLimiter {
     /// Full buckets for a new connection.
-    pub(crate) fn new(plan: &'p ConnPlan, now: u64) -> Self {
+    pub(crate) fn new(plan: ConnPlan) -> Self {
+        let now = now_ns();
         let full = |s: Option<&Spec>| s.map_or(Bucket::unused(), |s| Bucket::full(s, now));
         let submission_spec = match &plan.submissions {
             Some(Submissions::Connection(s)) => Some(s),
             _ => None,
         };
         ConnLimiter {
-            plan,
             messages: full(plan.messages.as_ref().map(|m| &m.0)),
             bytes: full(plan.bytes.as_ref()),
             submissions: full(submission_spec),
+            plan,
+            now,
             message_held: false,
             bytes_held: false,
         }
     }
 
-    /// How far into a buffer of `len` bytes the tracker may scan, having scanned `scanned`.
-    pub(crate) fn scan_limit(&mut self, scanned: usize, len: usize, now: u64) -> usize {
+    fn submission_passes(&mut self) -> bool {
+        let now = self.now;
+        match &self.plan.submissions {
+            None => true,
+            Some(Submissions::Connection(spec)) => self.submissions.take(spec, now, 1.0).is_ok(),
+            Some(Submissions::Shared {
+                table,
+                key,
+                spec,
+                cap,
+            }) => table.take(*key, spec, *cap, now).is_ok(),
+        }
+    }
+}
+
+impl Limiter for ConnLimiter {
+    fn start_pass(&mut self) {
+        self.now = now_ns();
+    }
+
+    fn scan_limit(&mut self, scanned: usize, len: usize) -> usize {
+        let now = self.now;
         let Some(spec) = &self.plan.bytes else {
             return len;
         };
@@ -102,16 +91,16 @@ impl<'p> ConnLimiter<'p> {
         scanned.saturating_add(budget).min(len)
     }
 
-    /// Counts `n` bytes scanned (client to upstream).
-    pub(crate) fn charge_bytes(&mut self, n: usize, now: u64) {
+    fn charge_bytes(&mut self, n: usize) {
+        let now = self.now;
         if let (Some(spec), true) = (&self.plan.bytes, n > 0) {
             self.bytes.charge(spec, now, n as u64);
             self.bytes_held = false;
         }
     }
 
-    /// How long to stop reading until the byte budget is worth scanning again.
-    pub(crate) fn bytes_wait(&mut self, now: u64) -> Duration {
+    fn bytes_wait(&mut self) -> Duration {
+        let now = self.now;
         let Some(spec) = &self.plan.bytes else {
             return Duration::ZERO;
         };
@@ -125,7 +114,8 @@ impl<'p> ConnLimiter<'p> {
         self.bytes.wait_for(spec, now, grant)
     }
 
-    fn message_start(&mut self, now: u64) -> Admit {
+    fn message_start(&mut self) -> Admit {
+        let now = self.now;
         let Some((spec, action)) = &self.plan.messages else {
             return Admit::Pass;
         };
@@ -148,26 +138,12 @@ impl<'p> ConnLimiter<'p> {
         }
     }
 
-    fn submission_passes(&mut self, now: u64) -> bool {
-        match &self.plan.submissions {
-            None => true,
-            Some(Submissions::Connection(spec)) => self.submissions.take(spec, now, 1.0).is_ok(),
-            Some(Submissions::Shared {
-                table,
-                key,
-                spec,
-                cap,
-            }) => table.take(*key, spec, *cap, now).is_ok(),
-        }
-    }
-
     fn mosaic_head(
         &mut self,
         head: &[u8],
         ended: bool,
         query: Option<QueryEvent>,
         queries: &Mutex<HashSet<[u8; 2]>>,
-        now: u64,
     ) -> Admit {
         let is_submission = head.first().copied().and_then(MosaicMessageType::from_byte)
             == Some(MosaicMessageType::Submission);
@@ -176,7 +152,7 @@ impl<'p> ConnLimiter<'p> {
             if head.len() < HEAD_BYTES && !ended {
                 return Admit::NeedMore;
             }
-            if !self.submission_passes(now) {
+            if !self.submission_passes() {
                 self.plan.counters.submissions.inc();
                 tracing::debug!("mosaic_submissions: answered 0x12 (too fast)");
                 return Admit::Skip(GatewayMessage::submission_result(SUBMISSION_TOO_FAST, head));
@@ -208,23 +184,5 @@ impl<'p> ConnLimiter<'p> {
             }
         }
         Admit::Pass
-    }
-}
-
-/// The [`Gate`] of one scan: the limiter, the connection's open queries, the scan's time.
-pub(crate) struct ConnGate<'a, 'p> {
-    pub(crate) limiter: &'a mut ConnLimiter<'p>,
-    pub(crate) queries: &'a Mutex<HashSet<[u8; 2]>>,
-    pub(crate) now: u64,
-}
-
-impl Gate for ConnGate<'_, '_> {
-    fn message_start(&mut self) -> Admit {
-        self.limiter.message_start(self.now)
-    }
-
-    fn mosaic_head(&mut self, head: &[u8], ended: bool, query: Option<QueryEvent>) -> Admit {
-        self.limiter
-            .mosaic_head(head, ended, query, self.queries, self.now)
     }
 }

@@ -1,77 +1,40 @@
-//! Abuse control at the edge (issue 14): access lists, rate limits that answer in the
-//! protocol, and throttling that loses nothing.
+//! Abuse control at the edge (issue 14): access lists, and rate limits that answer in the
+//! protocol and throttle without losing anything.
 //!
-//! Every limit is off unless configured, and costs nothing when off: a [`Policy`] (one per
-//! configuration generation) says which limits exist; a connection that has none relays
-//! exactly as before. Where each limit acts:
+//! This module decides; the stages of the pipeline act. Every limit is off unless
+//! configured, and costs nothing when off: a [`Policy`] (one per configuration generation)
+//! says which limits exist, and a connection that has none relays exactly as before.
 //!
-//! | limit | where | answer |
-//! |---|---|---|
-//! | `access.allow` / `deny` | right after accept (and the PROXY header), before TLS; per request behind a trusted X-Forwarded-For proxy | connection closed (403 per request) |
-//! | `connections_per_ip` | the upgrade request, before routing | 429 with `Retry-After` |
-//! | `messages_per_connection` | each message's first frame header (the tracker) | stop reading until tokens refill, or close 1008 |
-//! | `bytes_per_connection` | what the tracker may scan of what was read | stop reading until tokens refill |
-//! | `mosaic_submissions` | a Submission's judged head | Submission Result 0x12 from the gateway; not forwarded |
-//! | `mosaic_open_queries` | a Query's judged head | Query Closed 0x11 from the gateway; not forwarded |
+//! | limit | decided by | applied in | answer |
+//! |---|---|---|---|
+//! | `access.allow` / `deny` | [`Policy::refuses_at_accept`], [`Policy::refuses_forwarded`] | `server` (right after accept and the PROXY header, before TLS); `upgrade`, `front` per request behind a trusted X-Forwarded-For proxy | connection closed; 403 per request |
+//! | `connections_per_ip` | [`Policy::admit_connection`] | `upgrade`, before routing | 429 with `Retry-After` |
+//! | `messages_per_connection`, `bytes_per_connection`, `mosaic_submissions`, `mosaic_open_queries` | the connection's [`ConnLimiter`] | the relay, through its `Limiter` interface, at the tracker's message boundaries | throttle (stop reading), close 1008, Submission Result 0x12, Query Closed 0x11 |
 //!
 //! Buckets shared between connections (per address, per client key) live in [`Tables`],
-//! which outlive configuration reloads and stay bounded (see [`table`]).
+//! which outlive configuration reloads and stay bounded (see `table`).
 
 mod access;
 mod bucket;
-pub mod config;
 mod conn;
 mod table;
 
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::Duration;
 
-use hyper::header::{self, HeaderValue};
-use hyper::{Request, Response, StatusCode};
 use prometheus::IntCounter;
 
-use crate::answer::{reject, Answer, Rejection};
-use crate::client_addr::canonical;
-use crate::config::Config;
-use crate::connection::Protocol;
-use crate::gateway::{App, Body, ConnInfo, Gateway};
-use crate::handshake::offered_protocols;
-use crate::metrics::Metrics;
+use crate::client_addr::{canonical, TrustedProxies};
+use crate::config::LimitAction;
+use crate::config::{Config, RateConfig, SubmissionScope};
+use crate::metrics::{Metrics, RATE_LIMITER_TABLES};
 
+use crate::relay::limiter::Limiter;
 use access::AccessList;
-pub(crate) use bucket::now_ns;
-use bucket::Spec;
-use config::{LimitAction, RateConfig, SubmissionScope};
-pub(crate) use conn::{ConnGate, ConnLimiter, ConnPlan};
-use conn::{LimitCounters, Submissions};
+use bucket::{now_ns, Spec};
+use conn::ConnLimiter;
 use table::{Key, Table};
-
-/// The `limit` label values of `rate_limited_total`.
-const LIMITS: [&str; 6] = [
-    "connections",
-    "messages",
-    "bytes",
-    "submissions",
-    "open_queries",
-    "denied",
-];
-
-/// Label values of `rate_limited_total{protocol,limit}` known in advance: both protocols
-/// for every limit that applies to them, and `unknown` for connections refused before
-/// their request said which protocol they speak.
-pub(crate) fn known_series() -> Vec<(&'static str, &'static str)> {
-    let mut v: Vec<_> = LIMITS.iter().map(|l| ("mosaic", *l)).collect();
-    v.extend(
-        ["connections", "messages", "bytes", "denied"]
-            .iter()
-            .map(|l| ("nostr", *l)),
-    );
-    v.push(("unknown", "denied"));
-    v
-}
-
-/// The `table` label values of `rate_limiter_entries`.
-pub(crate) const TABLES: [&str; 2] = ["connections", "submissions"];
 
 /// The buckets shared between connections: per client address (or key). Process-wide, so a
 /// reload neither forgets nor resets them.
@@ -85,10 +48,58 @@ impl Tables {
     pub(crate) fn new(metrics: &Metrics) -> Tables {
         let size = |t: &str| metrics.rate_limiter_entries.with_label_values(&[t]);
         Tables {
-            connections: Table::new(size(TABLES[0])),
-            submissions: Arc::new(Table::new(size(TABLES[1]))),
+            connections: Table::new(size(RATE_LIMITER_TABLES[0])),
+            submissions: Arc::new(Table::new(size(RATE_LIMITER_TABLES[1]))),
         }
     }
+}
+
+/// `rate_limited_total{protocol,limit}` for the limits a relayed connection applies.
+#[derive(Clone)]
+struct LimitCounters {
+    messages: IntCounter,
+    bytes: IntCounter,
+    submissions: IntCounter,
+    open_queries: IntCounter,
+}
+
+/// Whose bucket a Submission takes from.
+enum Submissions {
+    /// The connection's own.
+    Connection(Spec),
+    /// One shared by every connection with this key.
+    Shared {
+        table: Arc<Table>,
+        key: Key,
+        spec: Spec,
+        cap: usize,
+    },
+}
+
+/// The limits one relayed connection applies, client to upstream, decided when it is set
+/// up ([`ConnLimiter`] keeps their buckets).
+struct ConnPlan {
+    messages: Option<(Spec, LimitAction)>,
+    bytes: Option<Spec>,
+    submissions: Option<Submissions>,
+    open_queries: Option<usize>,
+    counters: LimitCounters,
+}
+
+/// Why a client is refused before its connection is routed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refused {
+    /// The access lists refuse its address (403).
+    Denied,
+    /// Over `connections_per_ip`; a token is there after this long (429, `Retry-After`).
+    TooManyConnections(Duration),
+}
+
+/// The protocol label of a refusal: what the request asked for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Asked {
+    Mosaic,
+    Nostr,
 }
 
 /// Counters resolved once per generation.
@@ -162,16 +173,84 @@ impl Policy {
         }
     }
 
-    /// The limits a relayed connection applies, or `None` when it has none (its relay then
-    /// does no limiter work at all).
-    pub(crate) fn connection_plan(
+    /// Stage 1: whether the connection from `real` (the address the PROXY header gave, else
+    /// the peer `accepted`) is refused, right after accept and before TLS. Behind a trusted
+    /// proxy that sends X-Forwarded-For instead (`proxy_protocol` off), the client's address
+    /// comes with each request: see [`Policy::refuses_forwarded`].
+    pub(crate) fn refuses_at_accept(
+        &self,
+        trusted: &TrustedProxies,
+        proxy_protocol: bool,
+        accepted: IpAddr,
+        real: IpAddr,
+    ) -> bool {
+        let Some(access) = &self.access else {
+            return false;
+        };
+        let forwarded_later = !proxy_protocol && trusted.contains(accepted);
+        if forwarded_later || access.permits(real) {
+            return false;
+        }
+        self.series.denied[2].inc();
+        tracing::debug!(client = %real, "access: address refused, connection closed");
+        true
+    }
+
+    /// Whether a request whose client address `client` a trusted proxy forwarded (the
+    /// connection came from `peer`) is refused by the access lists.
+    pub(crate) fn refuses_forwarded(&self, peer: IpAddr, client: IpAddr, asked: Asked) -> bool {
+        let Some(access) = &self.access else {
+            return false;
+        };
+        if canonical(peer) == client || access.permits(client) {
+            return false;
+        }
+        self.series.denied[asked as usize].inc();
+        tracing::debug!(%client, "access: forwarded address refused");
+        true
+    }
+
+    /// The limits on a new WebSocket connection from `client` (through `peer`), before
+    /// routing: the access lists for a forwarded address, then `connections_per_ip`.
+    pub(crate) fn admit_connection(
         &self,
         tables: &Tables,
-        protocol: Protocol,
+        peer: IpAddr,
+        client: IpAddr,
+        asked: impl FnOnce() -> Asked,
+    ) -> Result<(), Refused> {
+        if self.access.is_none() && self.connections.is_none() {
+            return Ok(());
+        }
+        let asked = asked();
+        if self.refuses_forwarded(peer, client, asked) {
+            return Err(Refused::Denied);
+        }
+        let Some(spec) = &self.connections else {
+            return Ok(());
+        };
+        let key = Key::ip(client, self.ipv6_prefix);
+        let wait = match tables
+            .connections
+            .take(key, spec, self.table_size, now_ns())
+        {
+            Ok(()) => return Ok(()),
+            Err(wait) => wait,
+        };
+        self.series.connections[asked as usize].inc();
+        tracing::debug!(%client, "connections_per_ip: over the rate, 429");
+        Err(Refused::TooManyConnections(wait))
+    }
+
+    /// The limiter of a relayed connection, its buckets full, or `None` when it has no
+    /// limits (its relay then does no limiter work at all).
+    pub(crate) fn connection_limiter(
+        &self,
+        tables: &Tables,
+        mosaic: bool,
         client: IpAddr,
         client_key: Option<&[u8; 32]>,
-    ) -> Option<Box<ConnPlan>> {
-        let mosaic = protocol == Protocol::Mosaic;
+    ) -> Option<Box<dyn Limiter>> {
         let submissions = self.submissions.filter(|_| mosaic).map(|(spec, scope)| {
             let shared = |key| Submissions::Shared {
                 table: tables.submissions.clone(),
@@ -195,128 +274,17 @@ impl Policy {
         {
             return None;
         }
-        let counters = match protocol {
-            Protocol::Mosaic => &self.series.mosaic,
-            Protocol::Nostr => &self.series.nostr,
+        let counters = if mosaic {
+            &self.series.mosaic
+        } else {
+            &self.series.nostr
         };
-        Some(Box::new(ConnPlan {
+        Some(Box::new(ConnLimiter::new(ConnPlan {
             messages: self.messages,
             bytes: self.bytes,
             submissions,
             open_queries,
             counters: counters.clone(),
-        }))
+        })))
     }
-
-    fn denied(&self, protocol: Option<Protocol>) -> &IntCounter {
-        &self.series.denied[match protocol {
-            Some(Protocol::Mosaic) => 0,
-            Some(Protocol::Nostr) => 1,
-            None => 2,
-        }]
-    }
-}
-
-/// Stage 1 of the pipeline: whether the connection from `real` (the address the PROXY
-/// header gave, else the peer `accepted`) is refused by `access`, right after accept and
-/// before TLS. Behind a trusted proxy that sends X-Forwarded-For instead, the client's
-/// address comes with each request ([`admit_upgrade`], [`refuse_request`]).
-pub(crate) fn refused_at_accept(gw: &Gateway, accepted: SocketAddr, real: SocketAddr) -> bool {
-    let Some(access) = &gw.rate.access else {
-        return false;
-    };
-    let forwarded_later = !gw.config.forwarded.proxy_protocol && gw.trusted.contains(accepted.ip());
-    if forwarded_later || access.permits(real.ip()) {
-        return false;
-    }
-    gw.rate.denied(None).inc();
-    tracing::debug!(client = %real, "access: address refused, connection closed");
-    true
-}
-
-/// The protocol an upgrade asks for, for the metrics of a refusal before routing.
-fn asked_protocol(gw: &Gateway, req: &Request<()>) -> Protocol {
-    let tokens = &gw.config.mosaic.subprotocols;
-    if offered_protocols(req.headers())
-        .iter()
-        .any(|t| tokens.contains(t))
-    {
-        Protocol::Mosaic
-    } else {
-        Protocol::Nostr
-    }
-}
-
-/// Whether `client` was told by a trusted proxy's X-Forwarded-For (then the access lists
-/// were not applied at accept).
-fn forwarded(info: &ConnInfo, client: IpAddr) -> bool {
-    canonical(info.peer.ip()) != client
-}
-
-/// The limits on a new WebSocket connection from `client`, checked before routing: the
-/// access lists for an address a trusted proxy forwarded (403), then
-/// `connections_per_ip` (429 with `Retry-After`). `Some`: the refusal to answer.
-pub(crate) fn admit_upgrade(
-    app: &App,
-    gw: &Gateway,
-    info: &ConnInfo,
-    client: IpAddr,
-    req: &Request<()>,
-) -> Option<Answer> {
-    let policy = &gw.rate;
-    if let Some(access) = &policy.access {
-        if forwarded(info, client) && !access.permits(client) {
-            policy.denied(Some(asked_protocol(gw, req))).inc();
-            tracing::debug!(%client, "access: forwarded address refused");
-            return Some(reject(&app.metrics, forbidden()));
-        }
-    }
-    let spec = policy.connections.as_ref()?;
-    let key = Key::ip(client, policy.ipv6_prefix);
-    let wait = app
-        .rate_tables
-        .connections
-        .take(key, spec, policy.table_size, now_ns())
-        .err()?;
-    let protocol = asked_protocol(gw, req);
-    policy.series.connections[usize::from(protocol == Protocol::Nostr)].inc();
-    tracing::debug!(%client, "connections_per_ip: over the rate, 429");
-    let mut answer = reject(
-        &app.metrics,
-        Rejection::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "too many new connections from this address",
-            "connections_per_ip",
-        ),
-    );
-    // Whole seconds, rounded up: a client that waits that long gets a token.
-    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
-    answer
-        .headers
-        .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
-    Some(answer)
-}
-
-fn forbidden() -> Rejection {
-    Rejection::new(
-        StatusCode::FORBIDDEN,
-        "this address is not served here",
-        "access_denied",
-    )
-}
-
-/// A plain HTTP request (NIP-11, the relay's page) from an address a trusted proxy
-/// forwarded and the access lists refuse: its 403.
-pub(crate) fn refuse_request(
-    app: &App,
-    gw: &Gateway,
-    info: &ConnInfo,
-    client: IpAddr,
-) -> Option<Response<Body>> {
-    let access = gw.rate.access.as_ref()?;
-    if !forwarded(info, client) || access.permits(client) {
-        return None;
-    }
-    gw.rate.denied(Some(Protocol::Nostr)).inc();
-    Some(reject(&app.metrics, forbidden()).into_response())
 }

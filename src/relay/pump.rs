@@ -7,7 +7,7 @@
 //! Closed on drain, the rate limits' answers) are injected by the direction that owns the
 //! writer, at a frame boundary.
 //!
-//! A connection with rate limits has a [`ConnLimiter`] on its client-to-upstream direction:
+//! A connection with rate limits has a [`Limiter`] on its client-to-upstream direction:
 //! the tracker asks it at message boundaries, and a throttled direction stops reading until
 //! its tokens refill, so TCP backpressure slows the client and nothing is lost or reordered.
 //! A connection without limits never touches it.
@@ -25,8 +25,8 @@ use futures_util::task::AtomicWaker;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::drain::DrainSignal;
-use crate::rate_limit::{now_ns, ConnGate, ConnLimiter, ConnPlan};
 use crate::relay::frame::{encode_close, encode_frame};
+use crate::relay::limiter::{ConnGate, Limiter};
 use crate::relay::mosaic::{
     query_closed, Direction, GatewayMessage, QueryEvent, Violation, QUERY_CLOSED_SHUTTING_DOWN,
 };
@@ -168,14 +168,13 @@ impl Traffic {
 const FOLD_EVERY: Duration = Duration::from_secs(5);
 
 /// Settings for one relayed connection.
-#[derive(Clone)]
 pub struct PumpOptions {
     /// `Some` on Mosaic connections: inspect every message.
     pub mosaic: Option<MosaicRules>,
     /// Close with 1001 after this long without traffic either way.
     pub idle_timeout: Duration,
     /// The connection's rate limits, client to upstream; `None`: no limiter work at all.
-    pub(crate) limits: Option<Box<ConnPlan>>,
+    pub(crate) limits: Option<Box<dyn Limiter>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -425,7 +424,7 @@ async fn forward<R: Source, W: AsyncWrite + Unpin>(
     mut pending: BytesMut,
     rules: Option<MosaicRules>,
     lane: Lane<'_>,
-    mut limiter: Option<&mut ConnLimiter<'_>>,
+    mut limiter: Option<&mut (dyn Limiter + 'static)>,
 ) -> DirReport {
     let (dir, mine, peer, shared) = (lane.dir, lane.mine, lane.peer, lane.shared);
     let mut tracker = Tracker::new(dir, rules);
@@ -628,7 +627,7 @@ async fn forward<R: Source, W: AsyncWrite + Unpin>(
 /// budget, asks the limiter at message boundaries, drops skipped messages and queues the
 /// gateway's answers. Says what holds the direction back before it may read again.
 async fn limited_pass<W: AsyncWrite + Unpin>(
-    limiter: &mut ConnLimiter<'_>,
+    limiter: &mut (dyn Limiter + 'static),
     tracker: &mut Tracker,
     pending: &mut BytesMut,
     dst: &mut W,
@@ -636,7 +635,7 @@ async fn limited_pass<W: AsyncWrite + Unpin>(
     rep: &mut DirReport,
 ) -> Held {
     let (dir, mine, peer, shared) = (lane.dir, lane.mine, lane.peer, lane.shared);
-    let now = now_ns();
+    limiter.start_pass();
     loop {
         if peer.answers_waiting() >= MAX_QUEUED_ANSWERS {
             return Held::Answers;
@@ -645,20 +644,19 @@ async fn limited_pass<W: AsyncWrite + Unpin>(
         if scanned == pending.len() {
             return Held::No;
         }
-        let limit = limiter.scan_limit(scanned, pending.len(), now);
+        let limit = limiter.scan_limit(scanned, pending.len());
         if limit <= scanned {
-            return Held::For(limiter.bytes_wait(now));
+            return Held::For(limiter.bytes_wait());
         }
         let scan: Scan = {
             let mut gate = ConnGate {
                 limiter: &mut *limiter,
                 queries: &shared.queries,
-                now,
             };
             tracker.scan_gated(&mut pending[..limit], &mut gate)
         };
         let progress = tracker.scanned() - scanned;
-        limiter.charge_bytes(progress, now);
+        limiter.charge_bytes(progress);
         if scan.safe > 0 {
             if dst.write_all(&pending[..scan.safe]).await.is_err() {
                 return Held::Broken;
@@ -702,7 +700,7 @@ async fn limited_pass<W: AsyncWrite + Unpin>(
             return if limit == pending.len() {
                 Held::No
             } else {
-                Held::For(limiter.bytes_wait(now))
+                Held::For(limiter.bytes_wait())
             };
         }
     }
@@ -745,7 +743,7 @@ pub struct Pump<'a, F> {
 pub async fn relay<CR, CW, UR, UW, F>(
     client: Side<CR, CW>,
     upstream: Side<UR, UW>,
-    pump: &Pump<'_, F>,
+    pump: Pump<'_, F>,
 ) -> RelayReport
 where
     CR: Source,
@@ -754,12 +752,9 @@ where
     UW: AsyncWrite + Unpin,
     F: Fn(Traffic) + Sync,
 {
-    let opts = &pump.opts;
+    let Pump { opts, drain, fold } = pump;
     // Boxed: a connection without limits carries one null pointer for them, no buckets.
-    let mut limiter = opts
-        .limits
-        .as_deref()
-        .map(|plan| Box::new(ConnLimiter::new(plan, now_ns())));
+    let mut limiter = opts.limits;
     let controls = Controls {
         to_client: Control::new(),
         to_upstream: Control::new(),
@@ -821,7 +816,7 @@ where
                 clock.direction_ended(&r, Closer::Upstream);
                 down_rep = Some(r);
             }
-            close_by = std::future::poll_fn(|cx| pump.drain.poll_fired(cx)), if !clock.drain_seen => {
+            close_by = std::future::poll_fn(|cx| drain.poll_fired(cx)), if !clock.drain_seen => {
                 if opts.mosaic.is_some() {
                     controls.to_client.send(Command::CloseQueries);
                 }
@@ -830,7 +825,7 @@ where
             () = &mut timer => {
                 // Force a re-arm on the next turn even if the deadline is unchanged.
                 armed_for = tokio::time::Instant::now();
-                if clock.on_timer(&turn, &shared, &controls, pump.fold) == Tick::Stop {
+                if clock.on_timer(&turn, &shared, &controls, fold) == Tick::Stop {
                     break;
                 }
             }
@@ -842,7 +837,7 @@ where
     };
     let violation = shared.violation.lock().ok().and_then(|v| *v);
     let total = shared.traffic();
-    (pump.fold)(total.since(clock.folded));
+    fold(total.since(clock.folded));
     RelayReport {
         bytes_up: total.bytes_up,
         bytes_down: total.bytes_down,

@@ -3,7 +3,7 @@
 
 use serde::Deserialize;
 
-use crate::config::{parse_cidr, DurationStr};
+use super::{parse_cidr, DurationStr};
 use crate::relay::mosaic::Validation;
 
 /// `rate_limits:`: token buckets (a burst, then a steady rate), each off unless set.
