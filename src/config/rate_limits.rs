@@ -279,26 +279,23 @@ access:
             ],
             "{e}"
         );
-        let e = parse(&format!(
-            "{BACKEND}  validate: direction\nrate_limits:\n  mosaic_submissions: {{ rate: 1 }}\n"
-        ))
-        .unwrap_err();
-        assert!(
-            e.0[0].starts_with("rate_limits.mosaic_submissions: needs mosaic.validate: strict"),
-            "{e}"
-        );
-        let e = parse(&format!(
-            "{BACKEND}rate_limits:\n  messages_per_connection: {{ rate: 1, action: drop }}\n"
-        ))
-        .unwrap_err();
-        assert!(
-            e.0[0].starts_with("rate_limits.messages_per_connection.action:"),
-            "{e}"
-        );
-        let e = parse(&format!(
-            "{BACKEND}rate_limits:\n  connection_per_ip: {{ rate: 1 }}\n"
-        ))
-        .unwrap_err();
-        assert!(e.0[0].starts_with("rate_limits.connection_per_ip:"), "{e}");
+        // One mistake each: the first line names the key.
+        for (yaml, key) in [
+            (
+                "  validate: direction\nrate_limits:\n  mosaic_submissions: { rate: 1 }\n",
+                "rate_limits.mosaic_submissions: needs mosaic.validate: strict",
+            ),
+            (
+                "rate_limits:\n  messages_per_connection: { rate: 1, action: drop }\n",
+                "rate_limits.messages_per_connection.action:",
+            ),
+            (
+                "rate_limits:\n  connection_per_ip: { rate: 1 }\n",
+                "rate_limits.connection_per_ip:",
+            ),
+        ] {
+            let e = parse(&format!("{BACKEND}{yaml}")).unwrap_err();
+            assert!(e.0[0].starts_with(key), "{e}");
+        }
     }
 }

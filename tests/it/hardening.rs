@@ -53,12 +53,7 @@ async fn per_address_cap_answers_429_counted_on_the_real_client_address() {
         "limits:\n  max_connections_per_ip: 1\nforwarded:\n  trusted_proxies: [127.0.0.0/8]\n",
     )
     .await;
-    let via = |ip: &'static str| {
-        [
-            ("Sec-WebSocket-Protocol", "mosaic2024"),
-            ("X-Forwarded-For", ip),
-        ]
-    };
+    let via = mosaic_via;
     let (first, _) = connect(gw.public_addr, &via("198.51.100.1")).await.unwrap();
     assert_eq!(
         refused_status(gw.public_addr, &via("198.51.100.1")).await,
