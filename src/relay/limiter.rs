@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::relay::mosaic::QueryEvent;
-use crate::relay::tracker::{Admit, Gate};
+use crate::relay::tracker::{Admit, Gate, HEAD_BYTES};
 
 /// A connection's rate limits, as the relay applies them.
 pub(crate) trait Limiter: Send {
@@ -41,6 +41,9 @@ pub(crate) struct ConnGate<'a> {
 }
 
 impl Gate for ConnGate<'_> {
+    // Submission Results echo a record's first 32 bytes.
+    const HEAD_LEN: usize = HEAD_BYTES;
+
     fn message_start(&mut self) -> Admit {
         self.limiter.message_start()
     }

@@ -49,6 +49,9 @@ pub enum Admit {
 /// message (after [`Admit::Wait`] or [`Admit::NeedMore`]); only a final decision may have
 /// effects (taking tokens, counting).
 pub trait Gate {
+    /// How many of a message's first bytes this gate is shown (at most [`HEAD_BYTES`]);
+    /// enough for the layouts unless it answers Submissions.
+    const HEAD_LEN: usize = 8;
     /// A data message starts: its first frame header is in.
     fn message_start(&mut self) -> Admit;
     /// A client's Mosaic message passed the rules: `head` is its first bytes (up to
@@ -438,7 +441,8 @@ impl Tracker {
         let mut step = Step::Continue;
         if data && !self.judged {
             if let Some(rules) = self.rules {
-                let take = (self.head.len() - self.head_len).min(chunk.len());
+                let want = G::HEAD_LEN.min(HEAD_BYTES);
+                let take = want.saturating_sub(self.head_len).min(chunk.len());
                 unmask_into(
                     &mut self.head[self.head_len..self.head_len + take],
                     &chunk[..take],
@@ -460,7 +464,7 @@ impl Tracker {
                     } => {
                         let head = &self.head[..self.head_len];
                         match gate.mosaic_head(head, ended, query) {
-                            Admit::NeedMore if self.head_len < HEAD_BYTES && !ended => {}
+                            Admit::NeedMore if self.head_len < want && !ended => {}
                             verdict => {
                                 self.judged = true;
                                 self.expected_len = expected_len;
@@ -630,6 +634,8 @@ mod tests {
     }
 
     impl Gate for TestGate {
+        const HEAD_LEN: usize = HEAD_BYTES;
+
         fn message_start(&mut self) -> Admit {
             self.starts += 1;
             if self.waits > 0 {
