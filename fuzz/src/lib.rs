@@ -539,7 +539,7 @@ impl Gate for FuzzGate {
             return Admit::NeedMore;
         }
         self.calls += 1;
-        if (self.calls + u32::from(self.seed)) % 2 == 0 {
+        if (self.calls + u32::from(self.seed)).is_multiple_of(2) {
             return Admit::Pass;
         }
         match query {
