@@ -199,10 +199,6 @@ struct Control {
     queued: AtomicBool,
     signal: AtomicBool,
     waker: AtomicWaker,
-    /// The gateway's answers to skipped messages (towards the client only), written at the
-    /// next message boundary; at most [`MAX_QUEUED_ANSWERS`].
-    answers: Mutex<VecDeque<GatewayMessage>>,
-    answers_queued: AtomicUsize,
 }
 
 impl Control {
@@ -212,8 +208,6 @@ impl Control {
             queued: AtomicBool::new(false),
             signal: AtomicBool::new(false),
             waker: AtomicWaker::new(),
-            answers: Mutex::new(VecDeque::new()),
-            answers_queued: AtomicUsize::new(0),
         }
     }
 
@@ -229,29 +223,6 @@ impl Control {
     fn nudge(&self) {
         self.signal.store(true, Ordering::Release);
         self.waker.wake();
-    }
-
-    /// Queues an answer for this writer's next message boundary.
-    fn answer(&self, m: GatewayMessage) {
-        if let Ok(mut q) = self.answers.lock() {
-            q.push_back(m);
-            self.answers_queued.store(q.len(), Ordering::Release);
-        }
-        self.nudge();
-    }
-
-    fn answers_waiting(&self) -> usize {
-        self.answers_queued.load(Ordering::Acquire)
-    }
-
-    /// Encodes every queued answer into `out` (unmasked: answers go to the client).
-    fn take_answers(&self, out: &mut Vec<u8>) {
-        if let Ok(mut q) = self.answers.lock() {
-            for m in q.drain(..) {
-                encode_frame(out, 0x2, m.as_bytes(), None);
-            }
-            self.answers_queued.store(0, Ordering::Release);
-        }
     }
 
     /// Consumes the "something new" flag.
@@ -297,6 +268,37 @@ struct DirCounters {
     sent_close: AtomicU16,
 }
 
+/// The gateway's answers to skipped messages, for the client, written at the next message
+/// boundary; at most [`MAX_QUEUED_ANSWERS`]. Only connections with rate limits have one.
+#[derive(Default)]
+struct Answers {
+    queue: Mutex<VecDeque<GatewayMessage>>,
+    waiting: AtomicUsize,
+}
+
+impl Answers {
+    fn push(&self, m: GatewayMessage) {
+        if let Ok(mut q) = self.queue.lock() {
+            q.push_back(m);
+            self.waiting.store(q.len(), Ordering::Release);
+        }
+    }
+
+    fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    /// Encodes every queued answer into `out` (unmasked: answers go to the client).
+    fn take(&self, out: &mut Vec<u8>) {
+        if let Ok(mut q) = self.queue.lock() {
+            for m in q.drain(..) {
+                encode_frame(out, 0x2, m.as_bytes(), None);
+            }
+            self.waiting.store(0, Ordering::Release);
+        }
+    }
+}
+
 /// State both directions share: open queries, counters and the last time anything moved.
 struct Shared {
     /// Open query ids; a set, because a client may open up to 65,536 of them and each
@@ -307,6 +309,8 @@ struct Shared {
     up: DirCounters,
     down: DirCounters,
     violation: Mutex<Option<(Violation, Direction)>>,
+    /// The rate limits' answers for the client; `None` without limits.
+    answers: Option<Box<Answers>>,
 }
 
 impl Shared {
@@ -464,23 +468,22 @@ async fn forward<R: Source, W: AsyncWrite + Unpin>(
             }
             _ if !pending.is_empty() => {
                 let scan = tracker.scan(&pending, |q| shared.on_query(q));
-                let used = scan.safe + scan.drop;
+                // Only these outlive the write below (a future keeps what crosses an await).
+                let (safe, used, violation) = (scan.safe, scan.safe + scan.drop, scan.violation);
                 if closing {
                     // Discard what the peer still sends, but notice its close frame.
                     pending.advance(used);
                     tracker.consumed(used);
-                    if tracker.close_seen() || scan.violation.is_some() {
+                    if tracker.close_seen() || violation.is_some() {
                         counters.close_seen.store(true, Ordering::Relaxed);
                         break 'relay;
                     }
                 } else {
-                    if scan.safe > 0 {
-                        if dst.write_all(&pending[..scan.safe]).await.is_err() {
+                    if safe > 0 {
+                        if dst.write_all(&pending[..safe]).await.is_err() {
                             break 'relay;
                         }
-                        counters
-                            .bytes
-                            .fetch_add(scan.safe as u64, Ordering::Relaxed);
+                        counters.bytes.fetch_add(safe as u64, Ordering::Relaxed);
                         counters
                             .messages
                             .store(tracker.messages(), Ordering::Relaxed);
@@ -490,7 +493,7 @@ async fn forward<R: Source, W: AsyncWrite + Unpin>(
                     }
                     pending.advance(used);
                     tracker.consumed(used);
-                    if let Some(v) = scan.violation {
+                    if let Some(v) = violation {
                         rep.violated = true;
                         violated(v, dir, mine, peer, shared);
                     }
@@ -499,9 +502,13 @@ async fn forward<R: Source, W: AsyncWrite + Unpin>(
             _ => {}
         }
         // The gateway's answers to the client go out between two messages.
-        if mine.answers_waiting() > 0 && !closing && tracker.at_message_boundary() {
+        let answers = shared
+            .answers
+            .as_deref()
+            .filter(|a| to_client && a.waiting() > 0);
+        if let Some(a) = answers.filter(|_| !closing && tracker.at_message_boundary()) {
             out.clear();
-            mine.take_answers(&mut out);
+            a.take(&mut out);
             if dst.write_all(&out).await.is_err() {
                 break 'relay;
             }
@@ -637,7 +644,8 @@ async fn limited_pass<W: AsyncWrite + Unpin>(
     let (dir, mine, peer, shared) = (lane.dir, lane.mine, lane.peer, lane.shared);
     limiter.start_pass();
     loop {
-        if peer.answers_waiting() >= MAX_QUEUED_ANSWERS {
+        let answers = shared.answers.as_deref();
+        if answers.is_some_and(|a| a.waiting() >= MAX_QUEUED_ANSWERS) {
             return Held::Answers;
         }
         let scanned = tracker.scanned();
@@ -657,35 +665,34 @@ async fn limited_pass<W: AsyncWrite + Unpin>(
         };
         let progress = tracker.scanned() - scanned;
         limiter.charge_bytes(progress);
-        if scan.safe > 0 {
-            if dst.write_all(&pending[..scan.safe]).await.is_err() {
+        if let (Some(a), Some(queue)) = (scan.answer, answers) {
+            queue.push(a);
+            peer.nudge();
+        }
+        // Only these outlive the write below (a future keeps what crosses an await).
+        let (safe, used, violation, limited) = (
+            scan.safe,
+            scan.safe + scan.drop,
+            scan.violation,
+            scan.limited,
+        );
+        if safe > 0 {
+            if dst.write_all(&pending[..safe]).await.is_err() {
                 return Held::Broken;
             }
-            shared
-                .up
-                .bytes
-                .fetch_add(scan.safe as u64, Ordering::Relaxed);
-            shared
-                .up
-                .messages
-                .store(tracker.messages(), Ordering::Relaxed);
-            shared
-                .up
-                .close_seen
-                .store(tracker.close_seen(), Ordering::Relaxed);
+            let up = &shared.up;
+            up.bytes.fetch_add(safe as u64, Ordering::Relaxed);
+            up.messages.store(tracker.messages(), Ordering::Relaxed);
+            up.close_seen.store(tracker.close_seen(), Ordering::Relaxed);
         }
-        let used = scan.safe + scan.drop;
         pending.advance(used);
         tracker.consumed(used);
-        if let Some(a) = scan.answer {
-            peer.answer(a);
-        }
-        if let Some(v) = scan.violation {
+        if let Some(v) = violation {
             rep.violated = true;
             violated(v, dir, mine, peer, shared);
             return Held::No;
         }
-        match scan.limited {
+        match limited {
             Some(Limited::Wait(d)) => return Held::For(d),
             Some(Limited::Close) => {
                 rep.violated = true;
@@ -766,6 +773,7 @@ where
         up: DirCounters::default(),
         down: DirCounters::default(),
         violation: Mutex::new(None),
+        answers: limiter.is_some().then(Box::default),
     };
     let up = forward(
         client.read,

@@ -162,8 +162,6 @@ pub struct Tracker {
     hold_from: Option<usize>,
     /// The current message is skipped: none of its data frames are forwarded.
     skipping: bool,
-    /// Start of the bytes being dropped in this scan (a skipped message's data frames).
-    drop_from: Option<usize>,
     close_seen: bool,
     messages: u64,
 }
@@ -184,7 +182,6 @@ impl Tracker {
             expected_len: None,
             hold_from: None,
             skipping: false,
-            drop_from: None,
             close_seen: false,
             messages: 0,
         }
@@ -296,9 +293,9 @@ impl Tracker {
 
     /// Scans newly arrived bytes of `buf` (everything after what earlier scans covered).
     pub fn scan(&mut self, buf: &[u8], on_query: impl FnMut(QueryEvent)) -> Scan {
-        self.drop_from = None;
-        let stop = self.scan_inner(buf, &mut Queries(on_query));
-        self.scan_result(stop, None)
+        let mut run = None;
+        let stop = self.scan_inner(buf, &mut Queries(on_query), &mut run);
+        self.scan_result(stop, run, None)
     }
 
     /// [`Tracker::scan`] with the gateway's limits deciding at message boundaries. Stops at
@@ -307,25 +304,27 @@ impl Tracker {
     /// `buf` is mutable because a skipped message's interleaved control frames are moved
     /// in front of its dropped data frames, so they can still be forwarded.
     pub fn scan_gated<G: Gate>(&mut self, buf: &mut [u8], gate: &mut G) -> Scan {
-        self.drop_from = None;
+        // Where the bytes being dropped start, while a skipped message is being dropped.
+        let mut run = None;
         let mut answer = None;
         loop {
-            let stop = self.scan_inner(buf, gate);
+            let stop = self.scan_inner(buf, gate, &mut run);
             let Ok(Stop::Skip(a)) = stop else {
-                return self.scan_result(stop, answer);
+                return self.scan_result(stop, run, answer);
             };
             // Everything from the held message's first frame on was held back: keep its
             // control frames, drop its data frames, and go on dropping what follows.
             let from = self.hold_from.take().unwrap_or(self.pos);
             let kept = compact_controls(&mut buf[from..self.pos]);
-            self.drop_from = Some(from + kept);
+            run = Some(from + kept);
             answer = Some(a);
         }
     }
 
     fn scan_result(
-        &mut self,
+        &self,
         stop: Result<Stop, (Violation, usize)>,
+        run: Option<usize>,
         answer: Option<GatewayMessage>,
     ) -> Scan {
         let (end, violation, limited) = match stop {
@@ -334,7 +333,7 @@ impl Tracker {
             Ok(Stop::Close) => (self.pos, None, Some(Limited::Close)),
             Err((v, frame_start)) => (frame_start, Some(v), None),
         };
-        let (safe, drop) = match self.drop_from.take() {
+        let (safe, drop) = match run {
             Some(d) => (d, end.saturating_sub(d)),
             None => (self.hold_from.unwrap_or(end), 0),
         };
@@ -347,10 +346,12 @@ impl Tracker {
         }
     }
 
+    /// Scans from `self.pos`; `run` is where the current drop run started, if one is on.
     fn scan_inner<G: Gate>(
         &mut self,
         buf: &[u8],
         gate: &mut G,
+        run: &mut Option<usize>,
     ) -> Result<Stop, (Violation, usize)> {
         while self.pos < buf.len() {
             match self.frame {
@@ -362,7 +363,7 @@ impl Tracker {
                         Err(_) => return Err((Violation::Framing, start)),
                     };
                     let drop = self.skipping && h.opcode == Opcode::Continuation;
-                    if self.drop_from.is_some() && !drop {
+                    if run.is_some() && !drop {
                         return Ok(Stop::RunEnd);
                     }
                     if !drop && !h.opcode.is_control() && h.opcode != Opcode::Continuation {
@@ -373,8 +374,8 @@ impl Tracker {
                         }
                     }
                     self.check_header(&h, start).map_err(|v| (v, start))?;
-                    if drop && self.drop_from.is_none() {
-                        self.drop_from = Some(start);
+                    if drop && run.is_none() {
+                        *run = Some(start);
                     }
                     if h.opcode == Opcode::Close {
                         self.close_seen = true;
@@ -399,8 +400,8 @@ impl Tracker {
                 FrameState::Payload {
                     remaining, drop, ..
                 } => {
-                    if drop && self.drop_from.is_none() {
-                        self.drop_from = Some(self.pos);
+                    if drop && run.is_none() {
+                        *run = Some(self.pos);
                     }
                     let avail = (buf.len() - self.pos)
                         .min(usize::try_from(remaining).unwrap_or(usize::MAX));
