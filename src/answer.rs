@@ -8,6 +8,7 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Response, StatusCode};
 
 use crate::metrics::Metrics;
+use crate::rate_limit::Refused;
 
 /// Response bodies of the public listener.
 pub type Body = http_body_util::combinators::BoxBody<Bytes, hyper::Error>;
@@ -67,6 +68,10 @@ reasons! {
     HEAD_TOO_LARGE = "head_too_large",
     /// The request head did not parse.
     MALFORMED_REQUEST = "malformed_request",
+    /// The client's address is in `access.deny` or outside a non-empty `access.allow`.
+    ACCESS_DENIED = "access_denied",
+    /// Over `rate_limits.connections_per_ip` (429 with Retry-After).
+    CONNECTIONS_PER_IP = "connections_per_ip",
     /// Over the matched route's `limits.max_connections`.
     ROUTE_MAX_CONNECTIONS = "route_max_connections",
     /// No route matches the Host and path, and there is no default route.
@@ -149,6 +154,39 @@ impl Answer {
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(&self.body);
         out
+    }
+}
+
+/// The answer to a client the rate limits or access lists refuse before routing: 403, or
+/// 429 with `Retry-After` in whole seconds (rounded up: a client that waits that long gets
+/// a token). Counted in `handshake_rejections_total{reason}` too.
+pub(crate) fn refusal(metrics: &Metrics, why: Refused) -> Answer {
+    match why {
+        Refused::Denied => reject(
+            metrics,
+            "",
+            Rejection::new(
+                StatusCode::FORBIDDEN,
+                "this address is not served here",
+                Reason::ACCESS_DENIED,
+            ),
+        ),
+        Refused::TooManyConnections(wait) => {
+            let mut answer = reject(
+                metrics,
+                "",
+                Rejection::new(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    "too many new connections from this address",
+                    Reason::CONNECTIONS_PER_IP,
+                ),
+            );
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            answer
+                .headers
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs.max(1)));
+            answer
+        }
     }
 }
 

@@ -16,6 +16,8 @@ use crate::tls::{CertificateMode, ClientAuth, MinVersion};
 
 mod routes;
 pub use routes::{NostrProbe, RouteConfig, RouteLimitsConfig};
+mod rate_limits;
+pub use rate_limits::{AccessConfig, LimitAction, RateConfig, RateLimitsConfig, SubmissionScope};
 
 /// Everything wrong with a config file, one `key.path: what is wrong` line each.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -59,6 +61,12 @@ pub struct Config {
     /// Connection limits and timeouts.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Rate limits (token buckets), each off unless set.
+    #[serde(default)]
+    pub rate_limits: RateLimitsConfig,
+    /// Client addresses served or refused.
+    #[serde(default)]
+    pub access: AccessConfig,
     /// Which proxies' client-address claims are believed.
     #[serde(default)]
     pub forwarded: ForwardedConfig,
@@ -707,6 +715,8 @@ impl Config {
         }
         routes::validate(&self.routes, &mut errs);
         self.limits.validate(&mut errs);
+        self.rate_limits.validate(self.mosaic.validate, &mut errs);
+        self.access.validate(&mut errs);
         for (i, c) in self.forwarded.trusted_proxies.iter().enumerate() {
             if parse_cidr(c).is_err() {
                 errs.push(format!(

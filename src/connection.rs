@@ -132,7 +132,7 @@ pub(crate) fn unwrap_client(upgraded: hyper::upgrade::Upgraded) -> (ClientIo, By
 async fn relay_to_upstream<CR, CW, F>(
     client: Side<CR, CW>,
     upstream: (UpstreamStream, BytesMut),
-    pump: &Pump<'_, F>,
+    pump: Pump<'_, F>,
 ) -> RelayReport
 where
     CR: Source,
@@ -304,15 +304,15 @@ pub(crate) fn run_connection(
                     write,
                     leftover: client_leftover,
                 };
-                relay_to_upstream(client, upstream, &pump).await
+                relay_to_upstream(client, upstream, pump).await
             }
             ClientIo::Tls(s) => {
                 let (read, write) = tokio::io::split(*s);
-                relay_to_upstream(buffered(read, write, client_leftover), upstream, &pump).await
+                relay_to_upstream(buffered(read, write, client_leftover), upstream, pump).await
             }
             ClientIo::Other(s) => {
                 let (read, write) = tokio::io::split(s);
-                relay_to_upstream(buffered(read, write, client_leftover), upstream, &pump).await
+                relay_to_upstream(buffered(read, write, client_leftover), upstream, pump).await
             }
         };
         open.close(report);

@@ -19,14 +19,14 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::answer::full;
-use crate::answer::Body;
+use crate::answer::{full, refusal, Body};
 use crate::client_addr::real_client;
 use crate::connection::{run_connection, unwrap_client};
 use crate::drain::DrainState;
 use crate::gateway::{App, ConnInfo, Gateway};
 use crate::handshake::{header_value, wants_websocket, ForwardedClient};
 use crate::pool::{affinity, Backend, Pool};
+use crate::rate_limit::{Asked, Refused};
 use crate::routes::{NoRoute, RouteState};
 use crate::upgrade::prepare_upgrade;
 
@@ -134,6 +134,12 @@ async fn http_passthrough(
     let gw = app.gateway();
     // Identity and origin are the gateway's to assert, on plain HTTP as on upgrades.
     let (client_ip, chain) = real_client(info.peer.ip(), req.headers(), &gw.trusted);
+    if gw
+        .rate
+        .refuses_forwarded(info.peer.ip(), client_ip, Asked::Nostr)
+    {
+        return refusal(&app.metrics, Refused::Denied).into_response();
+    }
     let h = req.headers_mut();
     for name in [
         "x-mosaic-client-key",

@@ -34,6 +34,8 @@ pub struct Gateway {
     pub trusted: TrustedProxies,
     /// TLS termination, when configured.
     pub tls: Option<Arc<TlsTerminator>>,
+    /// Rate limits and access lists.
+    pub(crate) rate: crate::rate_limit::Policy,
 }
 
 impl Gateway {
@@ -70,6 +72,7 @@ impl Gateway {
         };
         let routes = Routes::build(&config, old.map(|o| &o.routes), metrics);
         Ok(Gateway {
+            rate: crate::rate_limit::Policy::new(&config, metrics),
             trusted: TrustedProxies::new(&config.forwarded.trusted_proxies),
             tls,
             routes,
@@ -198,13 +201,17 @@ pub struct App {
     /// Drain signals of the relayed connections.
     pub relayed: Relayed,
     pub(crate) next_id: AtomicU64,
+    /// The rate limiters' buckets shared between connections (kept across reloads).
+    pub(crate) rate_tables: crate::rate_limit::Tables,
 }
 
 impl App {
     /// Wraps a first generation.
     pub fn new(gateway: Gateway, metrics: Arc<Metrics>) -> Arc<App> {
         let (drain, _) = watch::channel(DrainState::Running);
+        let rate_tables = crate::rate_limit::Tables::new(&metrics);
         Arc::new(App {
+            rate_tables,
             current: RwLock::new(Arc::new(gateway)),
             metrics,
             limits: Arc::new(Limits::default()),

@@ -23,6 +23,7 @@ mod health;
 mod logging;
 mod metrics;
 mod pool;
+mod rate_limit;
 mod request_head;
 mod routes;
 mod server;

@@ -104,6 +104,10 @@ pub struct Metrics {
     pub draining: Gauge,
     /// 1 when `/readyz` answers 200 (set on every scrape).
     pub ready: IntGauge,
+    /// Rate limits and access lists applied, by protocol and limit.
+    pub rate_limited_total: IntCounterVec,
+    /// Clients remembered by the rate limiters' shared tables, by table.
+    pub rate_limiter_entries: IntGaugeVec,
 }
 
 /// Registers a metric built from a fixed definition. Names and labels are compile-time
@@ -132,6 +136,26 @@ fn int_gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeV
 fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
     register(r, name, GaugeVec::new(opts(name, help), labels))
 }
+
+/// `rate_limited_total{protocol,limit}` series known in advance: both protocols for every
+/// limit that applies to them, and `unknown` for connections refused before their request
+/// said which protocol they speak.
+pub const RATE_LIMITED_SERIES: [(&str, &str); 11] = [
+    ("mosaic", "connections"),
+    ("mosaic", "messages"),
+    ("mosaic", "bytes"),
+    ("mosaic", "submissions"),
+    ("mosaic", "open_queries"),
+    ("mosaic", "denied"),
+    ("nostr", "connections"),
+    ("nostr", "messages"),
+    ("nostr", "bytes"),
+    ("nostr", "denied"),
+    ("unknown", "denied"),
+];
+
+/// The `table` label values of `rate_limiter_entries`.
+pub const RATE_LIMITER_TABLES: [&str; 2] = ["connections", "submissions"];
 
 /// Upstream connect times: from half a millisecond on loopback to seconds across regions.
 const CONNECT_BUCKETS: [f64; 13] = [
@@ -199,7 +223,21 @@ impl Metrics {
                 "1 when /readyz answers 200: listening, a healthy backend in every pool, not draining",
             )),
         );
+        let rate_limited_total = counter(
+            &r,
+            "rate_limited_total",
+            "Connections, messages and bytes held back, answered or refused by a rate limit or access list",
+            &["protocol", "limit"],
+        );
+        let rate_limiter_entries = int_gauge(
+            &r,
+            "rate_limiter_entries",
+            "Clients (addresses or keys) the rate limiters' shared tables remember",
+            &["table"],
+        );
         let m = Metrics {
+            rate_limited_total,
+            rate_limiter_entries,
             connections_active,
             connections_total,
             handshake_rejections_total: counter(
@@ -272,6 +310,13 @@ impl Metrics {
     /// rejection reasons are preset by `answer::preset_metrics`, pools by
     /// [`Metrics::preset_pool`].
     fn preset(&self) {
+        for (protocol, limit) in RATE_LIMITED_SERIES {
+            self.rate_limited_total
+                .with_label_values(&[protocol, limit]);
+        }
+        for table in RATE_LIMITER_TABLES {
+            self.rate_limiter_entries.with_label_values(&[table]);
+        }
         for v in Violation::ALL {
             self.protocol_violations_total
                 .with_label_values(&[v.label()]);

@@ -3,7 +3,9 @@
 //! Every accepted connection goes through these stages, in this order, each in its own
 //! module and each knowing only the stages after it:
 //!
-//! 1. the PROXY header from a trusted load balancer ([`crate::proxy_protocol`]);
+//! 1. the PROXY header from a trusted load balancer ([`crate::proxy_protocol`]), then the
+//!    the access lists on the client's address ([`crate::rate_limit`]): a refused address
+//!    is closed here, before TLS;
 //! 2. TLS ([`crate::tls`]), which also yields the client's ed25519 key;
 //! 3. the first request head ([`crate::request_head`]): a plain request goes to the hyper
 //!    path ([`crate::front`]), an upgrade stays on the fast path below;
@@ -74,9 +76,19 @@ async fn handle_connection(
     let _ = tcp.set_nodelay(true);
     let gw = app.gateway();
     let deadline = Instant::now() + gw.config.limits.handshake_timeout.0;
+    let accepted = peer;
     let Some(peer) = real_peer(&app, &gw, &tcp, peer, deadline).await else {
         return;
     };
+    let forwarded = &gw.config.forwarded;
+    if gw.rate.refuses_at_accept(
+        &gw.trusted,
+        forwarded.proxy_protocol,
+        accepted.ip(),
+        peer.ip(),
+    ) {
+        return;
+    }
     let Some(tls) = tls.or_else(|| gw.tls.clone()) else {
         let info = ConnInfo {
             peer,

@@ -13,7 +13,7 @@ use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Request, StatusCode};
 
 use crate::admission::{LimitHit, Permit};
-use crate::answer::{reject, Answer, Reason, Rejection};
+use crate::answer::{refusal, reject, Answer, Reason, Rejection};
 use crate::client_addr::real_client;
 use crate::connection::{Accepted, ActiveConnection, Prepared, Protocol};
 use crate::gateway::{App, ConnInfo, Gateway};
@@ -22,6 +22,7 @@ use crate::handshake::{
     validate_upgrade, ForwardedClient, X_MOSAIC_FEATURES,
 };
 use crate::pool::{affinity, Backend, BackendGuard, Pool};
+use crate::rate_limit::Asked;
 use crate::relay::pump::PumpOptions;
 use crate::relay::tracker::MosaicRules;
 use crate::route::{route, Route};
@@ -43,6 +44,17 @@ pub(crate) async fn prepare_upgrade(
     let refuse = |r| reject(&app.metrics, &route.name, r);
     let key = validate_upgrade(req).map_err(refuse)?;
     let (who, permit) = admit(app, &gw, info, req).map_err(refuse)?;
+    let asked = || match crate::route::route(
+        &offered_protocols(req.headers()),
+        route.mosaic_tokens(),
+        true,
+    ) {
+        Route::Mosaic(_) => Asked::Mosaic,
+        _ => Asked::Nostr,
+    };
+    gw.rate
+        .admit_connection(&app.rate_tables, info.peer.ip(), who.addr, asked)
+        .map_err(|why| refusal(&app.metrics, why))?;
     let slot = route.enter().ok_or_else(|| {
         refuse(Rejection::new(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -68,6 +80,12 @@ pub(crate) async fn prepare_upgrade(
             _ => None,
         },
         idle_timeout: gw.config.limits.idle_timeout.0,
+        limits: gw.rate.connection_limiter(
+            &app.rate_tables,
+            accepted.protocol == Protocol::Mosaic,
+            who.addr,
+            info.client_key.as_ref(),
+        ),
     };
     let series = accepted.protocol.metrics(&route);
     series.connections_total.inc();

@@ -22,7 +22,10 @@
 //! Environment knobs (defaults in brackets): BENCH_SECS [3], BENCH_WARMUP [1],
 //! BENCH_ROUNDS [3], BENCH_CONNS [64], BENCH_INFLIGHT [16], BENCH_CONN_SECS [2],
 //! BENCH_CONN_WORKERS [32],
-//! BENCH_IDLE_CONNS [5000], BENCH_PATHS [direct,gateway,nginx,haproxy],
+//! BENCH_IDLE_CONNS [5000], BENCH_PATHS [direct,gateway,nginx,haproxy; gateway-limits is
+//! mosaic-gateway with every rate limit and an access list configured but never hit],
+//! BENCH_GATEWAY_LIMITS [0] (1: add gateway-limits to the paths, and the idle-limiter
+//! comparison to the report),
 //! BENCH_FIGURES [memory,throughput,latency,connections], BENCH_RATE (latency rate when
 //! direct throughput is not measured), BENCH_PERF (a file: run `perf BENCH_PERF_ARGS -o
 //! FILE -p PIDS` on BENCH_PERF_PATH [gateway] during its BENCH_PERF_FIGURE [throughput;

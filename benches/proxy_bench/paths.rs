@@ -21,14 +21,21 @@ pub enum PathKind {
     Gateway,
     Nginx,
     Haproxy,
+    /// mosaic-gateway with every rate limit and an access list configured, none of them hit
+    /// (BENCH_GATEWAY_LIMITS=1): what an idle limiter costs.
+    GatewayLimits,
 }
 
+/// How many kinds of path there are (the figures' arrays).
+pub const PATHS: usize = 5;
+
 impl PathKind {
-    const ALL: [PathKind; 4] = [
+    const ALL: [PathKind; PATHS] = [
         PathKind::Direct,
         PathKind::Gateway,
         PathKind::Nginx,
         PathKind::Haproxy,
+        PathKind::GatewayLimits,
     ];
 
     pub fn parse(s: &str) -> Option<PathKind> {
@@ -37,6 +44,7 @@ impl PathKind {
             "gateway" | "mosaic-gateway" => Some(PathKind::Gateway),
             "nginx" => Some(PathKind::Nginx),
             "haproxy" => Some(PathKind::Haproxy),
+            "gateway-limits" => Some(PathKind::GatewayLimits),
             _ => None,
         }
     }
@@ -47,11 +55,16 @@ impl PathKind {
             PathKind::Gateway => "mosaic-gateway",
             PathKind::Nginx => "nginx",
             PathKind::Haproxy => "HAProxy",
+            PathKind::GatewayLimits => "gateway+limits",
         }
     }
 
     pub fn index(self) -> usize {
         self as usize
+    }
+
+    fn is_gateway(self) -> bool {
+        matches!(self, PathKind::Gateway | PathKind::GatewayLimits)
     }
 }
 
@@ -206,8 +219,8 @@ pub fn start_all(
         .iter()
         .map(|&p| {
             let mut s = start_path(p, setup, rt);
-            if p == PathKind::Gateway && gateway_tls {
-                let t = start_gateway(setup, rt, true);
+            if p.is_gateway() && gateway_tls {
+                let t = start_gateway(setup, rt, true, p == PathKind::GatewayLimits);
                 s.tls = t.addr;
                 s.tls_proxy = Some(t);
             }
@@ -220,8 +233,8 @@ pub fn start_all(
 pub fn start_path(kind: PathKind, setup: &Setup, rt: &Runtime) -> RunningPath {
     let (proxy, plain, tls) = match kind {
         PathKind::Direct => (None, setup.backend.plain, setup.backend.tls),
-        PathKind::Gateway => {
-            let g = start_gateway(setup, rt, false);
+        PathKind::Gateway | PathKind::GatewayLimits => {
+            let g = start_gateway(setup, rt, false, kind == PathKind::GatewayLimits);
             let addr = g.addr;
             (Some(g), addr, addr)
         }
@@ -276,9 +289,21 @@ pub fn start_path(kind: PathKind, setup: &Setup, rt: &Runtime) -> RunningPath {
     }
 }
 
-/// Starts a gateway with a plain or a TLS listener. BENCH_GATEWAY_WRAPPER wraps the plain
-/// one only.
-fn start_gateway(setup: &Setup, rt: &Runtime, tls: bool) -> Proxy {
+/// Every rate limit and an access list, set so that the benchmark's load never hits them:
+/// the limiter's cost when it has nothing to limit.
+const IDLE_LIMITS: &str = "rate_limits:
+  connections_per_ip: { rate: 1000000000, per: 1s }
+  messages_per_connection: { rate: 1000000000, per: 1s, action: throttle }
+  bytes_per_connection: { rate: 1000000000000, per: 1s }
+  mosaic_submissions: { rate: 1000000000, per: 1s, scope: connection }
+  mosaic_open_queries: 32
+access:
+  deny: [192.0.2.0/24, \"2001:db8::/32\"]
+";
+
+/// Starts a gateway with a plain or a TLS listener, with the idle limits or none.
+/// BENCH_GATEWAY_WRAPPER wraps the plain one only.
+fn start_gateway(setup: &Setup, rt: &Runtime, tls: bool, limits: bool) -> Proxy {
     let port = free_port();
     let tls_block = if tls {
         format!(
@@ -289,7 +314,12 @@ fn start_gateway(setup: &Setup, rt: &Runtime, tls: bool) -> Proxy {
     } else {
         String::new()
     };
-    let name = if tls { "gateway-tls" } else { "gateway" };
+    let name = match (tls, limits) {
+        (false, false) => "gateway",
+        (true, false) => "gateway-tls",
+        (false, true) => "gateway-limits",
+        (true, true) => "gateway-limits-tls",
+    };
     let conf = setup.write_config(
         &format!("{name}.yaml"),
         "gateway.yaml.template",
@@ -298,6 +328,7 @@ fn start_gateway(setup: &Setup, rt: &Runtime, tls: bool) -> Proxy {
             ("ADMIN_PORT", free_port().to_string()),
             ("BACKEND_PORT", setup.backend_port()),
             ("TLS", tls_block),
+            ("LIMITS", if limits { IDLE_LIMITS } else { "" }.to_string()),
         ],
     );
     let mut cmd = match (&setup.wrapper, !tls) {

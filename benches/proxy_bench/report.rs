@@ -7,7 +7,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::figures::{Figures, Run};
-use crate::paths::which;
+use crate::paths::{which, PathKind, PATHS};
 use crate::procfs::{cpu_busy_fraction, loadavg};
 use crate::settings::Settings;
 
@@ -118,6 +118,7 @@ pub fn render(run: &Run, set: &Settings, rate: f64) -> String {
         set.rounds
     );
     out.push_str(&table(&run.figs, set, rate));
+    out.push_str(&idle_limiter(&run.figs));
     out.push_str(&targets(&run.figs));
     if !run.notes.is_empty() {
         let _ = writeln!(out, "\nNotes:\n");
@@ -128,7 +129,7 @@ pub fn render(run: &Run, set: &Settings, rate: f64) -> String {
     out
 }
 
-fn table(figs: &[Figures; 4], set: &Settings, rate: f64) -> String {
+fn table(figs: &[Figures; PATHS], set: &Settings, rate: f64) -> String {
     let mut t = Table {
         out: String::new(),
         figs,
@@ -185,18 +186,54 @@ fn table(figs: &[Figures; 4], set: &Settings, rate: f64) -> String {
     t.out
 }
 
+/// The cost of rate limits that are configured but never hit (BENCH_GATEWAY_LIMITS=1):
+/// the gateway with and without them, figure by figure; empty when not measured.
+fn idle_limiter(figs: &[Figures; PATHS]) -> String {
+    let (g, l) = (
+        &figs[PathKind::Gateway.index()],
+        &figs[PathKind::GatewayLimits.index()],
+    );
+    type Pick = fn(&Figures) -> Option<f64>;
+    let rows: [(&str, Pick); 6] = [
+        ("throughput, messages/s", |f| f.throughput),
+        ("proxy CPU time per message, ns", |f| f.cpu_per_msg),
+        ("latency p99, µs", |f| f.p99),
+        ("new connections/s, plain", |f| f.conns_plain),
+        ("new connections/s, TLS 1.3", |f| f.conns_tls),
+        ("RSS per idle connection, bytes", |f| f.mem_per_conn),
+    ];
+    if rows.iter().all(|(_, f)| f(l).is_none()) {
+        return String::new();
+    }
+    let mut out = String::from(
+        "\nIdle limiter: mosaic-gateway with every rate limit and an access list configured \
+         but never hit (gateway+limits), against none configured:\n\n\
+         | figure | mosaic-gateway | gateway+limits | limits/none |\n|---|---:|---:|---:|\n",
+    );
+    for (name, f) in rows {
+        let _ = writeln!(
+            out,
+            "| {name} | {} | {} | {} |",
+            fmt_num(f(g), 0),
+            fmt_num(f(l), 0),
+            ratio(f(l), f(g))
+        );
+    }
+    out
+}
+
 /// The table being written: one row a figure, the paths in [`PathKind`] order.
 ///
 /// [`PathKind`]: crate::paths::PathKind
 struct Table<'a> {
     out: String,
-    figs: &'a [Figures; 4],
+    figs: &'a [Figures; PATHS],
 }
 
 impl Table<'_> {
     /// The figure on every path, then the gateway's ratios to nginx, HAProxy and direct.
     fn row(&mut self, name: &str, f: impl Fn(&Figures) -> Option<f64>, dec: usize) {
-        let [d, g, n, h] = self.figs;
+        let [d, g, n, h, _] = self.figs;
         let _ = writeln!(
             self.out,
             "| {name} | {} | {} | {} | {} | {} | {} | {} |",
@@ -212,7 +249,7 @@ impl Table<'_> {
 
     /// A proxy's figure minus direct's, with its ratios (no direct column).
     fn added_row(&mut self, name: &str, f: impl Fn(&Figures) -> Option<f64>) {
-        let [d, g, n, h] = self.figs;
+        let [d, g, n, h, _] = self.figs;
         let added = |x: &Figures| Some(f(x)? - f(d)?);
         let _ = writeln!(
             self.out,
@@ -226,8 +263,8 @@ impl Table<'_> {
     }
 }
 
-fn targets(figs: &[Figures; 4]) -> String {
-    let [d, g, n, h] = figs;
+fn targets(figs: &[Figures; PATHS]) -> String {
+    let [d, g, n, h, _] = figs;
     let mut tg = String::new();
     let _ = writeln!(tg, "\nTargets:\n");
     let best_tp = better(n.throughput, h.throughput, true);

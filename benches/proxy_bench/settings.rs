@@ -42,11 +42,14 @@ fn env_or<T: std::str::FromStr>(name: &str, default: T) -> T {
 
 impl Settings {
     pub fn from_env() -> Settings {
-        let paths = std::env::var("BENCH_PATHS")
+        let mut paths: Vec<PathKind> = std::env::var("BENCH_PATHS")
             .unwrap_or_else(|_| "direct,gateway,nginx,haproxy".into())
             .split(',')
             .filter_map(|p| PathKind::parse(p.trim()))
             .collect();
+        if env_or("BENCH_GATEWAY_LIMITS", 0) != 0 && !paths.contains(&PathKind::GatewayLimits) {
+            paths.push(PathKind::GatewayLimits);
+        }
         let figures = std::env::var("BENCH_FIGURES")
             .unwrap_or_else(|_| "memory,throughput,latency,connections".into())
             .split(',')

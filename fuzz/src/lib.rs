@@ -15,7 +15,7 @@ use mosaic_gateway::handshake;
 use mosaic_gateway::proxy_protocol::{self, Command, Parsed, ProxyError};
 use mosaic_gateway::relay::frame;
 use mosaic_gateway::relay::mosaic::{self, Direction, HeadVerdict, QueryEvent, Validation};
-use mosaic_gateway::relay::tracker::{MosaicRules, Tracker};
+use mosaic_gateway::relay::tracker::{Admit, Gate, Limited, MosaicRules, Tracker, HEAD_BYTES};
 use mosaic_gateway::route::{self, Route};
 use mosaic_gateway::route_table::{HostPattern, RouteTable};
 
@@ -516,6 +516,116 @@ pub fn frame_tracker(data: &[u8]) {
         false,
     );
     assert_eq!(short.violation.is_some(), whole.violation.is_some());
+
+    // The rate limits' gate: throttling (asking again later) changes nothing that is
+    // forwarded; skipping drops whole messages and never breaks the bookkeeping.
+    let plain = run_tracker(dir, rules, stream, &mut || usize::MAX, None, false);
+    let mut sizes = Rng::new(&[seed.wrapping_add(2)]);
+    let mut gate = FuzzGate::new(*seed, false);
+    let (forwarded, violation) = run_gated(dir, rules, stream, &mut gate, &mut || {
+        1 + sizes.below(max_chunk)
+    });
+    assert_eq!(
+        (forwarded, violation),
+        (plain.forwarded, plain.violation),
+        "throttling changed what was forwarded"
+    );
+    let mut sizes = Rng::new(&[seed.wrapping_add(3)]);
+    let mut gate = FuzzGate::new(*seed, true);
+    let (forwarded, _) = run_gated(dir, rules, stream, &mut gate, &mut || {
+        1 + sizes.below(max_chunk)
+    });
+    assert!(forwarded <= stream.len());
+}
+
+/// A gate that throttles every third message start once and, when `skips`, skips every
+/// other Query and Submission (asking for the record id first).
+struct FuzzGate {
+    calls: u32,
+    seed: u8,
+    skips: bool,
+}
+
+impl FuzzGate {
+    fn new(seed: u8, skips: bool) -> Self {
+        FuzzGate {
+            calls: 0,
+            seed,
+            skips,
+        }
+    }
+}
+
+impl Gate for FuzzGate {
+    const HEAD_LEN: usize = HEAD_BYTES;
+
+    fn message_start(&mut self) -> Admit {
+        self.calls += 1;
+        if self.calls % 3 == 1 {
+            Admit::Wait(std::time::Duration::ZERO)
+        } else {
+            Admit::Pass
+        }
+    }
+
+    fn mosaic_head(&mut self, head: &[u8], ended: bool, query: Option<QueryEvent>) -> Admit {
+        assert!(!head.is_empty() && head.len() <= HEAD_BYTES);
+        if !self.skips {
+            return Admit::Pass;
+        }
+        if head[0] == 0x03 && head.len() < HEAD_BYTES && !ended {
+            return Admit::NeedMore;
+        }
+        self.calls += 1;
+        if (self.calls + u32::from(self.seed)).is_multiple_of(2) {
+            return Admit::Pass;
+        }
+        match query {
+            Some(QueryEvent::Opened(id)) => {
+                Admit::Skip(mosaic::GatewayMessage::query_closed(id, 0x11))
+            }
+            _ if head[0] == 0x03 => {
+                Admit::Skip(mosaic::GatewayMessage::submission_result(0x12, head))
+            }
+            _ => Admit::Pass,
+        }
+    }
+}
+
+/// Feeds `stream` in chunks to a tracker consulting `gate`, as the pump's rate-limited pass
+/// does; returns the bytes forwarded and the violation that stopped it, if any.
+fn run_gated(
+    dir: Direction,
+    rules: Option<MosaicRules>,
+    stream: &[u8],
+    gate: &mut FuzzGate,
+    chunks: &mut dyn FnMut() -> usize,
+) -> (usize, Option<mosaic::Violation>) {
+    let mut t = Tracker::new(dir, rules);
+    let mut pending: Vec<u8> = Vec::new();
+    let (mut fed, mut forwarded) = (0, 0);
+    while fed < stream.len() {
+        let n = chunks().clamp(1, stream.len() - fed);
+        pending.extend_from_slice(&stream[fed..fed + n]);
+        fed += n;
+        loop {
+            let scan = t.scan_gated(&mut pending, gate);
+            assert!(scan.safe + scan.drop <= pending.len(), "{scan:?}");
+            forwarded += scan.safe;
+            pending.drain(..scan.safe + scan.drop);
+            t.consumed(scan.safe + scan.drop);
+            if scan.violation.is_some() {
+                return (forwarded, scan.violation);
+            }
+            match scan.limited {
+                Some(Limited::Wait(_)) => continue,
+                Some(Limited::Close) => return (forwarded, None),
+                None if scan.drop > 0 => continue,
+                None => break,
+            }
+        }
+    }
+    (forwarded, None)
 }
 
 /// Target `mosaic_head`: the Mosaic message validator on a message head, checking that a

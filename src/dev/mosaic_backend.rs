@@ -187,6 +187,8 @@ struct Shared {
     live: broadcast::Sender<Live>,
     connections: AtomicUsize,
     requests: Mutex<Vec<HeaderMap>>,
+    /// Binary messages received, by type byte.
+    received: Mutex<HashMap<u8, usize>>,
 }
 
 /// Poisoning only means another connection task panicked; the data is still usable.
@@ -206,6 +208,7 @@ impl MosaicBackend {
             live,
             connections: AtomicUsize::new(0),
             requests: Mutex::new(Vec::new()),
+            received: Mutex::new(HashMap::new()),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         tokio::spawn(accept_loop(listener, shared.clone(), shutdown_rx));
@@ -244,6 +247,18 @@ impl MosaicBackend {
     /// Number of distinct records stored so far.
     pub fn record_count(&self) -> usize {
         lock(&self.shared.store).records.len()
+    }
+
+    /// The stored records, in the order they were stored.
+    pub fn records(&self) -> Vec<Vec<u8>> {
+        let store = lock(&self.shared.store);
+        store.records.iter().map(|r| r.to_vec()).collect()
+    }
+
+    /// How many binary messages with this type byte reached the backend, over every
+    /// connection (`wire::QUERY`, `wire::SUBMISSION`…).
+    pub fn received(&self, kind: u8) -> usize {
+        lock(&self.shared.received).get(&kind).copied().unwrap_or(0)
     }
 }
 
@@ -491,6 +506,7 @@ fn handle_message(
     let Some(&kind) = data.first() else {
         return Outcome::Close(CloseCode::Protocol, "empty message");
     };
+    *lock(&shared.received).entry(kind).or_default() += 1;
     match kind {
         wire::QUERY => {
             if data.len() < 8 {

@@ -14,6 +14,18 @@ pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 1_048_584;
 /// Query Closed code sent to clients when the gateway shuts down.
 pub const QUERY_CLOSED_SHUTTING_DOWN: u8 = 0x30;
 
+/// Query Closed code for a query beyond `rate_limits.mosaic_open_queries` ("too open").
+pub const QUERY_CLOSED_TOO_OPEN: u8 = 0x11;
+
+/// Submission Result code for a Submission over `rate_limits.mosaic_submissions`
+/// ("too fast").
+pub const SUBMISSION_TOO_FAST: u8 = 0x12;
+
+/// Where a Submission's record starts in the message, and so the bytes a Submission Result
+/// echoes: the first 32 bytes of the record, as the in-repo backend answers (the seed-era
+/// record layouts differ on where the id sits; the gateway matches its backend).
+pub const SUBMISSION_RECORD_OFFSET: usize = 4;
+
 /// Which way a message travels through the gateway.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Direction {
@@ -261,6 +273,40 @@ pub fn judge_head(
 /// Builds the Query Closed message the gateway sends for an open query while draining.
 pub fn query_closed(id: [u8; 2], code: u8) -> [u8; 4] {
     [0x82, id[0], id[1], code]
+}
+
+/// A message the gateway answers a client with itself, instead of the backend: a Query
+/// Closed or a Submission Result (at most 36 bytes, no allocation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GatewayMessage {
+    bytes: [u8; 36],
+    len: u8,
+}
+
+impl GatewayMessage {
+    /// Query Closed with `code` for query `id`.
+    pub fn query_closed(id: [u8; 2], code: u8) -> Self {
+        let mut bytes = [0u8; 36];
+        bytes[..4].copy_from_slice(&query_closed(id, code));
+        GatewayMessage { bytes, len: 4 }
+    }
+
+    /// Submission Result with `code` for the Submission whose first bytes are `head`: it
+    /// echoes the 32 bytes from [`SUBMISSION_RECORD_OFFSET`], zero-padded when shorter.
+    pub fn submission_result(code: u8, head: &[u8]) -> Self {
+        let mut bytes = [0u8; 36];
+        bytes[0] = 0x83;
+        bytes[3] = code;
+        let id = head.get(SUBMISSION_RECORD_OFFSET..).unwrap_or(&[]);
+        let n = id.len().min(32);
+        bytes[4..4 + n].copy_from_slice(&id[..n]);
+        GatewayMessage { bytes, len: 36 }
+    }
+
+    /// The message's bytes.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes[..usize::from(self.len)]
+    }
 }
 
 #[cfg(test)]

@@ -4,11 +4,18 @@
 //! and writes exactly those bytes on: frames are never rebuilt. Both directions run in one
 //! task, concurrently, so a peer that writes before it reads cannot deadlock the gateway.
 //! The gateway's own frames (close frames on violations, idle timeouts and drain, Query
-//! Closed on drain) are injected by the direction that owns the writer, at a frame boundary.
+//! Closed on drain, the rate limits' answers) are injected by the direction that owns the
+//! writer, at a frame boundary.
+//!
+//! A connection with rate limits has a [`Limiter`] on its client-to-upstream direction:
+//! the tracker asks it at message boundaries, and a throttled direction stops reading until
+//! its tokens refill, so TCP backpressure slows the client and nothing is lost or reordered.
+//! A connection without limits never touches it.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, Ordering};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -19,13 +26,18 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::drain::DrainSignal;
 use crate::relay::frame::{encode_close, encode_frame};
+use crate::relay::limiter::{ConnGate, Limiter};
 use crate::relay::mosaic::{
-    query_closed, Direction, QueryEvent, Violation, QUERY_CLOSED_SHUTTING_DOWN,
+    query_closed, Direction, GatewayMessage, QueryEvent, Violation, QUERY_CLOSED_SHUTTING_DOWN,
 };
-use crate::relay::tracker::{MosaicRules, Tracker};
+use crate::relay::tracker::{Limited, MosaicRules, Scan, Tracker};
 
 /// Read size per wake-up; the buffer exists only while data moves.
 const READ_CHUNK: usize = 16 * 1024;
+
+/// The gateway's own answers (rate limits) queued for the client at most; beyond, the
+/// client's direction stops reading until they are written.
+const MAX_QUEUED_ANSWERS: usize = 64;
 
 /// How long a side may take to answer the gateway's close before the socket is cut.
 const CLOSE_LINGER: Duration = Duration::from_secs(3);
@@ -156,12 +168,13 @@ impl Traffic {
 const FOLD_EVERY: Duration = Duration::from_secs(5);
 
 /// Settings for one relayed connection.
-#[derive(Debug, Clone, Copy)]
 pub struct PumpOptions {
     /// `Some` on Mosaic connections: inspect every message.
     pub mosaic: Option<MosaicRules>,
     /// Close with 1001 after this long without traffic either way.
     pub idle_timeout: Duration,
+    /// The connection's rate limits, client to upstream; `None`: no limiter work at all.
+    pub(crate) limits: Option<Box<dyn Limiter>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -203,6 +216,11 @@ impl Control {
             q.push(c);
         }
         self.queued.store(true, Ordering::Release);
+        self.nudge();
+    }
+
+    /// Wakes the direction without a command: something it waits for changed.
+    fn nudge(&self) {
         self.signal.store(true, Ordering::Release);
         self.waker.wake();
     }
@@ -234,6 +252,8 @@ impl Control {
 /// Why a direction woke up.
 enum Woke {
     Command,
+    /// A throttle's wait is over.
+    Resume,
     Read(io::Result<usize>),
 }
 
@@ -248,6 +268,37 @@ struct DirCounters {
     sent_close: AtomicU16,
 }
 
+/// The gateway's answers to skipped messages, for the client, written at the next message
+/// boundary; at most [`MAX_QUEUED_ANSWERS`]. Only connections with rate limits have one.
+#[derive(Default)]
+struct Answers {
+    queue: Mutex<VecDeque<GatewayMessage>>,
+    waiting: AtomicUsize,
+}
+
+impl Answers {
+    fn push(&self, m: GatewayMessage) {
+        if let Ok(mut q) = self.queue.lock() {
+            q.push_back(m);
+            self.waiting.store(q.len(), Ordering::Release);
+        }
+    }
+
+    fn waiting(&self) -> usize {
+        self.waiting.load(Ordering::Acquire)
+    }
+
+    /// Encodes every queued answer into `out` (unmasked: answers go to the client).
+    fn take(&self, out: &mut Vec<u8>) {
+        if let Ok(mut q) = self.queue.lock() {
+            for m in q.drain(..) {
+                encode_frame(out, 0x2, m.as_bytes(), None);
+            }
+            self.waiting.store(0, Ordering::Release);
+        }
+    }
+}
+
 /// State both directions share: open queries, counters and the last time anything moved.
 struct Shared {
     /// Open query ids; a set, because a client may open up to 65,536 of them and each
@@ -258,6 +309,8 @@ struct Shared {
     up: DirCounters,
     down: DirCounters,
     violation: Mutex<Option<(Violation, Direction)>>,
+    /// The rate limits' answers for the client; `None` without limits.
+    answers: Option<Box<Answers>>,
 }
 
 impl Shared {
@@ -341,20 +394,43 @@ impl Controls {
     }
 }
 
+/// Records a violation `dir`'s peer committed and asks both writers to close.
+fn violated(v: Violation, dir: Direction, mine: &Control, peer: &Control, shared: &Shared) {
+    if let Ok(mut slot) = shared.violation.lock() {
+        slot.get_or_insert((v, dir));
+    }
+    let (mine_code, peer_code) = if dir == Direction::UpstreamToClient {
+        (v.client_close_code(dir), v.upstream_close_code(dir))
+    } else {
+        (v.upstream_close_code(dir), v.client_close_code(dir))
+    };
+    peer.send(Command::Close(peer_code));
+    mine.send(Command::Close(mine_code));
+}
+
+/// What a rate-limited scan pass leaves the direction to do before reading again.
+enum Held {
+    /// Nothing: read on.
+    No,
+    /// Read nothing for this long (a throttle).
+    For(Duration),
+    /// Read nothing until the client's answers are written.
+    Answers,
+    /// The direction stops: the write failed.
+    Broken,
+}
+
 /// One direction: `src` → `dst`, starting with the bytes already read from `src`.
+/// `limiter` is the client's rate limits, on the client-to-upstream direction only.
 async fn forward<R: Source, W: AsyncWrite + Unpin>(
     mut src: R,
     mut dst: W,
     mut pending: BytesMut,
     rules: Option<MosaicRules>,
     lane: Lane<'_>,
+    mut limiter: Option<&mut (dyn Limiter + 'static)>,
 ) -> DirReport {
-    let Lane {
-        dir,
-        mine,
-        peer,
-        shared,
-    } = lane;
+    let (dir, mine, peer, shared) = (lane.dir, lane.mine, lane.peer, lane.shared);
     let mut tracker = Tracker::new(dir, rules);
     let to_client = dir == Direction::UpstreamToClient;
     let counters = if to_client { &shared.down } else { &shared.up };
@@ -365,48 +441,79 @@ async fn forward<R: Source, W: AsyncWrite + Unpin>(
     // After the gateway sent its own close on `dst`, it only reads `src` to see the peer go.
     let mut closing = false;
     let mut out = Vec::new();
+    // A rate limit holding this direction back: while set, nothing more is read; `timed`
+    // says the throttle's timer ends the hold (else a nudge from the peer does).
+    let (mut held, mut timed) = (false, false);
+    // The throttle's timer, made the first time a limit throttles this direction.
+    let mut throttle: Option<Pin<Box<tokio::time::Sleep>>> = None;
     'relay: loop {
-        if !pending.is_empty() {
-            let scan = tracker.scan(&pending, |q| shared.on_query(q));
-            if closing {
-                // Discard what the peer still sends, but notice its close frame.
-                pending.advance(scan.safe);
-                tracker.consumed(scan.safe);
-                if tracker.close_seen() || scan.violation.is_some() {
-                    counters.close_seen.store(true, Ordering::Relaxed);
-                    break 'relay;
-                }
-            } else {
-                if scan.safe > 0 {
-                    if dst.write_all(&pending[..scan.safe]).await.is_err() {
-                        break 'relay;
+        match limiter.as_deref_mut() {
+            Some(l) if !closing => {
+                let hold =
+                    limited_pass(l, &mut tracker, &mut pending, &mut dst, &lane, &mut rep).await;
+                (held, timed) = (true, false);
+                match hold {
+                    Held::No => held = false,
+                    Held::For(d) => {
+                        timed = true;
+                        let at = tokio::time::Instant::now() + d;
+                        match throttle.as_mut() {
+                            Some(t) => t.as_mut().reset(at),
+                            None => throttle = Some(Box::pin(tokio::time::sleep_until(at))),
+                        }
                     }
-                    counters
-                        .bytes
-                        .fetch_add(scan.safe as u64, Ordering::Relaxed);
-                    counters
-                        .messages
-                        .store(tracker.messages(), Ordering::Relaxed);
-                    counters
-                        .close_seen
-                        .store(tracker.close_seen(), Ordering::Relaxed);
-                    pending.advance(scan.safe);
-                    tracker.consumed(scan.safe);
-                }
-                if let Some(v) = scan.violation {
-                    rep.violated = true;
-                    if let Ok(mut slot) = shared.violation.lock() {
-                        slot.get_or_insert((v, dir));
-                    }
-                    let (mine_code, peer_code) = if to_client {
-                        (v.client_close_code(dir), v.upstream_close_code(dir))
-                    } else {
-                        (v.upstream_close_code(dir), v.client_close_code(dir))
-                    };
-                    peer.send(Command::Close(peer_code));
-                    mine.send(Command::Close(mine_code));
+                    Held::Answers => {}
+                    Held::Broken => break 'relay,
                 }
             }
+            _ if !pending.is_empty() => {
+                let scan = tracker.scan(&pending, |q| shared.on_query(q));
+                // Only these outlive the write below (a future keeps what crosses an await).
+                let (safe, used, violation) = (scan.safe, scan.safe + scan.drop, scan.violation);
+                if closing {
+                    // Discard what the peer still sends, but notice its close frame.
+                    pending.advance(used);
+                    tracker.consumed(used);
+                    if tracker.close_seen() || violation.is_some() {
+                        counters.close_seen.store(true, Ordering::Relaxed);
+                        break 'relay;
+                    }
+                } else {
+                    if safe > 0 {
+                        if dst.write_all(&pending[..safe]).await.is_err() {
+                            break 'relay;
+                        }
+                        counters.bytes.fetch_add(safe as u64, Ordering::Relaxed);
+                        counters
+                            .messages
+                            .store(tracker.messages(), Ordering::Relaxed);
+                        counters
+                            .close_seen
+                            .store(tracker.close_seen(), Ordering::Relaxed);
+                    }
+                    pending.advance(used);
+                    tracker.consumed(used);
+                    if let Some(v) = violation {
+                        rep.violated = true;
+                        violated(v, dir, mine, peer, shared);
+                    }
+                }
+            }
+            _ => {}
+        }
+        // The gateway's answers to the client go out between two messages.
+        let answers = shared
+            .answers
+            .as_deref()
+            .filter(|a| to_client && a.waiting() > 0);
+        if let Some(a) = answers.filter(|_| !closing && tracker.at_message_boundary()) {
+            out.clear();
+            a.take(&mut out);
+            if dst.write_all(&out).await.is_err() {
+                break 'relay;
+            }
+            // The client's direction may be waiting for the queue to empty.
+            peer.nudge();
         }
         // Act on commands at the first boundary where they are legal.
         while let Some(cmd) = mine.peek() {
@@ -441,6 +548,7 @@ async fn forward<R: Source, W: AsyncWrite + Unpin>(
                     encode_close(&mut out, code, close_reason(code), mask);
                     counters.sent_close.store(code, Ordering::Relaxed);
                     closing = true;
+                    held = false;
                     // From here on the tracker only looks for the peer's close frame.
                     tracker.make_transparent();
                 }
@@ -463,6 +571,16 @@ async fn forward<R: Source, W: AsyncWrite + Unpin>(
             if mine.take_signal() {
                 return Poll::Ready(Woke::Command);
             }
+            if held {
+                // A limit holds the client back: no reads (TCP backpressure) until the
+                // throttle's time is up, or a nudge says the answers were written.
+                return match throttle.as_mut() {
+                    Some(t) if timed => {
+                        std::future::Future::poll(t.as_mut(), cx).map(|()| Woke::Resume)
+                    }
+                    _ => Poll::Pending,
+                };
+            }
             if pending.capacity() == pending.len() {
                 if let Err(e) = std::task::ready!(src.poll_readable(cx)) {
                     return Poll::Ready(Woke::Read(Err(e)));
@@ -482,6 +600,11 @@ async fn forward<R: Source, W: AsyncWrite + Unpin>(
         .await;
         match woke {
             Woke::Command => continue,
+            Woke::Resume => {
+                // The throttled client is making progress: it is not idle.
+                held = false;
+                shared.touch();
+            }
             Woke::Read(Ok(0)) | Woke::Read(Err(_)) => {
                 rep.source_ended = true;
                 break;
@@ -509,7 +632,90 @@ async fn forward<R: Source, W: AsyncWrite + Unpin>(
 
 /// Every close code the gateway itself sends to clients (`closes_sent_total{code}`): what
 /// [`close_reason`] names, which the tests check against every code the relay can choose.
-pub const SENT_CLOSE_CODES: [u16; 5] = [1001, 1002, 1003, 1009, 1014];
+pub const SENT_CLOSE_CODES: [u16; 6] = [1001, 1002, 1003, 1008, 1009, 1014];
+
+/// Forwards what the client's rate limits let through of `pending`: scans within the byte
+/// budget, asks the limiter at message boundaries, drops skipped messages and queues the
+/// gateway's answers. Says what holds the direction back before it may read again.
+async fn limited_pass<W: AsyncWrite + Unpin>(
+    limiter: &mut (dyn Limiter + 'static),
+    tracker: &mut Tracker,
+    pending: &mut BytesMut,
+    dst: &mut W,
+    lane: &Lane<'_>,
+    rep: &mut DirReport,
+) -> Held {
+    let (dir, mine, peer, shared) = (lane.dir, lane.mine, lane.peer, lane.shared);
+    limiter.start_pass();
+    loop {
+        let answers = shared.answers.as_deref();
+        if answers.is_some_and(|a| a.waiting() >= MAX_QUEUED_ANSWERS) {
+            return Held::Answers;
+        }
+        let scanned = tracker.scanned();
+        if scanned == pending.len() {
+            return Held::No;
+        }
+        let limit = limiter.scan_limit(scanned, pending.len());
+        if limit <= scanned {
+            return Held::For(limiter.bytes_wait());
+        }
+        let scan: Scan = {
+            let mut gate = ConnGate {
+                limiter: &mut *limiter,
+                queries: &shared.queries,
+            };
+            tracker.scan_gated(&mut pending[..limit], &mut gate)
+        };
+        let progress = tracker.scanned() - scanned;
+        limiter.charge_bytes(progress);
+        if let (Some(a), Some(queue)) = (scan.answer, answers) {
+            queue.push(a);
+            peer.nudge();
+        }
+        // Only these outlive the write below (a future keeps what crosses an await).
+        let (safe, used, violation, limited) = (
+            scan.safe,
+            scan.safe + scan.drop,
+            scan.violation,
+            scan.limited,
+        );
+        if safe > 0 {
+            if dst.write_all(&pending[..safe]).await.is_err() {
+                return Held::Broken;
+            }
+            let up = &shared.up;
+            up.bytes.fetch_add(safe as u64, Ordering::Relaxed);
+            up.messages.store(tracker.messages(), Ordering::Relaxed);
+            up.close_seen.store(tracker.close_seen(), Ordering::Relaxed);
+        }
+        pending.advance(used);
+        tracker.consumed(used);
+        if let Some(v) = violation {
+            rep.violated = true;
+            violated(v, dir, mine, peer, shared);
+            return Held::No;
+        }
+        match limited {
+            Some(Limited::Wait(d)) => return Held::For(d),
+            Some(Limited::Close) => {
+                rep.violated = true;
+                peer.send(Command::Close(1008));
+                mine.send(Command::Close(1001));
+                return Held::No;
+            }
+            None => {}
+        }
+        if progress == 0 && used == 0 {
+            // Nothing more to judge within what was read (or the budget): wait for either.
+            return if limit == pending.len() {
+                Held::No
+            } else {
+                Held::For(limiter.bytes_wait())
+            };
+        }
+    }
+}
 
 fn close_reason(code: u16) -> &'static str {
     match code {
@@ -517,6 +723,7 @@ fn close_reason(code: u16) -> &'static str {
         1002 => "protocol error",
         1003 => "binary messages only",
         1009 => "message too big",
+        1008 => "policy violation",
         1014 => "bad gateway",
         _ => "protocol error",
     }
@@ -548,7 +755,7 @@ pub struct Pump<'a, F> {
 pub async fn relay<CR, CW, UR, UW, F>(
     client: Side<CR, CW>,
     upstream: Side<UR, UW>,
-    pump: &Pump<'_, F>,
+    pump: Pump<'_, F>,
 ) -> RelayReport
 where
     CR: Source,
@@ -557,7 +764,9 @@ where
     UW: AsyncWrite + Unpin,
     F: Fn(Traffic) + Sync,
 {
-    let opts = pump.opts;
+    let Pump { opts, drain, fold } = pump;
+    // Boxed: a connection without limits carries one null pointer for them, no buckets.
+    let mut limiter = opts.limits;
     let controls = Controls {
         to_client: Control::new(),
         to_upstream: Control::new(),
@@ -569,6 +778,7 @@ where
         up: DirCounters::default(),
         down: DirCounters::default(),
         violation: Mutex::new(None),
+        answers: limiter.is_some().then(Box::default),
     };
     let up = forward(
         client.read,
@@ -576,6 +786,7 @@ where
         client.leftover,
         opts.mosaic,
         controls.lane(Direction::ClientToUpstream, &shared),
+        limiter.as_deref_mut(),
     );
     let down = forward(
         upstream.read,
@@ -583,6 +794,7 @@ where
         upstream.leftover,
         opts.mosaic,
         controls.lane(Direction::UpstreamToClient, &shared),
+        None,
     );
     tokio::pin!(up);
     tokio::pin!(down);
@@ -617,7 +829,7 @@ where
                 clock.direction_ended(&r, Closer::Upstream);
                 down_rep = Some(r);
             }
-            close_by = std::future::poll_fn(|cx| pump.drain.poll_fired(cx)), if !clock.drain_seen => {
+            close_by = std::future::poll_fn(|cx| drain.poll_fired(cx)), if !clock.drain_seen => {
                 if opts.mosaic.is_some() {
                     controls.to_client.send(Command::CloseQueries);
                 }
@@ -626,7 +838,7 @@ where
             () = &mut timer => {
                 // Force a re-arm on the next turn even if the deadline is unchanged.
                 armed_for = tokio::time::Instant::now();
-                if clock.on_timer(&turn, &shared, &controls, pump.fold) == Tick::Stop {
+                if clock.on_timer(&turn, &shared, &controls, fold) == Tick::Stop {
                     break;
                 }
             }
@@ -638,7 +850,7 @@ where
     };
     let violation = shared.violation.lock().ok().and_then(|v| *v);
     let total = shared.traffic();
-    (pump.fold)(total.since(clock.folded));
+    fold(total.since(clock.folded));
     RelayReport {
         bytes_up: total.bytes_up,
         bytes_down: total.bytes_down,

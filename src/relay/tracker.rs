@@ -6,13 +6,77 @@
 //! connections it also applies the message rules: a message's first frame is held back
 //! until its first bytes have been judged, and every frame header is checked against the
 //! size cap and the length the layout requires before any of it is forwarded.
+//!
+//! The gateway's rate limits ([`Gate`]) decide at the same boundaries: when a data message
+//! starts (throttle: stop at its first frame header until tokens refill, or close) and,
+//! on Mosaic, when a client message's head has been judged (skip: the message's data
+//! frames are dropped, interleaved control frames still pass, and the gateway answers it).
+
+use std::time::Duration;
 
 use crate::relay::frame::{parse_header, unmask_into, FrameHeader, Opcode};
-use crate::relay::mosaic::{judge_head, Direction, HeadVerdict, QueryEvent, Validation, Violation};
+use crate::relay::mosaic::{
+    judge_head, Direction, GatewayMessage, HeadVerdict, QueryEvent, Validation, Violation,
+};
 
 /// Bytes a held Mosaic message head may span (interleaved control frames included) before
 /// the peer is judged to be stalling the gateway.
 const MAX_HELD_BYTES: usize = 64 * 1024;
+
+/// A message's first bytes the tracker collects: enough for every seed-era layout, and for
+/// a Submission's type, length and the 32 record-id bytes a Submission Result echoes.
+pub const HEAD_BYTES: usize = 36;
+
+/// What a [`Gate`] decides at a message boundary.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admit {
+    /// Forward the message.
+    Pass,
+    /// Keep holding the message until its first [`HEAD_BYTES`] are in (or it ends), then
+    /// ask again. Only meaningful for [`Gate::mosaic_head`].
+    NeedMore,
+    /// Forward nothing from this message's first frame on, read nothing more for this long,
+    /// then ask again (throttle). Only meaningful for [`Gate::message_start`].
+    Wait(Duration),
+    /// Close the connection (policy violation). Only meaningful for [`Gate::message_start`].
+    Close,
+    /// Never forward this message; the gateway answers the client with this message.
+    /// Only meaningful for [`Gate::mosaic_head`].
+    Skip(GatewayMessage),
+}
+
+/// Decisions the gateway's limits take at message boundaries. Calls may repeat for the same
+/// message (after [`Admit::Wait`] or [`Admit::NeedMore`]); only a final decision may have
+/// effects (taking tokens, counting).
+pub trait Gate {
+    /// How many of a message's first bytes this gate is shown (at most [`HEAD_BYTES`]);
+    /// enough for the layouts unless it answers Submissions.
+    const HEAD_LEN: usize = 8;
+    /// A data message starts: its first frame header is in.
+    fn message_start(&mut self) -> Admit;
+    /// A client's Mosaic message passed the rules: `head` is its first bytes (up to
+    /// [`HEAD_BYTES`]), `ended` says the message has no more, `query` is the query
+    /// bookkeeping it implies (applied by the gate).
+    fn mosaic_head(&mut self, head: &[u8], ended: bool, query: Option<QueryEvent>) -> Admit;
+}
+
+/// The gate of connections without limits: every message passes, query events are reported.
+struct Queries<F>(F);
+
+impl<F: FnMut(QueryEvent)> Gate for Queries<F> {
+    #[inline(always)]
+    fn message_start(&mut self) -> Admit {
+        Admit::Pass
+    }
+
+    #[inline(always)]
+    fn mosaic_head(&mut self, _head: &[u8], _ended: bool, query: Option<QueryEvent>) -> Admit {
+        if let Some(q) = query {
+            (self.0)(q);
+        }
+        Admit::Pass
+    }
+}
 
 /// The Mosaic rules applied to one direction.
 #[derive(Debug, Clone, Copy)]
@@ -32,7 +96,18 @@ enum FrameState {
         mask: Option<[u8; 4]>,
         data: bool,
         fin: bool,
+        /// A data frame of a skipped message: its bytes are dropped, not forwarded.
+        drop: bool,
     },
+}
+
+/// Why a scan stopped before the end of the buffer because of a [`Gate`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Limited {
+    /// Read nothing more for this long, then scan again from the held message start.
+    Wait(Duration),
+    /// Close the connection with 1008 (policy violation).
+    Close,
 }
 
 /// What a scan found.
@@ -40,8 +115,35 @@ enum FrameState {
 pub struct Scan {
     /// Bytes from the start of the buffer that may be forwarded now.
     pub safe: usize,
+    /// Bytes right after `safe` to discard (a skipped message's data frames). When not 0,
+    /// the caller consumes `safe + drop` and scans again.
+    pub drop: usize,
     /// A rule the peer broke; nothing from the offending frame is in `safe`.
     pub violation: Option<Violation>,
+    /// A gate held the rest back (throttle) or ended the connection.
+    pub limited: Option<Limited>,
+    /// The gateway's answer to a skipped message, for the client.
+    pub answer: Option<GatewayMessage>,
+}
+
+/// Where one pass of the scanner stopped.
+enum Stop {
+    /// The end of the buffer.
+    End,
+    /// A frame that is not part of the current drop run: the run ends before it.
+    RunEnd,
+    /// A gate skipped the message being held.
+    Skip(GatewayMessage),
+    /// A gate throttled the message starting here.
+    Wait(Duration),
+    /// A gate closed the connection at the message starting here.
+    Close,
+}
+
+/// What accounting for payload bytes led to.
+enum Step {
+    Continue,
+    Skip(GatewayMessage),
 }
 
 /// Tracks frames and, on Mosaic connections, judges messages in one direction.
@@ -53,11 +155,13 @@ pub struct Tracker {
     frame: FrameState,
     in_message: bool,
     msg_len: u64,
-    head: [u8; 8],
+    head: [u8; HEAD_BYTES],
     head_len: usize,
     judged: bool,
     expected_len: Option<u64>,
     hold_from: Option<usize>,
+    /// The current message is skipped: none of its data frames are forwarded.
+    skipping: bool,
     close_seen: bool,
     messages: u64,
 }
@@ -72,11 +176,12 @@ impl Tracker {
             frame: FrameState::Header,
             in_message: false,
             msg_len: 0,
-            head: [0; 8],
+            head: [0; HEAD_BYTES],
             head_len: 0,
             judged: true,
             expected_len: None,
             hold_from: None,
+            skipping: false,
             close_seen: false,
             messages: 0,
         }
@@ -92,16 +197,25 @@ impl Tracker {
         self.close_seen
     }
 
+    /// Bytes of the buffer scanned so far (forwarded or not).
+    pub fn scanned(&self) -> usize {
+        self.pos
+    }
+
     /// Whether everything forwarded so far ends at a frame boundary, so a control frame may
     /// be injected.
     pub fn at_frame_boundary(&self) -> bool {
-        self.hold_from.is_some() || matches!(self.frame, FrameState::Header)
+        self.hold_from.is_some()
+            || matches!(
+                self.frame,
+                FrameState::Header | FrameState::Payload { drop: true, .. }
+            )
     }
 
     /// Whether everything forwarded so far ends at a message boundary, so a data message may
     /// be injected.
     pub fn at_message_boundary(&self) -> bool {
-        self.at_frame_boundary() && (!self.in_message || self.hold_from.is_some())
+        self.at_frame_boundary() && (!self.in_message || self.hold_from.is_some() || self.skipping)
     }
 
     /// Stops judging messages: once the gateway closed the connection it only needs to see
@@ -109,6 +223,10 @@ impl Tracker {
     pub fn make_transparent(&mut self) {
         self.rules = None;
         self.hold_from = None;
+        self.skipping = false;
+        if let FrameState::Payload { drop, .. } = &mut self.frame {
+            *drop = false;
+        }
     }
 
     /// Tells the tracker that the first `n` bytes of the buffer were forwarded and dropped.
@@ -174,24 +292,67 @@ impl Tracker {
     }
 
     /// Scans newly arrived bytes of `buf` (everything after what earlier scans covered).
-    pub fn scan(&mut self, buf: &[u8], mut on_query: impl FnMut(QueryEvent)) -> Scan {
-        match self.scan_inner(buf, &mut on_query) {
-            Ok(()) => Scan {
-                safe: self.hold_from.unwrap_or(self.pos),
-                violation: None,
-            },
-            Err((v, frame_start)) => Scan {
-                safe: self.hold_from.unwrap_or(frame_start),
-                violation: Some(v),
-            },
+    pub fn scan(&mut self, buf: &[u8], on_query: impl FnMut(QueryEvent)) -> Scan {
+        let mut run = None;
+        let stop = self.scan_inner(buf, &mut Queries(on_query), &mut run);
+        self.scan_result(stop, run, None)
+    }
+
+    /// [`Tracker::scan`] with the gateway's limits deciding at message boundaries. Stops at
+    /// the first decision that changes what is forwarded: a throttle or close (see
+    /// [`Scan::limited`]), or the end of a skipped message's drop run (see [`Scan::drop`]).
+    /// `buf` is mutable because a skipped message's interleaved control frames are moved
+    /// in front of its dropped data frames, so they can still be forwarded.
+    pub fn scan_gated<G: Gate>(&mut self, buf: &mut [u8], gate: &mut G) -> Scan {
+        // Where the bytes being dropped start, while a skipped message is being dropped.
+        let mut run = None;
+        let mut answer = None;
+        loop {
+            let stop = self.scan_inner(buf, gate, &mut run);
+            let Ok(Stop::Skip(a)) = stop else {
+                return self.scan_result(stop, run, answer);
+            };
+            // Everything from the held message's first frame on was held back: keep its
+            // control frames, drop its data frames, and go on dropping what follows.
+            let from = self.hold_from.take().unwrap_or(self.pos);
+            let kept = compact_controls(&mut buf[from..self.pos]);
+            run = Some(from + kept);
+            answer = Some(a);
         }
     }
 
-    fn scan_inner(
+    fn scan_result(
+        &self,
+        stop: Result<Stop, (Violation, usize)>,
+        run: Option<usize>,
+        answer: Option<GatewayMessage>,
+    ) -> Scan {
+        let (end, violation, limited) = match stop {
+            Ok(Stop::End | Stop::RunEnd | Stop::Skip(_)) => (self.pos, None, None),
+            Ok(Stop::Wait(d)) => (self.pos, None, Some(Limited::Wait(d))),
+            Ok(Stop::Close) => (self.pos, None, Some(Limited::Close)),
+            Err((v, frame_start)) => (frame_start, Some(v), None),
+        };
+        let (safe, drop) = match run {
+            Some(d) => (d, end.saturating_sub(d)),
+            None => (self.hold_from.unwrap_or(end), 0),
+        };
+        Scan {
+            safe,
+            drop,
+            violation,
+            limited,
+            answer,
+        }
+    }
+
+    /// Scans from `self.pos`; `run` is where the current drop run started, if one is on.
+    fn scan_inner<G: Gate>(
         &mut self,
         buf: &[u8],
-        on_query: &mut impl FnMut(QueryEvent),
-    ) -> Result<(), (Violation, usize)> {
+        gate: &mut G,
+        run: &mut Option<usize>,
+    ) -> Result<Stop, (Violation, usize)> {
         while self.pos < buf.len() {
             match self.frame {
                 FrameState::Header => {
@@ -201,7 +362,21 @@ impl Tracker {
                         Ok(None) => break,
                         Err(_) => return Err((Violation::Framing, start)),
                     };
+                    let drop = self.skipping && h.opcode == Opcode::Continuation;
+                    if run.is_some() && !drop {
+                        return Ok(Stop::RunEnd);
+                    }
+                    if !drop && !h.opcode.is_control() && h.opcode != Opcode::Continuation {
+                        match gate.message_start() {
+                            Admit::Wait(d) => return Ok(Stop::Wait(d)),
+                            Admit::Close => return Ok(Stop::Close),
+                            _ => {}
+                        }
+                    }
                     self.check_header(&h, start).map_err(|v| (v, start))?;
+                    if drop && run.is_none() {
+                        *run = Some(start);
+                    }
                     if h.opcode == Opcode::Close {
                         self.close_seen = true;
                     }
@@ -212,19 +387,33 @@ impl Tracker {
                         mask: h.mask,
                         data: !h.opcode.is_control(),
                         fin: h.fin,
+                        drop,
                     };
                     if h.payload_len == 0 {
-                        self.finish_payload(&[], on_query).map_err(|v| (v, start))?;
+                        if let Step::Skip(a) =
+                            self.finish_payload(&[], gate).map_err(|v| (v, start))?
+                        {
+                            return Ok(Stop::Skip(a));
+                        }
                     }
                 }
-                FrameState::Payload { remaining, .. } => {
+                FrameState::Payload {
+                    remaining, drop, ..
+                } => {
+                    if drop && run.is_none() {
+                        *run = Some(self.pos);
+                    }
                     let avail = (buf.len() - self.pos)
                         .min(usize::try_from(remaining).unwrap_or(usize::MAX));
                     let chunk = &buf[self.pos..self.pos + avail];
                     let frame_start = self.hold_from.unwrap_or(self.pos);
-                    self.finish_payload(chunk, on_query)
+                    let step = self
+                        .finish_payload(chunk, gate)
                         .map_err(|v| (v, frame_start))?;
                     self.pos += avail;
+                    if let Step::Skip(a) = step {
+                        return Ok(Stop::Skip(a));
+                    }
                 }
             }
             if let Some(h) = self.hold_from {
@@ -233,29 +422,28 @@ impl Tracker {
                 }
             }
         }
-        Ok(())
+        Ok(Stop::End)
     }
 
     /// Accounts for `chunk`, the next payload bytes of the current frame.
-    fn finish_payload(
-        &mut self,
-        chunk: &[u8],
-        on_query: &mut impl FnMut(QueryEvent),
-    ) -> Result<(), Violation> {
+    fn finish_payload<G: Gate>(&mut self, chunk: &[u8], gate: &mut G) -> Result<Step, Violation> {
         let FrameState::Payload {
             remaining,
             offset,
             mask,
             data,
             fin,
+            mut drop,
         } = self.frame
         else {
-            return Ok(());
+            return Ok(Step::Continue);
         };
         let remaining_after = remaining - chunk.len() as u64;
+        let mut step = Step::Continue;
         if data && !self.judged {
             if let Some(rules) = self.rules {
-                let take = (self.head.len() - self.head_len).min(chunk.len());
+                let want = G::HEAD_LEN.min(HEAD_BYTES);
+                let take = want.saturating_sub(self.head_len).min(chunk.len());
                 unmask_into(
                     &mut self.head[self.head_len..self.head_len + take],
                     &chunk[..take],
@@ -275,12 +463,22 @@ impl Tracker {
                         expected_len,
                         query,
                     } => {
-                        self.judged = true;
-                        self.expected_len = expected_len;
-                        self.check_expected(fin)?;
-                        self.hold_from = None;
-                        if let Some(q) = query {
-                            on_query(q);
+                        let head = &self.head[..self.head_len];
+                        match gate.mosaic_head(head, ended, query) {
+                            Admit::NeedMore if self.head_len < want && !ended => {}
+                            verdict => {
+                                self.judged = true;
+                                self.expected_len = expected_len;
+                                self.check_expected(fin)?;
+                                if let Admit::Skip(answer) = verdict {
+                                    // The held bytes are dropped by the caller of the scan.
+                                    self.skipping = true;
+                                    drop = true;
+                                    step = Step::Skip(answer);
+                                } else {
+                                    self.hold_from = None;
+                                }
+                            }
                         }
                     }
                     HeadVerdict::NeedMore(_) => {}
@@ -291,7 +489,11 @@ impl Tracker {
             self.frame = FrameState::Header;
             if data && fin {
                 self.in_message = false;
-                self.messages += 1;
+                if self.skipping {
+                    self.skipping = false;
+                } else {
+                    self.messages += 1;
+                }
             }
         } else {
             self.frame = FrameState::Payload {
@@ -300,10 +502,33 @@ impl Tracker {
                 mask,
                 data,
                 fin,
+                drop,
             };
         }
-        Ok(())
+        Ok(step)
     }
+}
+
+/// Moves the control frames of `region` (whole frames, then at most one partial data frame)
+/// to its front, in order, and returns their length: what of a skipped message's held
+/// bytes must still be forwarded.
+fn compact_controls(region: &mut [u8]) -> usize {
+    let (mut read, mut kept) = (0, 0);
+    while read < region.len() {
+        let Ok(Some(h)) = parse_header(&region[read..]) else {
+            break;
+        };
+        let whole = (h.header_len as u64).saturating_add(h.payload_len);
+        let len = usize::try_from(whole)
+            .unwrap_or(usize::MAX)
+            .min(region.len() - read);
+        if h.opcode.is_control() {
+            region.copy_within(read..read + len, kept);
+            kept += len;
+        }
+        read += len;
+    }
+    kept
 }
 
 #[cfg(test)]
@@ -397,6 +622,197 @@ mod tests {
         let s = t.scan(&bytes, |_| {});
         assert_eq!(s.violation, Some(Violation::TooLarge));
         assert_eq!(s.safe, ok);
+    }
+
+    /// A gate for tests: skips Submissions whose record starts with 0xEE, throttles the
+    /// first `waits` message starts, and records what it was asked.
+    #[derive(Default)]
+    struct TestGate {
+        waits: usize,
+        starts: usize,
+        heads: Vec<usize>,
+        queries: Vec<QueryEvent>,
+    }
+
+    impl Gate for TestGate {
+        const HEAD_LEN: usize = HEAD_BYTES;
+
+        fn message_start(&mut self) -> Admit {
+            self.starts += 1;
+            if self.waits > 0 {
+                self.waits -= 1;
+                return Admit::Wait(Duration::from_millis(5));
+            }
+            Admit::Pass
+        }
+
+        fn mosaic_head(&mut self, head: &[u8], ended: bool, q: Option<QueryEvent>) -> Admit {
+            self.heads.push(head.len());
+            if head[0] == 0x03 {
+                if head.len() < HEAD_BYTES && !ended {
+                    return Admit::NeedMore;
+                }
+                if head.get(4) == Some(&0xEE) {
+                    return Admit::Skip(GatewayMessage::submission_result(0x12, head));
+                }
+            }
+            self.queries.extend(q);
+            Admit::Pass
+        }
+    }
+
+    fn submission(first: u8, len: usize) -> Vec<u8> {
+        let mut rec = vec![first; len];
+        rec[1] = len as u8;
+        let mut m = vec![0x03, len as u8, (len >> 8) as u8, 0];
+        m.extend_from_slice(&rec);
+        m
+    }
+
+    #[test]
+    fn a_skipped_message_is_dropped_but_its_interleaved_control_frames_pass() {
+        let mut t = Tracker::new(Direction::ClientToUpstream, rules());
+        let skipped = submission(0xEE, 40);
+        let kept = submission(0x11, 40);
+        let ping = frame(true, 9, b"hi", true);
+        let mut bytes = frame(false, 2, &skipped[..10], true);
+        bytes.extend(&ping);
+        bytes.extend(frame(true, 0, &skipped[10..], true));
+        let after = frame(true, 2, &kept, true);
+        bytes.extend(&after);
+        let mut gate = TestGate::default();
+        let s = t.scan_gated(&mut bytes, &mut gate);
+        assert_eq!(
+            &bytes[..s.safe],
+            &ping[..],
+            "the ping moved in front, alone"
+        );
+        let answer = s
+            .answer
+            .expect("the gateway answers the skipped Submission");
+        assert_eq!(answer.as_bytes()[..4], [0x83, 0, 0, 0x12]);
+        assert_eq!(&answer.as_bytes()[4..], &skipped[4..36]);
+        let used = s.safe + s.drop;
+        assert_eq!(used, bytes.len() - after.len());
+        bytes.drain(..used);
+        t.consumed(used);
+        let s = t.scan_gated(&mut bytes, &mut gate);
+        assert_eq!((s.safe, s.drop), (after.len(), 0));
+        assert!(s.answer.is_none());
+        assert_eq!(t.messages(), 1, "only the forwarded message counts");
+        // Asked again until the record id was in: 10 bytes, then 36.
+        assert_eq!(gate.heads, vec![10, 36, 36]);
+    }
+
+    #[test]
+    fn a_throttled_message_start_is_asked_again_and_nothing_is_lost() {
+        let mut t = Tracker::new(Direction::UpstreamToClient, None);
+        let first = frame(true, 1, b"[\"EVENT\"]", false);
+        let mut bytes = first.clone();
+        bytes.extend(frame(true, 1, b"[\"REQ\"]", false));
+        let total = bytes.len();
+        let mut gate = TestGate::default();
+        let s = t.scan_gated(&mut bytes[..first.len()], &mut gate);
+        assert_eq!(s.safe, first.len());
+        assert!(s.limited.is_none());
+        gate.waits = 2;
+        bytes.drain(..s.safe);
+        t.consumed(s.safe);
+        for _ in 0..2 {
+            let s = t.scan_gated(&mut bytes, &mut gate);
+            assert_eq!(s.safe, 0);
+            assert_eq!(s.limited, Some(Limited::Wait(Duration::from_millis(5))));
+            assert!(t.at_message_boundary(), "a close may go in while throttled");
+        }
+        let s = t.scan_gated(&mut bytes, &mut gate);
+        assert_eq!(s.safe + first.len(), total);
+        assert_eq!(t.messages(), 2);
+        assert_eq!(gate.starts, 4);
+    }
+
+    /// A tiny deterministic generator for the randomized test below.
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn below(&mut self, n: usize) -> usize {
+            self.0 = self
+                .0
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((self.0 >> 33) as usize) % n.max(1)
+        }
+    }
+
+    #[test]
+    fn gated_streams_forward_exactly_the_passed_messages_and_every_control_frame_in_order() {
+        for seed in 0..200u64 {
+            let mut rng = Lcg(seed);
+            let mut stream: Vec<u8> = Vec::new();
+            let mut expected: Vec<u8> = Vec::new();
+            let mut answers = 0;
+            for i in 0..12 {
+                let skip = rng.below(3) == 0;
+                let msg = match rng.below(3) {
+                    0 => submission(if skip { 0xEE } else { 0x10 }, 32 + rng.below(40)),
+                    1 => vec![0x01, i as u8, 0, 0, 2, 0, 0, 0, b'f', b'x'],
+                    _ => vec![0x02, i as u8, 0, 0],
+                };
+                let skipped = skip && msg[0] == 0x03;
+                answers += usize::from(skipped);
+                // Split into 1 to 4 frames, with pings between some of them.
+                let cuts = rng.below(4);
+                let mut at = 0;
+                for k in 0..=cuts {
+                    let end = if k == cuts {
+                        msg.len()
+                    } else {
+                        (at + 1 + rng.below(12)).min(msg.len())
+                    };
+                    let op = if k == 0 { 2 } else { 0 };
+                    let f = frame(end == msg.len(), op, &msg[at..end], true);
+                    stream.extend(&f);
+                    if !skipped {
+                        expected.extend(&f);
+                    }
+                    at = end;
+                    if rng.below(3) == 0 {
+                        let p = frame(true, 9, &[k as u8], true);
+                        stream.extend(&p);
+                        expected.extend(&p);
+                    }
+                    if at == msg.len() {
+                        break;
+                    }
+                }
+            }
+            let mut t = Tracker::new(Direction::ClientToUpstream, rules());
+            let mut gate = TestGate::default();
+            let (mut pending, mut out, mut fed, mut got) =
+                (Vec::<u8>::new(), Vec::<u8>::new(), 0, 0);
+            while fed < stream.len() || !pending.is_empty() {
+                if fed < stream.len() {
+                    let n = (1 + rng.below(30)).min(stream.len() - fed);
+                    pending.extend_from_slice(&stream[fed..fed + n]);
+                    fed += n;
+                }
+                loop {
+                    let s = t.scan_gated(&mut pending, &mut gate);
+                    assert!(s.violation.is_none(), "seed {seed}: {:?}", s.violation);
+                    out.extend_from_slice(&pending[..s.safe]);
+                    got += usize::from(s.answer.is_some());
+                    pending.drain(..s.safe + s.drop);
+                    t.consumed(s.safe + s.drop);
+                    if s.drop == 0 {
+                        break;
+                    }
+                }
+                if fed == stream.len() && t.scanned() == pending.len() {
+                    break;
+                }
+            }
+            assert_eq!(out, expected, "seed {seed}");
+            assert_eq!(got, answers, "seed {seed}");
+        }
     }
 
     #[test]

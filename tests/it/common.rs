@@ -115,6 +115,14 @@ pub async fn connect(
         .expect("handshake finished in time")
 }
 
+/// The headers of a Mosaic upgrade forwarded by a proxy for client `ip`.
+pub fn mosaic_via(ip: &str) -> [(&str, &str); 2] {
+    [
+        ("Sec-WebSocket-Protocol", "mosaic2024"),
+        ("X-Forwarded-For", ip),
+    ]
+}
+
 /// A Mosaic client (`Sec-WebSocket-Protocol: mosaic2024`).
 pub async fn mosaic_client(addr: SocketAddr) -> Ws {
     connect(addr, &[("Sec-WebSocket-Protocol", "mosaic2024")])

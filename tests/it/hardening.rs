@@ -53,12 +53,7 @@ async fn per_address_cap_answers_429_counted_on_the_real_client_address() {
         "limits:\n  max_connections_per_ip: 1\nforwarded:\n  trusted_proxies: [127.0.0.0/8]\n",
     )
     .await;
-    let via = |ip: &'static str| {
-        [
-            ("Sec-WebSocket-Protocol", "mosaic2024"),
-            ("X-Forwarded-For", ip),
-        ]
-    };
+    let via = mosaic_via;
     let (first, _) = connect(gw.public_addr, &via("198.51.100.1")).await.unwrap();
     assert_eq!(
         refused_status(gw.public_addr, &via("198.51.100.1")).await,
@@ -304,7 +299,7 @@ async fn ipv6_clients_are_served_and_reported() {
 
 /// Opens a connection, sends `prefix` (a PROXY header) and then a Mosaic upgrade; returns
 /// the gateway's first answer line.
-async fn upgrade_after(addr: std::net::SocketAddr, prefix: &[u8]) -> String {
+pub(crate) async fn upgrade_after(addr: std::net::SocketAddr, prefix: &[u8]) -> String {
     let mut s = TcpStream::connect(addr).await.unwrap();
     let mut bytes = prefix.to_vec();
     bytes.extend_from_slice(UPGRADE.as_bytes());
@@ -321,7 +316,7 @@ async fn upgrade_after(addr: std::net::SocketAddr, prefix: &[u8]) -> String {
     text.lines().next().unwrap_or("").to_string()
 }
 
-fn proxy_v2(src: std::net::SocketAddr, dst: std::net::SocketAddr) -> Vec<u8> {
+pub(crate) fn proxy_v2(src: std::net::SocketAddr, dst: std::net::SocketAddr) -> Vec<u8> {
     let mut h = b"\r\n\r\n\x00\r\nQUIT\n".to_vec();
     h.push(0x21); // version 2, PROXY
     match (src, dst) {

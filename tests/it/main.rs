@@ -27,6 +27,7 @@ mod operations;
 mod pool_balancing;
 mod pool_discovery_reload;
 mod pool_health;
+mod rate_limits;
 mod routes;
 mod status_page;
 mod structure;

@@ -158,10 +158,20 @@ async fn nip11_cors_preflight_and_page_pass_through_unchanged() {
 
 /// A deflate-capable echo server (soketto): echoes every text message.
 async fn deflate_echo_server() -> std::net::SocketAddr {
+    deflate_server(|text| Some(text.to_string())).await
+}
+
+/// A deflate-capable server (soketto) that answers each text message with what `answer`
+/// returns for it (nothing: no answer).
+pub(crate) async fn deflate_server<F>(answer: F) -> std::net::SocketAddr
+where
+    F: Fn(&str) -> Option<String> + Clone + Send + Sync + 'static,
+{
     let l = TcpListener::bind(any_port()).await.unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         while let Ok((s, _)) = l.accept().await {
+            let answer = answer.clone();
             tokio::spawn(async move {
                 let mut server = Server::new(s.compat());
                 server.add_extension(Box::new(Deflate::new(soketto::Mode::Server)));
@@ -180,7 +190,10 @@ async fn deflate_echo_server() -> std::net::SocketAddr {
                 let mut buf = Vec::new();
                 while let Ok(soketto::Data::Text(_)) = rx.receive_data(&mut buf).await {
                     let text = String::from_utf8(std::mem::take(&mut buf)).unwrap();
-                    if tx.send_text(text).await.is_err() || tx.flush().await.is_err() {
+                    let Some(reply) = answer(&text) else {
+                        continue;
+                    };
+                    if tx.send_text(reply).await.is_err() || tx.flush().await.is_err() {
                         return;
                     }
                 }
@@ -190,17 +203,16 @@ async fn deflate_echo_server() -> std::net::SocketAddr {
     addr
 }
 
-#[tokio::test]
-async fn permessage_deflate_negotiated_end_to_end_passes_through_intact() {
-    let echo = deflate_echo_server().await;
-    let backend = mosaic_backend().await;
-    let gw = gateway(&format!(
-        "mosaic:\n  backends:\n    - url: ws://{}\nnostr:\n  upstream: ws://{echo}\n",
-        backend.local_addr()
-    ))
-    .await;
-    let socket = TcpStream::connect(gw.public_addr).await.unwrap();
-    let host = gw.public_addr.to_string();
+/// A soketto client through the gateway at `addr` that offers permessage-deflate and
+/// checks that it was negotiated end to end.
+pub(crate) async fn deflate_client(
+    addr: std::net::SocketAddr,
+) -> (
+    soketto::connection::Sender<tokio_util::compat::Compat<TcpStream>>,
+    soketto::connection::Receiver<tokio_util::compat::Compat<TcpStream>>,
+) {
+    let socket = TcpStream::connect(addr).await.unwrap();
+    let host = addr.to_string();
     let mut client = handshake::Client::new(socket.compat(), &host, "/");
     client.add_extension(Box::new(Deflate::new(soketto::Mode::Client)));
     match client.handshake().await.unwrap() {
@@ -214,7 +226,19 @@ async fn permessage_deflate_negotiated_end_to_end_passes_through_intact() {
     );
     let mut builder = client.into_builder();
     builder.add_extensions(exts);
-    let (mut tx, mut rx) = builder.finish();
+    builder.finish()
+}
+
+#[tokio::test]
+async fn permessage_deflate_negotiated_end_to_end_passes_through_intact() {
+    let echo = deflate_echo_server().await;
+    let backend = mosaic_backend().await;
+    let gw = gateway(&format!(
+        "mosaic:\n  backends:\n    - url: ws://{}\nnostr:\n  upstream: ws://{echo}\n",
+        backend.local_addr()
+    ))
+    .await;
+    let (mut tx, mut rx) = deflate_client(gw.public_addr).await;
     // Very compressible, and large enough to span many TCP reads.
     let text =
         r#"["EVENT",{"content":"aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"}]"#.repeat(4000);

@@ -42,14 +42,14 @@ const ANONYMOUS: &str = "mosaic_gateway_tls_handshakes_total{client_auth=\"anony
 // ---------- the operator's key and gateway ----------
 
 /// The server's master key, written by `keygen` into a temporary directory.
-struct MasterKey {
+pub(crate) struct MasterKey {
     _dir: tempfile::TempDir,
     path: PathBuf,
-    public: [u8; 32],
+    pub(crate) public: [u8; 32],
     mosrv: String,
 }
 
-fn master_key() -> MasterKey {
+pub(crate) fn master_key() -> MasterKey {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("master.pem");
     let mosrv = keys::keygen(&path).unwrap();
@@ -66,7 +66,7 @@ fn master_key() -> MasterKey {
 
 impl MasterKey {
     /// The `tls:` section for this key.
-    fn tls(&self, certificate: &str, client_auth: &str, min_version: &str) -> String {
+    pub(crate) fn tls(&self, certificate: &str, client_auth: &str, min_version: &str) -> String {
         format!(
             "tls:\n  key_file: \"{}\"\n  certificate: {certificate}\n  client_auth: {client_auth}\n  min_version: \"{min_version}\"\n",
             self.path.display()
@@ -90,7 +90,7 @@ fn mosaic_section(backends: &[&MosaicBackend], authenticated: &[&MosaicBackend])
 }
 
 /// A TLS gateway (`certificate`, `client_auth`, `min_version`) in front of one backend.
-async fn tls_gateway(
+pub(crate) async fn tls_gateway(
     master: &MasterKey,
     tls: (&str, &str, &str),
     backend: &MosaicBackend,
@@ -106,7 +106,7 @@ async fn tls_gateway(
 
 // ---------- clients ----------
 
-fn client_key(seed: u8) -> SigningKey {
+pub(crate) fn client_key(seed: u8) -> SigningKey {
     SigningKey::from_bytes(&[seed; 32])
 }
 
@@ -115,7 +115,7 @@ fn public(k: &SigningKey) -> [u8; 32] {
 }
 
 /// TLS 1.3 client presenting an RFC 7250 raw public key and asking for the server's raw key.
-fn rpk_client(pin: [u8; 32], key: &SigningKey) -> ClientConfig {
+pub(crate) fn rpk_client(pin: [u8; 32], key: &SigningKey) -> ClientConfig {
     tls::client_config(Some(pin), true, ClientIdentity::RawPublicKey(key)).unwrap()
 }
 
@@ -125,7 +125,7 @@ fn x509_client(pin: [u8; 32], key: &SigningKey) -> ClientConfig {
 }
 
 /// Anonymous client; `raw` asks for the server's raw public key.
-fn anonymous_client(pin: [u8; 32], raw: bool) -> ClientConfig {
+pub(crate) fn anonymous_client(pin: [u8; 32], raw: bool) -> ClientConfig {
     tls::client_config(Some(pin), raw, ClientIdentity::Anonymous).unwrap()
 }
 
@@ -142,7 +142,7 @@ fn tls12_client(pin: [u8; 32], key: Option<&SigningKey>) -> ClientConfig {
 /// TLS handshake, then a WebSocket upgrade with these headers. The error says which step
 /// failed (`tls: …` or `upgrade: …`); a TLS 1.3 client-certificate rejection shows as an
 /// upgrade failure because it only appears on the client's first read.
-async fn tls_upgrade(
+pub(crate) async fn tls_upgrade(
     addr: SocketAddr,
     config: ClientConfig,
     headers: &[(&str, &str)],
@@ -172,7 +172,7 @@ async fn tls_upgrade(
 }
 
 /// A Mosaic upgrade over TLS that must succeed; tagged with `X-Test-Id: id`.
-async fn tls_mosaic(
+pub(crate) async fn tls_mosaic(
     addr: SocketAddr,
     config: ClientConfig,
     id: &str,

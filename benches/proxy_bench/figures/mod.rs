@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 
 use tokio::runtime::Runtime;
 
-use crate::paths::{PathKind, RunningPath};
+use crate::paths::{PathKind, RunningPath, PATHS};
 use crate::settings::Settings;
 
 /// One path's figures; `None` where not measured.
@@ -35,7 +35,7 @@ pub struct Run<'a> {
     rt: &'a Runtime,
     set: &'a Settings,
     /// Per path, indexed by [`PathKind::index`].
-    pub figs: [Figures; 4],
+    pub figs: [Figures; PATHS],
     /// Anything that makes a figure less telling, for the report.
     pub notes: Vec<String>,
 }
@@ -45,7 +45,7 @@ impl<'a> Run<'a> {
         Run {
             rt,
             set,
-            figs: [Figures::default(); 4],
+            figs: [Figures::default(); PATHS],
             notes: Vec::new(),
         }
     }
@@ -113,7 +113,7 @@ impl Profile {
 
 /// One figure's samples per path, indexed by [`PathKind::index`].
 #[derive(Default)]
-struct Samples([Vec<f64>; 4]);
+struct Samples([Vec<f64>; PATHS]);
 
 impl Samples {
     fn push(&mut self, p: PathKind, v: f64) {

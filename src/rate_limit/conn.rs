@@ -1,0 +1,188 @@
+//! One connection's rate limits while it is relayed: the buckets of its [`ConnPlan`]
+//! (messages, bytes, Submissions) and its open-query cap, behind the relay's [`Limiter`].
+//!
+//! Only connections with a limit configured have one; the relay of the others never
+//! reaches this code.
+
+use std::collections::HashSet;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::bucket::{now_ns, Bucket, Spec};
+use super::{ConnPlan, LimitAction, Submissions};
+use crate::relay::limiter::Limiter;
+use crate::relay::mosaic::{
+    GatewayMessage, MosaicMessageType, QueryEvent, QUERY_CLOSED_TOO_OPEN, SUBMISSION_TOO_FAST,
+};
+use crate::relay::tracker::{Admit, HEAD_BYTES};
+
+/// A connection's buckets, client to upstream.
+pub(crate) struct ConnLimiter {
+    plan: ConnPlan,
+    /// The clock, read once per pass of the relay.
+    now: u64,
+    messages: Bucket,
+    bytes: Bucket,
+    submissions: Bucket,
+    /// A message is being held by the message rate (counted once, however long it waits).
+    message_held: bool,
+    /// Bytes are being held by the byte rate (counted once per hold).
+    bytes_held: bool,
+}
+
+/// Never wait for less than this many bytes of budget: a throttled connection wakes at
+/// most about a hundred times a second, however low the rate.
+const MAX_WAKEUPS_PER_SECOND: f64 = 100.0;
+
+/// The longest frame header: a budget always lets the tracker read the next one, even a
+/// budget of one byte (the few bytes over it are owed, and waited for next time).
+const MAX_HEADER: usize = 14;
+
+impl ConnLimiter {
+    /// Full buckets for a new connection.
+    pub(crate) fn new(plan: ConnPlan) -> Self {
+        let now = now_ns();
+        let full = |s: Option<&Spec>| s.map_or(Bucket::unused(), |s| Bucket::full(s, now));
+        let submission_spec = match &plan.submissions {
+            Some(Submissions::Connection(s)) => Some(s),
+            _ => None,
+        };
+        ConnLimiter {
+            messages: full(plan.messages.as_ref().map(|m| &m.0)),
+            bytes: full(plan.bytes.as_ref()),
+            submissions: full(submission_spec),
+            plan,
+            now,
+            message_held: false,
+            bytes_held: false,
+        }
+    }
+
+    fn submission_passes(&mut self) -> bool {
+        let now = self.now;
+        match &self.plan.submissions {
+            None => true,
+            Some(Submissions::Connection(spec)) => self.submissions.take(spec, now, 1.0).is_ok(),
+            Some(Submissions::Shared {
+                table,
+                key,
+                spec,
+                cap,
+            }) => table.take(*key, spec, *cap, now).is_ok(),
+        }
+    }
+}
+
+impl Limiter for ConnLimiter {
+    fn start_pass(&mut self) {
+        self.now = now_ns();
+    }
+
+    fn scan_limit(&mut self, scanned: usize, len: usize) -> usize {
+        let now = self.now;
+        let Some(spec) = &self.plan.bytes else {
+            return len;
+        };
+        let budget = match usize::try_from(self.bytes.available(spec, now)) {
+            Ok(0) => 0,
+            Ok(b) => b.max(MAX_HEADER),
+            Err(_) => usize::MAX,
+        };
+        scanned.saturating_add(budget).min(len)
+    }
+
+    fn charge_bytes(&mut self, n: usize) {
+        let now = self.now;
+        if let (Some(spec), true) = (&self.plan.bytes, n > 0) {
+            self.bytes.charge(spec, now, n as u64);
+            self.bytes_held = false;
+        }
+    }
+
+    fn bytes_wait(&mut self) -> Duration {
+        let now = self.now;
+        let Some(spec) = &self.plan.bytes else {
+            return Duration::ZERO;
+        };
+        if !self.bytes_held {
+            self.bytes_held = true;
+            self.plan.counters.bytes.inc();
+            tracing::debug!("bytes_per_connection: throttling a client");
+        }
+        let grant =
+            (spec.per_second() / MAX_WAKEUPS_PER_SECOND).clamp(1.0, spec.burst().min(16_384.0));
+        self.bytes.wait_for(spec, now, grant)
+    }
+
+    fn message_start(&mut self) -> Admit {
+        let now = self.now;
+        let Some((spec, action)) = &self.plan.messages else {
+            return Admit::Pass;
+        };
+        match self.messages.take(spec, now, 1.0) {
+            Ok(()) => {
+                self.message_held = false;
+                Admit::Pass
+            }
+            Err(wait) => {
+                if !self.message_held {
+                    self.message_held = true;
+                    self.plan.counters.messages.inc();
+                    tracing::debug!(action = ?action, "messages_per_connection: over the rate");
+                }
+                match action {
+                    LimitAction::Throttle => Admit::Wait(wait),
+                    LimitAction::Close => Admit::Close,
+                }
+            }
+        }
+    }
+
+    fn mosaic_head(
+        &mut self,
+        head: &[u8],
+        ended: bool,
+        query: Option<QueryEvent>,
+        queries: &Mutex<HashSet<[u8; 2]>>,
+    ) -> Admit {
+        let is_submission = head.first().copied().and_then(MosaicMessageType::from_byte)
+            == Some(MosaicMessageType::Submission);
+        if is_submission && self.plan.submissions.is_some() {
+            // The answer echoes the record's first bytes: wait for them before deciding.
+            if head.len() < HEAD_BYTES && !ended {
+                return Admit::NeedMore;
+            }
+            if !self.submission_passes() {
+                self.plan.counters.submissions.inc();
+                tracing::debug!("mosaic_submissions: answered 0x12 (too fast)");
+                return Admit::Skip(GatewayMessage::submission_result(SUBMISSION_TOO_FAST, head));
+            }
+        }
+        let Some(ev) = query else {
+            return Admit::Pass;
+        };
+        let mut open = queries.lock().unwrap_or_else(|p| p.into_inner());
+        match ev {
+            QueryEvent::Opened(id) => {
+                if let Some(max) = self.plan.open_queries {
+                    if !open.contains(&id) && open.len() >= max {
+                        self.plan.counters.open_queries.inc();
+                        tracing::debug!(
+                            open = open.len(),
+                            "mosaic_open_queries: answered 0x11 (too open)"
+                        );
+                        return Admit::Skip(GatewayMessage::query_closed(
+                            id,
+                            QUERY_CLOSED_TOO_OPEN,
+                        ));
+                    }
+                }
+                open.insert(id);
+            }
+            QueryEvent::Closed(id) => {
+                open.remove(&id);
+            }
+        }
+        Admit::Pass
+    }
+}
