@@ -308,23 +308,13 @@ pub(crate) fn run_connection(
             }
             ClientIo::Tls(s) => {
                 let (read, write) = tokio::io::split(*s);
-                relay_to_upstream(
-                    buffered(read, write, client_leftover),
-                    upstream,
-                    &pump,
-                    limits,
-                )
-                .await
+                let client = buffered(read, write, client_leftover);
+                relay_to_upstream(client, upstream, &pump, limits).await
             }
             ClientIo::Other(s) => {
                 let (read, write) = tokio::io::split(s);
-                relay_to_upstream(
-                    buffered(read, write, client_leftover),
-                    upstream,
-                    &pump,
-                    limits,
-                )
-                .await
+                let client = buffered(read, write, client_leftover);
+                relay_to_upstream(client, upstream, &pump, limits).await
             }
         };
         open.close(report);
