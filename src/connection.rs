@@ -16,6 +16,7 @@ use crate::gateway::{App, ConnInfo};
 use crate::handshake::ForwardedClient;
 use crate::metrics::ProtocolMetrics;
 use crate::pool::BackendGuard;
+use crate::relay::limiter::LimitState;
 use crate::relay::pump::{relay, Buffered, Pump, PumpOptions, RelayReport, Side, Source, Traffic};
 use crate::routes::{RouteSlot, RouteState};
 use crate::upstream::{Upgraded, UpstreamStream};
@@ -61,6 +62,8 @@ pub(crate) struct Prepared {
     pub(crate) who: ForwardedClient,
     pub(crate) accepted: Accepted,
     pub(crate) opts: PumpOptions,
+    /// The connection's rate limits, client to upstream; `None`: no limiter work at all.
+    pub(crate) limits: Option<Box<LimitState>>,
     pub(crate) permit: Permit,
     /// The route's place (and series) for this connection.
     pub(crate) route: RouteSlot,
@@ -132,7 +135,8 @@ pub(crate) fn unwrap_client(upgraded: hyper::upgrade::Upgraded) -> (ClientIo, By
 async fn relay_to_upstream<CR, CW, F>(
     client: Side<CR, CW>,
     upstream: (UpstreamStream, BytesMut),
-    pump: Pump<'_, F>,
+    pump: &Pump<'_, F>,
+    limits: Option<Box<LimitState>>,
 ) -> RelayReport
 where
     CR: Source,
@@ -149,7 +153,7 @@ where
                 leftover,
             };
             // Boxed so the layers above hold a pointer, not another copy of the relay's state.
-            Box::pin(relay(client, upstream, pump)).await
+            Box::pin(relay(client, upstream, pump, limits)).await
         }
         UpstreamStream::Tls(s) => {
             let (read, write) = tokio::io::split(*s);
@@ -158,7 +162,7 @@ where
                 write,
                 leftover,
             };
-            Box::pin(relay(client, upstream, pump)).await
+            Box::pin(relay(client, upstream, pump, limits)).await
         }
     }
 }
@@ -242,6 +246,7 @@ pub(crate) fn run_connection(
         who,
         accepted,
         opts,
+        limits,
         permit,
         route,
     } = *prepared;
@@ -304,15 +309,17 @@ pub(crate) fn run_connection(
                     write,
                     leftover: client_leftover,
                 };
-                relay_to_upstream(client, upstream, pump).await
+                relay_to_upstream(client, upstream, &pump, limits).await
             }
             ClientIo::Tls(s) => {
                 let (read, write) = tokio::io::split(*s);
-                relay_to_upstream(buffered(read, write, client_leftover), upstream, pump).await
+                let client = buffered(read, write, client_leftover);
+                relay_to_upstream(client, upstream, &pump, limits).await
             }
             ClientIo::Other(s) => {
                 let (read, write) = tokio::io::split(s);
-                relay_to_upstream(buffered(read, write, client_leftover), upstream, pump).await
+                let client = buffered(read, write, client_leftover);
+                relay_to_upstream(client, upstream, &pump, limits).await
             }
         };
         open.close(report);

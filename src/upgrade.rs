@@ -23,6 +23,7 @@ use crate::handshake::{
 };
 use crate::pool::{affinity, Backend, BackendGuard, Pool};
 use crate::rate_limit::Asked;
+use crate::relay::limiter::LimitState;
 use crate::relay::pump::PumpOptions;
 use crate::relay::tracker::MosaicRules;
 use crate::route::{route, Route};
@@ -80,19 +81,23 @@ pub(crate) async fn prepare_upgrade(
             _ => None,
         },
         idle_timeout: gw.config.limits.idle_timeout.0,
-        limits: gw.rate.connection_limiter(
+    };
+    let limits = gw
+        .rate
+        .connection_limiter(
             &app.rate_tables,
             accepted.protocol == Protocol::Mosaic,
             who.addr,
             info.client_key.as_ref(),
-        ),
-    };
+        )
+        .map(LimitState::new);
     let series = accepted.protocol.metrics(&route);
     series.connections_total.inc();
     Ok(Box::new(Prepared {
         active: ActiveConnection::new(series.connections_active.clone()),
         id: app.next_id.fetch_add(1, Ordering::Relaxed),
         who,
+        limits,
         accepted,
         opts,
         permit,

@@ -15,7 +15,9 @@ use mosaic_gateway::handshake;
 use mosaic_gateway::proxy_protocol::{self, Command, Parsed, ProxyError};
 use mosaic_gateway::relay::frame;
 use mosaic_gateway::relay::mosaic::{self, Direction, HeadVerdict, QueryEvent, Validation};
-use mosaic_gateway::relay::tracker::{Admit, Gate, Limited, MosaicRules, Tracker, HEAD_BYTES};
+use mosaic_gateway::relay::tracker::{
+    Admit, Gate, Limited, MosaicRules, Tracker, HEAD_BYTES, HEAD_REST,
+};
 use mosaic_gateway::route::{self, Route};
 use mosaic_gateway::route_table::{HostPattern, RouteTable};
 
@@ -541,6 +543,7 @@ pub fn frame_tracker(data: &[u8]) {
 /// A gate that throttles every third message start once and, when `skips`, skips every
 /// other Query and Submission (asking for the record id first).
 struct FuzzGate {
+    rest: [u8; HEAD_REST],
     calls: u32,
     seed: u8,
     skips: bool,
@@ -549,6 +552,7 @@ struct FuzzGate {
 impl FuzzGate {
     fn new(seed: u8, skips: bool) -> Self {
         FuzzGate {
+            rest: [0; HEAD_REST],
             calls: 0,
             seed,
             skips,
@@ -558,6 +562,10 @@ impl FuzzGate {
 
 impl Gate for FuzzGate {
     const HEAD_LEN: usize = HEAD_BYTES;
+
+    fn head_rest(&mut self) -> Option<&mut [u8; HEAD_REST]> {
+        Some(&mut self.rest)
+    }
 
     fn message_start(&mut self) -> Admit {
         self.calls += 1;

@@ -14,7 +14,7 @@ use crate::relay::limiter::Limiter;
 use crate::relay::mosaic::{
     GatewayMessage, MosaicMessageType, QueryEvent, QUERY_CLOSED_TOO_OPEN, SUBMISSION_TOO_FAST,
 };
-use crate::relay::tracker::{Admit, HEAD_BYTES};
+use crate::relay::tracker::{Admit, HEAD_BYTES, HEAD_REST};
 
 /// A connection's buckets, client to upstream.
 pub(crate) struct ConnLimiter {
@@ -28,6 +28,8 @@ pub(crate) struct ConnLimiter {
     message_held: bool,
     /// Bytes are being held by the byte rate (counted once per hold).
     bytes_held: bool,
+    /// The head bytes of the message being judged past the tracker's eight.
+    head_rest: [u8; HEAD_REST],
 }
 
 /// Never wait for less than this many bytes of budget: a throttled connection wakes at
@@ -55,6 +57,7 @@ impl ConnLimiter {
             now,
             message_held: false,
             bytes_held: false,
+            head_rest: [0; HEAD_REST],
         }
     }
 
@@ -76,6 +79,10 @@ impl ConnLimiter {
 impl Limiter for ConnLimiter {
     fn start_pass(&mut self) {
         self.now = now_ns();
+    }
+
+    fn head_rest(&mut self) -> &mut [u8; HEAD_REST] {
+        &mut self.head_rest
     }
 
     fn scan_limit(&mut self, scanned: usize, len: usize) -> usize {

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use crate::relay::mosaic::QueryEvent;
-use crate::relay::tracker::{Admit, Gate, HEAD_BYTES};
+use crate::relay::tracker::{Admit, Gate, HEAD_BYTES, HEAD_REST};
 
 /// A connection's rate limits, as the relay applies them.
 pub(crate) trait Limiter: Send {
@@ -23,6 +23,8 @@ pub(crate) trait Limiter: Send {
     fn bytes_wait(&mut self) -> Duration;
     /// See [`Gate::message_start`].
     fn message_start(&mut self) -> Admit;
+    /// See [`Gate::head_rest`]: the limiter keeps a message's head bytes past the eighth.
+    fn head_rest(&mut self) -> &mut [u8; HEAD_REST];
     /// See [`Gate::mosaic_head`]; `queries` is the connection's set of open query ids,
     /// which the limiter keeps up to date.
     fn mosaic_head(
@@ -34,6 +36,24 @@ pub(crate) trait Limiter: Send {
     ) -> Admit;
 }
 
+/// The client direction's rate limits and their throttle timer, behind one pointer in the
+/// relay (connections without limits have none).
+pub(crate) struct LimitState {
+    pub(crate) limiter: Box<dyn Limiter>,
+    /// Made the first time the limits throttle the client.
+    pub(crate) throttle: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl LimitState {
+    /// The state of a connection relayed with `limiter`.
+    pub(crate) fn new(limiter: Box<dyn Limiter>) -> Box<LimitState> {
+        Box::new(LimitState {
+            limiter,
+            throttle: None,
+        })
+    }
+}
+
 /// The [`Gate`] of one scan: the limiter and the connection's open queries.
 pub(crate) struct ConnGate<'a> {
     pub(crate) limiter: &'a mut dyn Limiter,
@@ -43,6 +63,10 @@ pub(crate) struct ConnGate<'a> {
 impl Gate for ConnGate<'_> {
     // Submission Results echo a record's first 32 bytes.
     const HEAD_LEN: usize = HEAD_BYTES;
+
+    fn head_rest(&mut self) -> Option<&mut [u8; HEAD_REST]> {
+        Some(self.limiter.head_rest())
+    }
 
     fn message_start(&mut self) -> Admit {
         self.limiter.message_start()

@@ -14,7 +14,6 @@
 
 use std::collections::{HashSet, VecDeque};
 use std::io;
-use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::task::{Context, Poll};
@@ -26,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use crate::drain::DrainSignal;
 use crate::relay::frame::{encode_close, encode_frame};
-use crate::relay::limiter::{ConnGate, Limiter};
+use crate::relay::limiter::{ConnGate, LimitState};
 use crate::relay::mosaic::{
     query_closed, Direction, GatewayMessage, QueryEvent, Violation, QUERY_CLOSED_SHUTTING_DOWN,
 };
@@ -168,13 +167,12 @@ impl Traffic {
 const FOLD_EVERY: Duration = Duration::from_secs(5);
 
 /// Settings for one relayed connection.
+#[derive(Debug, Clone, Copy)]
 pub struct PumpOptions {
     /// `Some` on Mosaic connections: inspect every message.
     pub mosaic: Option<MosaicRules>,
     /// Close with 1001 after this long without traffic either way.
     pub idle_timeout: Duration,
-    /// The connection's rate limits, client to upstream; `None`: no limiter work at all.
-    pub(crate) limits: Option<Box<dyn Limiter>>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -314,6 +312,18 @@ struct Shared {
 }
 
 impl Shared {
+    /// Encodes the rate limits' answers waiting for the client into `out`; false if none.
+    fn take_answers(&self, out: &mut Vec<u8>) -> bool {
+        match self.answers.as_deref() {
+            Some(a) if a.waiting() > 0 => {
+                out.clear();
+                a.take(out);
+                true
+            }
+            _ => false,
+        }
+    }
+
     fn traffic(&self) -> Traffic {
         Traffic {
             bytes_up: self.up.bytes.load(Ordering::Relaxed),
@@ -408,27 +418,28 @@ fn violated(v: Violation, dir: Direction, mine: &Control, peer: &Control, shared
     mine.send(Command::Close(mine_code));
 }
 
-/// What a rate-limited scan pass leaves the direction to do before reading again.
+/// What a scan pass leaves the direction to do before reading again.
+#[derive(Clone, Copy, PartialEq, Eq)]
 enum Held {
     /// Nothing: read on.
     No,
-    /// Read nothing for this long (a throttle).
-    For(Duration),
+    /// Read nothing until the throttle's timer (armed by the pass) is up.
+    Throttled,
     /// Read nothing until the client's answers are written.
     Answers,
-    /// The direction stops: the write failed.
-    Broken,
+    /// The direction stops (a write failed, or the closing peer's close frame came).
+    Stop,
 }
 
 /// One direction: `src` → `dst`, starting with the bytes already read from `src`.
-/// `limiter` is the client's rate limits, on the client-to-upstream direction only.
+/// `limits` are the client's rate limits, on the client-to-upstream direction only.
 async fn forward<R: Source, W: AsyncWrite + Unpin>(
     mut src: R,
     mut dst: W,
     mut pending: BytesMut,
     rules: Option<MosaicRules>,
     lane: Lane<'_>,
-    mut limiter: Option<&mut (dyn Limiter + 'static)>,
+    mut limits: Option<&mut LimitState>,
 ) -> DirReport {
     let (dir, mine, peer, shared) = (lane.dir, lane.mine, lane.peer, lane.shared);
     let mut tracker = Tracker::new(dir, rules);
@@ -441,74 +452,60 @@ async fn forward<R: Source, W: AsyncWrite + Unpin>(
     // After the gateway sent its own close on `dst`, it only reads `src` to see the peer go.
     let mut closing = false;
     let mut out = Vec::new();
-    // A rate limit holding this direction back: while set, nothing more is read; `timed`
-    // says the throttle's timer ends the hold (else a nudge from the peer does).
-    let (mut held, mut timed) = (false, false);
-    // The throttle's timer, made the first time a limit throttles this direction.
-    let mut throttle: Option<Pin<Box<tokio::time::Sleep>>> = None;
     'relay: loop {
-        match limiter.as_deref_mut() {
-            Some(l) if !closing => {
-                let hold =
-                    limited_pass(l, &mut tracker, &mut pending, &mut dst, &lane, &mut rep).await;
-                (held, timed) = (true, false);
-                match hold {
-                    Held::No => held = false,
-                    Held::For(d) => {
-                        timed = true;
-                        let at = tokio::time::Instant::now() + d;
-                        match throttle.as_mut() {
-                            Some(t) => t.as_mut().reset(at),
-                            None => throttle = Some(Box::pin(tokio::time::sleep_until(at))),
-                        }
-                    }
-                    Held::Answers => {}
-                    Held::Broken => break 'relay,
-                }
-            }
-            _ if !pending.is_empty() => {
-                let scan = tracker.scan(&pending, |q| shared.on_query(q));
-                // Only these outlive the write below (a future keeps what crosses an await).
-                let (safe, used, violation) = (scan.safe, scan.safe + scan.drop, scan.violation);
-                if closing {
-                    // Discard what the peer still sends, but notice its close frame.
-                    pending.advance(used);
-                    tracker.consumed(used);
-                    if tracker.close_seen() || violation.is_some() {
-                        counters.close_seen.store(true, Ordering::Relaxed);
-                        break 'relay;
-                    }
-                } else {
-                    if safe > 0 {
-                        if dst.write_all(&pending[..safe]).await.is_err() {
-                            break 'relay;
-                        }
-                        counters.bytes.fetch_add(safe as u64, Ordering::Relaxed);
-                        counters
-                            .messages
-                            .store(tracker.messages(), Ordering::Relaxed);
-                        counters
-                            .close_seen
-                            .store(tracker.close_seen(), Ordering::Relaxed);
-                    }
-                    pending.advance(used);
-                    tracker.consumed(used);
-                    if let Some(v) = violation {
-                        rep.violated = true;
-                        violated(v, dir, mine, peer, shared);
-                    }
-                }
-            }
-            _ => {}
+        // Scan what was read and write what may pass, pass after pass, until one holds.
+        if let Some(l) = limits.as_deref_mut().filter(|_| !closing) {
+            l.limiter.start_pass();
         }
+        let hold = loop {
+            let pass = match limits.as_deref_mut() {
+                Some(l) if !closing => limited_scan(l, &mut tracker, &mut pending, shared, peer),
+                _ => plain_scan(&mut tracker, &pending, shared, closing),
+            };
+            // Only these outlive the write (a future keeps what crosses an await).
+            let (safe, used, then, after) = (pass.safe, pass.used, pass.then, pass.after);
+            if safe > 0 {
+                if dst.write_all(&pending[..safe]).await.is_err() {
+                    break Held::Stop;
+                }
+                counters.bytes.fetch_add(safe as u64, Ordering::Relaxed);
+                counters
+                    .messages
+                    .store(tracker.messages(), Ordering::Relaxed);
+                counters
+                    .close_seen
+                    .store(tracker.close_seen(), Ordering::Relaxed);
+            }
+            pending.advance(used);
+            tracker.consumed(used);
+            match after {
+                After::Nothing => {}
+                After::Violation(v) => {
+                    rep.violated = true;
+                    violated(v, dir, mine, peer, shared);
+                }
+                After::PolicyClose => {
+                    rep.violated = true;
+                    peer.send(Command::Close(1008));
+                    mine.send(Command::Close(1001));
+                }
+                After::PeerClosed => {
+                    counters.close_seen.store(true, Ordering::Relaxed);
+                    break Held::Stop;
+                }
+            }
+            if let Some(h) = then {
+                break h;
+            }
+        };
+        // A rate limit holding this direction back: nothing more is read until the throttle's
+        // timer ends the hold (`timed`), or a nudge from the peer does.
+        if hold == Held::Stop {
+            break 'relay;
+        }
+        let (mut held, timed) = (hold != Held::No, hold == Held::Throttled);
         // The gateway's answers to the client go out between two messages.
-        let answers = shared
-            .answers
-            .as_deref()
-            .filter(|a| to_client && a.waiting() > 0);
-        if let Some(a) = answers.filter(|_| !closing && tracker.at_message_boundary()) {
-            out.clear();
-            a.take(&mut out);
+        if to_client && !closing && tracker.at_message_boundary() && shared.take_answers(&mut out) {
             if dst.write_all(&out).await.is_err() {
                 break 'relay;
             }
@@ -574,7 +571,8 @@ async fn forward<R: Source, W: AsyncWrite + Unpin>(
             if held {
                 // A limit holds the client back: no reads (TCP backpressure) until the
                 // throttle's time is up, or a nudge says the answers were written.
-                return match throttle.as_mut() {
+                let throttle = limits.as_deref_mut().and_then(|l| l.throttle.as_mut());
+                return match throttle {
                     Some(t) if timed => {
                         std::future::Future::poll(t.as_mut(), cx).map(|()| Woke::Resume)
                     }
@@ -600,11 +598,8 @@ async fn forward<R: Source, W: AsyncWrite + Unpin>(
         .await;
         match woke {
             Woke::Command => continue,
-            Woke::Resume => {
-                // The throttled client is making progress: it is not idle.
-                held = false;
-                shared.touch();
-            }
+            // The throttled client is making progress: it is not idle.
+            Woke::Resume => shared.touch(),
             Woke::Read(Ok(0)) | Woke::Read(Err(_)) => {
                 rep.source_ended = true;
                 break;
@@ -634,86 +629,126 @@ async fn forward<R: Source, W: AsyncWrite + Unpin>(
 /// [`close_reason`] names, which the tests check against every code the relay can choose.
 pub const SENT_CLOSE_CODES: [u16; 6] = [1001, 1002, 1003, 1008, 1009, 1014];
 
-/// Forwards what the client's rate limits let through of `pending`: scans within the byte
-/// budget, asks the limiter at message boundaries, drops skipped messages and queues the
-/// gateway's answers. Says what holds the direction back before it may read again.
-async fn limited_pass<W: AsyncWrite + Unpin>(
-    limiter: &mut (dyn Limiter + 'static),
+/// One scan of what was read: the bytes to write, the bytes to consume after the write,
+/// and what follows.
+struct Pass {
+    safe: usize,
+    used: usize,
+    /// `None`: scan again after the write; else stop scanning and hold like this.
+    then: Option<Held>,
+    /// What to tell both writers once the bytes are written.
+    after: After,
+}
+
+/// What a rate-limited scan asks of the writers after its bytes are written.
+enum After {
+    Nothing,
+    Violation(Violation),
+    /// `messages_per_connection` with `action: close`.
+    PolicyClose,
+    /// While the gateway closes: the peer's close frame (or a violation) came.
+    PeerClosed,
+}
+
+impl Pass {
+    fn hold(then: Held) -> Pass {
+        Pass {
+            safe: 0,
+            used: 0,
+            then: Some(then),
+            after: After::Nothing,
+        }
+    }
+}
+
+/// Scans what was read (no rate limits): all of it may pass. While the gateway closes, it
+/// is discarded instead, up to the peer's close frame.
+fn plain_scan(tracker: &mut Tracker, pending: &BytesMut, shared: &Shared, closing: bool) -> Pass {
+    if pending.is_empty() {
+        return Pass::hold(Held::No);
+    }
+    let scan = tracker.scan(pending, |q| shared.on_query(q));
+    let used = scan.safe + scan.drop;
+    let (safe, after) = match (closing, scan.violation) {
+        (true, v) if v.is_some() || tracker.close_seen() => (0, After::PeerClosed),
+        (true, _) => (0, After::Nothing),
+        (false, Some(v)) => (scan.safe, After::Violation(v)),
+        (false, None) => (scan.safe, After::Nothing),
+    };
+    Pass {
+        safe,
+        used,
+        then: Some(Held::No),
+        after,
+    }
+}
+
+/// Scans what the client's rate limits let through of `pending`: within the byte budget,
+/// the limiter asked at message boundaries, a skipped message's bytes dropped and the
+/// gateway's answer queued. Synchronous, so a connection's future carries no state for it
+/// (the caller writes).
+fn limited_scan(
+    limits: &mut LimitState,
     tracker: &mut Tracker,
     pending: &mut BytesMut,
-    dst: &mut W,
-    lane: &Lane<'_>,
-    rep: &mut DirReport,
-) -> Held {
-    let (dir, mine, peer, shared) = (lane.dir, lane.mine, lane.peer, lane.shared);
-    limiter.start_pass();
-    loop {
-        let answers = shared.answers.as_deref();
-        if answers.is_some_and(|a| a.waiting() >= MAX_QUEUED_ANSWERS) {
-            return Held::Answers;
+    shared: &Shared,
+    peer: &Control,
+) -> Pass {
+    let LimitState { limiter, throttle } = limits;
+    let mut throttle_for = |d: Duration| {
+        let at = tokio::time::Instant::now() + d;
+        match throttle.as_mut() {
+            Some(t) => t.as_mut().reset(at),
+            None => *throttle = Some(Box::pin(tokio::time::sleep_until(at))),
         }
-        let scanned = tracker.scanned();
-        if scanned == pending.len() {
-            return Held::No;
-        }
-        let limit = limiter.scan_limit(scanned, pending.len());
-        if limit <= scanned {
-            return Held::For(limiter.bytes_wait());
-        }
-        let scan: Scan = {
-            let mut gate = ConnGate {
-                limiter: &mut *limiter,
-                queries: &shared.queries,
-            };
-            tracker.scan_gated(&mut pending[..limit], &mut gate)
+        Held::Throttled
+    };
+    let answers = shared.answers.as_deref();
+    if answers.is_some_and(|a| a.waiting() >= MAX_QUEUED_ANSWERS) {
+        return Pass::hold(Held::Answers);
+    }
+    let scanned = tracker.scanned();
+    if scanned == pending.len() {
+        return Pass::hold(Held::No);
+    }
+    let limit = limiter.scan_limit(scanned, pending.len());
+    if limit <= scanned {
+        return Pass::hold(throttle_for(limiter.bytes_wait()));
+    }
+    let scan: Scan = {
+        let mut gate = ConnGate {
+            limiter: &mut **limiter,
+            queries: &shared.queries,
         };
-        let progress = tracker.scanned() - scanned;
-        limiter.charge_bytes(progress);
-        if let (Some(a), Some(queue)) = (scan.answer, answers) {
-            queue.push(a);
-            peer.nudge();
-        }
-        // Only these outlive the write below (a future keeps what crosses an await).
-        let (safe, used, violation, limited) = (
-            scan.safe,
-            scan.safe + scan.drop,
-            scan.violation,
-            scan.limited,
-        );
-        if safe > 0 {
-            if dst.write_all(&pending[..safe]).await.is_err() {
-                return Held::Broken;
-            }
-            let up = &shared.up;
-            up.bytes.fetch_add(safe as u64, Ordering::Relaxed);
-            up.messages.store(tracker.messages(), Ordering::Relaxed);
-            up.close_seen.store(tracker.close_seen(), Ordering::Relaxed);
-        }
-        pending.advance(used);
-        tracker.consumed(used);
-        if let Some(v) = violation {
-            rep.violated = true;
-            violated(v, dir, mine, peer, shared);
-            return Held::No;
-        }
-        match limited {
-            Some(Limited::Wait(d)) => return Held::For(d),
-            Some(Limited::Close) => {
-                rep.violated = true;
-                peer.send(Command::Close(1008));
-                mine.send(Command::Close(1001));
-                return Held::No;
-            }
-            None => {}
-        }
-        if progress == 0 && used == 0 {
-            // Nothing more to judge within what was read (or the budget): wait for either.
-            return if limit == pending.len() {
+        tracker.scan_gated(&mut pending[..limit], &mut gate)
+    };
+    let progress = tracker.scanned() - scanned;
+    limiter.charge_bytes(progress);
+    if let (Some(a), Some(queue)) = (scan.answer, answers) {
+        queue.push(a);
+        peer.nudge();
+    }
+    let used = scan.safe + scan.drop;
+    let (then, after) = match (scan.violation, scan.limited) {
+        (Some(v), _) => (Some(Held::No), After::Violation(v)),
+        (None, Some(Limited::Wait(d))) => (Some(throttle_for(d)), After::Nothing),
+        (None, Some(Limited::Close)) => (Some(Held::No), After::PolicyClose),
+        // Nothing more to judge within what was read, or within the budget: wait for either.
+        (None, None) if progress == 0 && used == 0 => {
+            let held = if limit == pending.len() {
                 Held::No
             } else {
-                Held::For(limiter.bytes_wait())
+                throttle_for(limiter.bytes_wait())
             };
+            (Some(held), After::Nothing)
         }
+        (None, None) => (None, After::Nothing),
+    };
+    Pass {
+        safe: scan.safe,
+        used,
+        then,
+        after,
     }
 }
 
@@ -755,7 +790,8 @@ pub struct Pump<'a, F> {
 pub async fn relay<CR, CW, UR, UW, F>(
     client: Side<CR, CW>,
     upstream: Side<UR, UW>,
-    pump: Pump<'_, F>,
+    pump: &Pump<'_, F>,
+    mut limits: Option<Box<LimitState>>,
 ) -> RelayReport
 where
     CR: Source,
@@ -764,9 +800,7 @@ where
     UW: AsyncWrite + Unpin,
     F: Fn(Traffic) + Sync,
 {
-    let Pump { opts, drain, fold } = pump;
-    // Boxed: a connection without limits carries one null pointer for them, no buckets.
-    let mut limiter = opts.limits;
+    let Pump { opts, drain, fold } = *pump;
     let controls = Controls {
         to_client: Control::new(),
         to_upstream: Control::new(),
@@ -778,7 +812,7 @@ where
         up: DirCounters::default(),
         down: DirCounters::default(),
         violation: Mutex::new(None),
-        answers: limiter.is_some().then(Box::default),
+        answers: limits.is_some().then(Box::default),
     };
     let up = forward(
         client.read,
@@ -786,7 +820,7 @@ where
         client.leftover,
         opts.mosaic,
         controls.lane(Direction::ClientToUpstream, &shared),
-        limiter.as_deref_mut(),
+        limits.as_deref_mut(),
     );
     let down = forward(
         upstream.read,

@@ -23,9 +23,13 @@ use crate::relay::mosaic::{
 /// the peer is judged to be stalling the gateway.
 const MAX_HELD_BYTES: usize = 64 * 1024;
 
-/// A message's first bytes the tracker collects: enough for every seed-era layout, and for
-/// a Submission's type, length and the 32 record-id bytes a Submission Result echoes.
+/// A message's first bytes a gate may see: enough for every seed-era layout (8), and for a
+/// Submission's type, length and the 32 record-id bytes a Submission Result echoes.
 pub const HEAD_BYTES: usize = 36;
+
+/// The head bytes past the eighth, which a gate that asks for them keeps itself: the
+/// tracker holds 8, so connections without such a gate carry no more.
+pub const HEAD_REST: usize = HEAD_BYTES - 8;
 
 /// What a [`Gate`] decides at a message boundary.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,6 +56,11 @@ pub trait Gate {
     /// How many of a message's first bytes this gate is shown (at most [`HEAD_BYTES`]);
     /// enough for the layouts unless it answers Submissions.
     const HEAD_LEN: usize = 8;
+    /// Where the head bytes past the eighth are kept, for a gate with `HEAD_LEN` over 8
+    /// (`None`: the gate sees 8).
+    fn head_rest(&mut self) -> Option<&mut [u8; HEAD_REST]> {
+        None
+    }
     /// A data message starts: its first frame header is in.
     fn message_start(&mut self) -> Admit;
     /// A client's Mosaic message passed the rules: `head` is its first bytes (up to
@@ -155,7 +164,7 @@ pub struct Tracker {
     frame: FrameState,
     in_message: bool,
     msg_len: u64,
-    head: [u8; HEAD_BYTES],
+    head: [u8; 8],
     head_len: usize,
     judged: bool,
     expected_len: Option<u64>,
@@ -176,7 +185,7 @@ impl Tracker {
             frame: FrameState::Header,
             in_message: false,
             msg_len: 0,
-            head: [0; HEAD_BYTES],
+            head: [0; 8],
             head_len: 0,
             judged: true,
             expected_len: None,
@@ -442,28 +451,45 @@ impl Tracker {
         let mut step = Step::Continue;
         if data && !self.judged {
             if let Some(rules) = self.rules {
-                let want = G::HEAD_LEN.min(HEAD_BYTES);
+                // The head the gate sees: the tracker's 8 bytes, and with a gate that asks
+                // for more, the rest it keeps (assembled on the stack while judging).
+                let want = if G::HEAD_LEN > 8 && gate.head_rest().is_some() {
+                    G::HEAD_LEN.min(HEAD_BYTES)
+                } else {
+                    8
+                };
                 let take = want.saturating_sub(self.head_len).min(chunk.len());
-                unmask_into(
-                    &mut self.head[self.head_len..self.head_len + take],
-                    &chunk[..take],
-                    mask,
-                    offset,
-                );
-                self.head_len += take;
+                let mut full = [0u8; HEAD_BYTES];
+                let head: &[u8] = if want > 8 {
+                    full[..8].copy_from_slice(&self.head);
+                    if let Some(rest) = gate.head_rest() {
+                        full[8..].copy_from_slice(rest);
+                    }
+                    let (from, to) = (self.head_len, self.head_len + take);
+                    unmask_into(&mut full[from..to], &chunk[..take], mask, offset);
+                    self.head.copy_from_slice(&full[..8]);
+                    if let Some(rest) = gate.head_rest() {
+                        rest.copy_from_slice(&full[8..]);
+                    }
+                    self.head_len += take;
+                    &full[..self.head_len]
+                } else {
+                    unmask_into(
+                        &mut self.head[self.head_len..self.head_len + take],
+                        &chunk[..take],
+                        mask,
+                        offset,
+                    );
+                    self.head_len += take;
+                    &self.head[..self.head_len]
+                };
                 // The message ends here when this is its last frame and the chunk is the rest.
                 let ended = fin && take == chunk.len() && remaining_after == 0;
-                match judge_head(
-                    self.dir,
-                    rules.validation,
-                    &self.head[..self.head_len],
-                    ended,
-                )? {
+                match judge_head(self.dir, rules.validation, head, ended)? {
                     HeadVerdict::Accept {
                         expected_len,
                         query,
                     } => {
-                        let head = &self.head[..self.head_len];
                         match gate.mosaic_head(head, ended, query) {
                             Admit::NeedMore if self.head_len < want && !ended => {}
                             verdict => {
@@ -628,6 +654,7 @@ mod tests {
     /// first `waits` message starts, and records what it was asked.
     #[derive(Default)]
     struct TestGate {
+        rest: [u8; HEAD_REST],
         waits: usize,
         starts: usize,
         heads: Vec<usize>,
@@ -636,6 +663,10 @@ mod tests {
 
     impl Gate for TestGate {
         const HEAD_LEN: usize = HEAD_BYTES;
+
+        fn head_rest(&mut self) -> Option<&mut [u8; HEAD_REST]> {
+            Some(&mut self.rest)
+        }
 
         fn message_start(&mut self) -> Admit {
             self.starts += 1;
