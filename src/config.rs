@@ -715,7 +715,8 @@ impl Config {
         }
         routes::validate(&self.routes, &mut errs);
         self.limits.validate(&mut errs);
-        self.rate_limits.validate(self.mosaic.validate, &mut errs);
+        self.rate_limits
+            .validate("rate_limits", self.mosaic.validate, &mut errs);
         self.access.validate(&mut errs);
         for (i, c) in self.forwarded.trusted_proxies.iter().enumerate() {
             if parse_cidr(c).is_err() {

@@ -11,9 +11,12 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::config::{Config, HealthCheckConfig, MosaicConfig, NostrConfig, NostrProbe};
+use crate::config::{
+    Config, HealthCheckConfig, MosaicConfig, NostrConfig, NostrProbe, RateLimitsConfig,
+};
 use crate::metrics::{Metrics, ProtocolMetrics};
 use crate::pool::Pool;
+use crate::rate_limit::{Policy, Tables};
 use crate::route_table::{RouteTable, RESERVED_NAME};
 
 /// A route's Mosaic side: its settings and pools.
@@ -47,6 +50,15 @@ pub struct RouteState {
     max_connections: Option<usize>,
     /// Open connections on the route, shared by every generation the route lives in.
     open: Arc<AtomicUsize>,
+    /// The route's own rate limits (`routes[i].rate_limits`), instead of the global ones.
+    pub(crate) rate: Option<RouteRate>,
+}
+
+/// A route's own rate limits and their buckets; the buckets outlive reloads that keep
+/// the route.
+pub(crate) struct RouteRate {
+    pub(crate) policy: Policy,
+    pub(crate) tables: Arc<Tables>,
 }
 
 impl RouteState {
@@ -157,6 +169,7 @@ impl Routes {
                 mosaic,
                 nostr,
                 max_connections: None,
+                rate_limits: None,
             };
             Arc::new(spec.build(find(RESERVED_NAME).as_deref(), metrics))
         });
@@ -169,6 +182,7 @@ impl Routes {
                     mosaic: r.mosaic.as_ref(),
                     nostr: r.nostr.as_ref().filter(|n| n.serves()),
                     max_connections: r.limits.max_connections,
+                    rate_limits: r.rate_limits.as_ref(),
                 };
                 Arc::new(spec.build(find(&r.name).as_deref(), metrics))
             })
@@ -291,6 +305,7 @@ struct Spec<'a> {
     mosaic: Option<&'a MosaicConfig>,
     nostr: Option<&'a NostrConfig>,
     max_connections: Option<usize>,
+    rate_limits: Option<&'a RateLimitsConfig>,
 }
 
 impl Spec<'_> {
@@ -327,7 +342,15 @@ impl Spec<'_> {
                 None
             }
         };
+        let rate = self.rate_limits.map(|r| RouteRate {
+            policy: Policy::limits_only(r, metrics),
+            tables: old.and_then(|o| o.rate.as_ref()).map_or_else(
+                || Arc::new(Tables::for_route(metrics)),
+                |o| o.tables.clone(),
+            ),
+        });
         RouteState {
+            rate,
             series: [
                 metrics.protocol_series(&name, "mosaic"),
                 metrics.protocol_series(&name, "nostr"),

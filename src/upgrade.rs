@@ -22,7 +22,7 @@ use crate::handshake::{
     validate_upgrade, ForwardedClient, X_MOSAIC_FEATURES,
 };
 use crate::pool::{affinity, Backend, BackendGuard, Pool};
-use crate::rate_limit::Asked;
+use crate::rate_limit::{Asked, Refused};
 use crate::relay::limiter::LimitState;
 use crate::relay::pump::PumpOptions;
 use crate::relay::tracker::MosaicRules;
@@ -53,8 +53,19 @@ pub(crate) async fn prepare_upgrade(
         Route::Mosaic(_) => Asked::Mosaic,
         _ => Asked::Nostr,
     };
-    gw.rate
-        .admit_connection(&app.rate_tables, info.peer.ip(), who.addr, asked)
+    // A route with its own rate limits uses them instead of the global ones; the access
+    // lists are always the global ones.
+    let (policy, tables) = match &route.rate {
+        Some(r) => {
+            if gw.rate.refuses_forwarded(info.peer.ip(), who.addr, asked()) {
+                return Err(refusal(&app.metrics, Refused::Denied));
+            }
+            (&r.policy, &*r.tables)
+        }
+        None => (&gw.rate, &app.rate_tables),
+    };
+    policy
+        .admit_connection(tables, info.peer.ip(), who.addr, asked)
         .map_err(|why| refusal(&app.metrics, why))?;
     let slot = route.enter().ok_or_else(|| {
         refuse(Rejection::new(
@@ -82,10 +93,9 @@ pub(crate) async fn prepare_upgrade(
         },
         idle_timeout: gw.config.limits.idle_timeout.0,
     };
-    let limits = gw
-        .rate
+    let limits = policy
         .connection_limiter(
-            &app.rate_tables,
+            tables,
             accepted.protocol == Protocol::Mosaic,
             who.addr,
             info.client_key.as_ref(),

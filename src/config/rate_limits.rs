@@ -125,9 +125,10 @@ pub struct AccessConfig {
 }
 
 impl RateLimitsConfig {
-    /// Checks every limit; `validation` is `mosaic.validate` (the Mosaic limits read
-    /// seed-era message types, so they need `strict`).
-    pub(crate) fn validate(&self, validation: Validation, errs: &mut Vec<String>) {
+    /// Checks every limit under `key` (`rate_limits` or `routes[i].rate_limits`);
+    /// `validation` is the `mosaic.validate` that applies (the Mosaic limits read seed-era
+    /// message types, so they need `strict`).
+    pub(crate) fn validate(&self, key: &str, validation: Validation, errs: &mut Vec<String>) {
         let buckets = [
             ("connections_per_ip", &self.connections_per_ip),
             ("messages_per_connection", &self.messages_per_connection),
@@ -136,12 +137,14 @@ impl RateLimitsConfig {
         ];
         for (name, rate) in buckets {
             if let Some(r) = rate {
-                r.validate(&format!("rate_limits.{name}"), name, errs);
+                r.validate(&format!("{key}.{name}"), name, errs);
             }
         }
         if let Some(n) = self.mosaic_open_queries {
             if !(1..=65_536).contains(&n) {
-                errs.push("rate_limits.mosaic_open_queries: must be from 1 to 65536".into());
+                errs.push(format!(
+                    "{key}.mosaic_open_queries: must be from 1 to 65536"
+                ));
             }
         }
         if validation != Validation::Strict {
@@ -151,16 +154,16 @@ impl RateLimitsConfig {
             ] {
                 if set {
                     errs.push(format!(
-                        "rate_limits.{name}: needs mosaic.validate: strict (it reads seed-era message types)"
+                        "{key}.{name}: needs mosaic.validate: strict (it reads seed-era message types)"
                     ));
                 }
             }
         }
         if !(1..=128).contains(&self.ipv6_prefix) {
-            errs.push("rate_limits.ipv6_prefix: must be from 1 to 128".into());
+            errs.push(format!("{key}.ipv6_prefix: must be from 1 to 128"));
         }
         if self.table_size < 16 {
-            errs.push("rate_limits.table_size: must be at least 16".into());
+            errs.push(format!("{key}.table_size: must be at least 16"));
         }
     }
 }

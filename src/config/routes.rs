@@ -3,6 +3,8 @@
 
 use serde::Deserialize;
 
+use crate::relay::mosaic::Validation;
+
 use super::{check_backend, BackendConfig, MosaicConfig, NostrConfig, Scheme, UpstreamUrl};
 use crate::route_table::{HostPattern, PathPrefix, RESERVED_NAME};
 
@@ -29,6 +31,10 @@ pub struct RouteConfig {
     /// Limits of this route, on top of the global ones.
     #[serde(default)]
     pub limits: RouteLimitsConfig,
+    /// Rate limits for this route's connections, instead of the top-level `rate_limits`
+    /// (the access lists stay global).
+    #[serde(default)]
+    pub rate_limits: Option<super::RateLimitsConfig>,
 }
 
 /// `routes[i].limits`.
@@ -196,6 +202,10 @@ fn validate_sections(r: &RouteConfig, key: &str, errs: &mut Vec<String>) {
     }
     if r.limits.max_connections == Some(0) {
         own.push("limits.max_connections: must be at least 1".into());
+    }
+    if let Some(rl) = &r.rate_limits {
+        let validation = r.mosaic.as_ref().map_or(Validation::Strict, |m| m.validate);
+        rl.validate("rate_limits", validation, &mut own);
     }
     errs.extend(own.into_iter().map(|e| format!("{key}.{e}")));
 }

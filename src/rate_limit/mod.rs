@@ -27,7 +27,7 @@ use prometheus::IntCounter;
 
 use crate::client_addr::{canonical, TrustedProxies};
 use crate::config::LimitAction;
-use crate::config::{Config, RateConfig, SubmissionScope};
+use crate::config::{Config, RateConfig, RateLimitsConfig, SubmissionScope};
 use crate::metrics::{Metrics, RATE_LIMITER_TABLES};
 
 use crate::relay::limiter::Limiter;
@@ -44,6 +44,19 @@ pub(crate) struct Tables {
 }
 
 impl Tables {
+    /// Empty tables for a route's own rate limits. Their sizes are not exported (the
+    /// `rate_limiter_entries` series are the global tables'); their caps bound them alike.
+    pub(crate) fn for_route(metrics: &Metrics) -> Tables {
+        let size = |t: &str| {
+            prometheus::IntGauge::new("route_rate_limiter_entries", "unexported")
+                .unwrap_or_else(|_| metrics.rate_limiter_entries.with_label_values(&[t]))
+        };
+        Tables {
+            connections: Table::new(size(RATE_LIMITER_TABLES[0])),
+            submissions: Arc::new(Table::new(size(RATE_LIMITER_TABLES[1]))),
+        }
+    }
+
     /// Empty tables reporting their sizes in `rate_limiter_entries`.
     pub(crate) fn new(metrics: &Metrics) -> Tables {
         let size = |t: &str| metrics.rate_limiter_entries.with_label_values(&[t]);
@@ -153,9 +166,17 @@ fn spec(r: &RateConfig) -> Spec {
 impl Policy {
     /// The limits `config` sets (validated), counting into `metrics`.
     pub(crate) fn new(config: &Config, metrics: &Metrics) -> Policy {
-        let r = &config.rate_limits;
         Policy {
             access: AccessList::new(&config.access.allow, &config.access.deny),
+            ..Policy::limits_only(&config.rate_limits, metrics)
+        }
+    }
+
+    /// A route's own rate limits (`routes[i].rate_limits`): no access lists, which stay
+    /// global.
+    pub(crate) fn limits_only(r: &RateLimitsConfig, metrics: &Metrics) -> Policy {
+        Policy {
+            access: None,
             connections: r.connections_per_ip.as_ref().map(spec),
             messages: r
                 .messages_per_connection

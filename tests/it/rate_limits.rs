@@ -632,3 +632,61 @@ async fn every_rate_limit_series_exists_from_the_first_scrape() {
     let mut ws = mosaic_client(gw.public_addr).await;
     assert_eq!(submit(&mut ws, &numbered(0xA0, 0)).await, 0x01);
 }
+
+#[tokio::test]
+async fn a_routes_own_rate_limits_apply_to_its_connections_only() {
+    let backend = mosaic_backend().await;
+    let gw = gateway_for(
+        &backend,
+        None,
+        &format!(
+            "routes:\n  - name: strict\n    path_prefix: /strict\n    mosaic:\n      health_check: {{ interval: 60s }}\n      backends:\n        - url: ws://{}\n    rate_limits:\n      messages_per_connection: {{ rate: 1, per: 10s, burst: 3, action: close }}\n",
+            backend.local_addr()
+        ),
+    )
+    .await;
+    // On the strict route the fourth message is over the limit: 1008.
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let mut req = format!("ws://{}/strict/feed", gw.public_addr)
+        .into_client_request()
+        .unwrap();
+    req.headers_mut()
+        .insert("sec-websocket-protocol", "mosaic2024".parse().unwrap());
+    let (mut strict, _) = tokio_tungstenite::connect_async(req).await.unwrap();
+    for n in 0..3 {
+        assert_eq!(submit(&mut strict, &numbered(0xD0, n)).await, 0x01);
+    }
+    strict
+        .send(Message::Binary(wire::submission(&numbered(0xD0, 3)).into()))
+        .await
+        .unwrap();
+    let code = loop {
+        match tokio::time::timeout(T, strict.next()).await {
+            Ok(Some(Ok(Message::Close(c)))) => break c.map(|c| u16::from(c.code)),
+            Ok(Some(Ok(_))) => continue,
+            other => panic!("no close: {other:?}"),
+        }
+    };
+    assert_eq!(code, Some(1008));
+    // The default route has no rate limits: ten messages pass on one connection.
+    let mut free = mosaic_client(gw.public_addr).await;
+    for n in 0..10 {
+        assert_eq!(submit(&mut free, &numbered(0xD1, n)).await, 0x01);
+    }
+}
+
+#[test]
+fn a_routes_rate_limit_mistakes_name_the_route_key() {
+    let cfg = mosaic_gateway::config::parse(
+        "mosaic:\n  backends:\n    - url: ws://127.0.0.1:8081\nroutes:\n  - name: r\n    path_prefix: /r\n    mosaic:\n      validate: direction\n      backends:\n        - url: ws://127.0.0.1:8082\n    rate_limits:\n      messages_per_connection: { rate: 0 }\n      mosaic_open_queries: 8\n",
+    );
+    let err = cfg.expect_err("invalid route rate limits").to_string();
+    assert!(
+        err.contains("routes[0].rate_limits.messages_per_connection.rate:"),
+        "{err}"
+    );
+    assert!(
+        err.contains("routes[0].rate_limits.mosaic_open_queries: needs mosaic.validate: strict"),
+        "{err}"
+    );
+}
