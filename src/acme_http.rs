@@ -29,9 +29,12 @@ pub async fn serve(app: Arc<App>, listener: TcpListener) {
         let app = app.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| answer(app.clone(), req));
+            // One request per connection: a challenge or a redirect needs no keep-alive, and
+            // an idle connection held open by a peer would cost a socket for nothing.
             let _ = http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(10))
+                .keep_alive(false)
                 .serve_connection(TokioIo::new(tcp), svc)
                 .await;
         });
@@ -88,10 +91,13 @@ async fn answer(
     }
 }
 
-/// `example.com:80` → `example.com`, `[2001:db8::1]:80` → `[2001:db8::1]`.
+/// `example.com:80` → `example.com`, `[2001:db8::1]:80` → `[2001:db8::1]` (brackets kept
+/// for the URL).
 fn host_without_port(h: &str) -> String {
-    if let Some(end) = h.find(']') {
-        return h[..=end].to_string();
+    let name = crate::route_table::bare_host(h);
+    if name.contains(':') {
+        format!("[{name}]")
+    } else {
+        name.to_string()
     }
-    h.split(':').next().unwrap_or(h).to_string()
 }

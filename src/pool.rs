@@ -413,7 +413,12 @@ impl Pool {
         for (o, _) in old.iter().zip(&kept).filter(|(_, k)| !**k) {
             o.set_draining();
             if o.active() > 0 {
-                lock(&self.removed).push(Arc::downgrade(o));
+                // Pruned here too, not only when the status page reads it: DNS churn with
+                // nobody looking must not grow the list.
+                let mut removed = lock(&self.removed);
+                removed.retain(|w| w.strong_count() > 0);
+                removed.push(Arc::downgrade(o));
+                drop(removed);
                 tracing::info!(route = %self.route, pool = self.name, backend = %o.label, open = o.active(),
                     "backend removed: draining its open connections");
             } else {

@@ -209,7 +209,7 @@ impl RouteTable {
 }
 
 /// `host` without its port, brackets or trailing dot.
-fn bare_host(host: &str) -> &str {
+pub(crate) fn bare_host(host: &str) -> &str {
     let h = host.trim();
     let h = match h.strip_prefix('[') {
         Some(rest) => rest.split_once(']').map_or(rest, |(inside, _)| inside),
