@@ -30,6 +30,7 @@ mod server;
 mod status;
 mod upgrade;
 mod upstream;
+mod workers;
 
 pub mod cli;
 pub mod config;

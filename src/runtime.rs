@@ -17,8 +17,9 @@ use crate::config::Config;
 use crate::discovery::{Resolve, SystemResolver};
 use crate::gateway::{App, BuildError, Gateway};
 use crate::metrics::Metrics;
-use crate::server::serve;
+use crate::server::{serve, Place};
 use crate::tls::TlsTerminator;
+use crate::workers::Workers;
 
 /// Why the gateway could not start; `Display` is the one line the operator sees.
 #[derive(Debug, thiserror::Error)]
@@ -89,15 +90,13 @@ fn bind_group(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpLi
 /// running after their listener closes (the drain), until the stop.
 fn spawn_worker(
     i: usize,
+    rt: tokio::runtime::Runtime,
+    workers: Workers,
     app: Arc<App>,
     listeners: Vec<(std::net::TcpListener, Option<Arc<TlsTerminator>>)>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) -> Result<(), StartError> {
     let failed = |source| StartError::Worker { worker: i, source };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map_err(failed)?;
     std::thread::Builder::new()
         .name(format!("mosaic-gw-{i}"))
         .spawn(move || {
@@ -105,7 +104,11 @@ fn spawn_worker(
                 for (l, tls) in listeners {
                     match TcpListener::from_std(l) {
                         Ok(l) => {
-                            tokio::spawn(serve(app.clone(), l, tls));
+                            let place = Place {
+                                workers: workers.clone(),
+                                me: i,
+                            };
+                            tokio::spawn(serve(app.clone(), l, tls, place));
                         }
                         Err(e) => tracing::error!(worker = i, error = %e, "listener lost"),
                     }
@@ -192,8 +195,26 @@ pub async fn start_with(
         }
     }
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
-    for (i, listeners) in per_worker.into_iter().enumerate() {
-        spawn_worker(i, app.clone(), listeners, stop_rx.clone())?;
+    // Every event loop exists before any worker accepts, so each can hand connections to
+    // any other from the first one on.
+    let runtimes = (0..per_worker.len())
+        .map(|i| {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|source| StartError::Worker { worker: i, source })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let loops = Workers::new(runtimes.iter().map(|rt| rt.handle().clone()).collect());
+    for (i, (listeners, rt)) in per_worker.into_iter().zip(runtimes).enumerate() {
+        spawn_worker(
+            i,
+            rt,
+            loops.clone(),
+            app.clone(),
+            listeners,
+            stop_rx.clone(),
+        )?;
     }
     // The sockets are listening (the kernel queues connections) from here on.
     app.listening

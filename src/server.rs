@@ -37,10 +37,24 @@ use crate::handshake::wants_websocket;
 use crate::request_head::{read_request_head, HeadError};
 use crate::tls::{HandshakeError, TlsTerminator};
 use crate::upgrade::prepare_upgrade;
+use crate::workers::Workers;
+
+/// Where a listener runs: its worker among all of them.
+pub struct Place {
+    /// Every worker's event loop.
+    pub workers: Workers,
+    /// This listener's worker.
+    pub me: usize,
+}
 
 /// Accepts connections until the drain starts. `tls` overrides the config's TLS setting
 /// for this listener (the `dev` stack serves ws:// and wss:// side by side).
-pub async fn serve(app: Arc<App>, listener: TcpListener, tls: Option<Arc<TlsTerminator>>) {
+pub async fn serve(
+    app: Arc<App>,
+    listener: TcpListener,
+    tls: Option<Arc<TlsTerminator>>,
+    place: Place,
+) {
     let mut drain = app.drain.subscribe();
     loop {
         tokio::select! {
@@ -48,7 +62,12 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, tls: Option<Arc<TlsTerm
                 Ok((tcp, peer)) => {
                     let app = app.clone();
                     let tls = tls.clone();
-                    tokio::spawn(handle_connection(app, tcp, peer, tls));
+                    match place.workers.pick(place.me) {
+                        None => {
+                            tokio::spawn(handle_connection(app, tcp, peer, tls));
+                        }
+                        Some(other) => hand_off(other, app, tcp, peer, tls),
+                    }
                 }
                 Err(e) => {
                     // Out of file descriptors or similar: back off instead of spinning.
@@ -64,6 +83,30 @@ pub async fn serve(app: Arc<App>, listener: TcpListener, tls: Option<Arc<TlsTerm
         }
     }
     tracing::info!("public listener closed");
+}
+
+/// Runs a connection this worker accepted on a less busy worker's event loop.
+fn hand_off(
+    to: &tokio::runtime::Handle,
+    app: Arc<App>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    tls: Option<Arc<TlsTerminator>>,
+) {
+    // Out of this loop's poller, into the other's: a socket is registered with one only.
+    let tcp = match tcp.into_std() {
+        Ok(tcp) => tcp,
+        Err(e) => {
+            tracing::warn!(error = %e, "hand-off failed");
+            return;
+        }
+    };
+    to.spawn(async move {
+        match TcpStream::from_std(tcp) {
+            Ok(tcp) => handle_connection(app, tcp, peer, tls).await,
+            Err(e) => tracing::warn!(error = %e, "hand-off failed"),
+        }
+    });
 }
 
 /// Stages 1 and 2: the PROXY header, then TLS (or none), then the first request.
