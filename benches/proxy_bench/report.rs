@@ -6,10 +6,12 @@ use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::figures::{Figures, Run};
+use crate::figures::{Figures, Percentiles, Run, ShapeFigures};
+use crate::load::Shape;
 use crate::paths::{which, PathKind, PATHS};
 use crate::procfs::{cpu_busy_fraction, loadavg};
 use crate::settings::Settings;
+use crate::wire::TLS_SUBMISSION_BYTES;
 
 /// Prints the machine and how busy it is; notes when it was not idle.
 pub fn machine_state(notes: &mut Vec<String>) {
@@ -91,35 +93,49 @@ pub fn fmt_num(v: Option<f64>, decimals: usize) -> String {
     }
 }
 
+/// `a / b`; none against a `b` at or below zero (an added latency that noise put below
+/// direct's), where a ratio says nothing.
 fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     match (a, b) {
-        (Some(a), Some(b)) if a.is_finite() && b.is_finite() && b != 0.0 => format!("{:.2}", a / b),
+        (Some(a), Some(b)) if a.is_finite() && b.is_finite() && b > 0.0 => format!("{:.2}", a / b),
         _ => "–".into(),
     }
 }
 
 /// The whole report: what ran where, the table, the targets and the notes.
-pub fn render(run: &Run, set: &Settings, rate: f64) -> String {
+pub fn render(run: &Run, set: &Settings) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "Machine: {}.\nLoad: {} connections, {} × 128-byte Submissions in flight per connection \
-         (throughput), {} s measured after {} s warm-up; latency open-loop at half the direct \
-         maximum over the same connections; new connections with {} workers for {} s; \
-         throughput and new connections are medians of {} interleaved rounds; \
-         gateway `validate: strict`, log level warn.\n",
+        "Machine: {}.\nLoad: {conns} connections sending 128-byte Submissions in two shapes: \
+         pipelined ({inflight} in flight per connection in the closed loop for throughput; \
+         paced open loop for latency, all that is due sent at once) and request/response \
+         (one in flight per connection: closed loop with one each for throughput; paced, a \
+         due message waits for the reply to the one outstanding, and its round trip counts \
+         from when it is sent); each shape's latency at half and a quarter of direct's \
+         maximum in that shape; TLS data path: {conns} `wss://` connections × {inflight} in \
+         flight, {tls_bytes}-byte Submissions, TLS 1.3 with one ECDSA P-256 certificate on \
+         every proxy (direct: the backend's own rustls listener); scale: {} connections open \
+         on freshly started proxies, {} of them request/response at the quarter rate, the \
+         rest idle; {} s measured after {} s warm-up; new connections with {} workers for {} s; \
+         throughput (both shapes and TLS) and new connections are medians of {} interleaved \
+         rounds; gateway `validate: strict`, log level warn.\n",
         machine(),
-        set.conns,
-        set.inflight,
+        set.scale_conns,
+        set.scale_active,
         set.secs,
         set.warmup,
         set.conn_workers,
         set.conn_secs,
-        set.rounds
+        set.rounds,
+        conns = set.conns,
+        inflight = set.inflight,
+        tls_bytes = TLS_SUBMISSION_BYTES,
     );
-    out.push_str(&table(&run.figs, set, rate));
+    let rates = [Shape::Pipelined, Shape::RequestResponse].map(|s| run.latency_rate(s));
+    out.push_str(&table(&run.figs, set, rates));
     out.push_str(&idle_limiter(&run.figs));
-    out.push_str(&targets(&run.figs));
+    out.push_str(&targets(&run.figs, set));
     if !run.notes.is_empty() {
         let _ = writeln!(out, "\nNotes:\n");
         for n in &run.notes {
@@ -129,61 +145,154 @@ pub fn render(run: &Run, set: &Settings, rate: f64) -> String {
     out
 }
 
-fn table(figs: &[Figures; PATHS], set: &Settings, rate: f64) -> String {
+/// Which way a figure is better.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Better {
+    Higher,
+    Lower,
+}
+
+/// What picks the percentiles at one paced rate of a shape's figures.
+type AtRate = fn(&ShapeFigures) -> Percentiles;
+
+/// The two paced rates of a shape's latency figure, and what picks each one's percentiles.
+fn latency_rates(half_rate: f64) -> [(&'static str, f64, AtRate); 2] {
+    [
+        ("half", half_rate, |f| f.half),
+        ("a quarter", half_rate / 2.0, |f| f.quarter),
+    ]
+}
+
+/// What picks one percentile.
+type Pct = fn(Percentiles) -> Option<f64>;
+
+/// The two percentiles of a latency figure, and what picks each one.
+const PERCENTILES: [(&str, Pct); 2] = [("p50", |p| p.p50), ("p99", |p| p.p99)];
+
+fn table(figs: &[Figures; PATHS], set: &Settings, rates: [f64; 2]) -> String {
     let mut t = Table {
         out: String::new(),
         figs,
     };
     let _ = writeln!(
         t.out,
-        "| figure | direct | mosaic-gateway | nginx | HAProxy | gw/nginx | gw/HAProxy | gw/direct |"
+        "| figure | direct | mosaic-gateway | nginx | HAProxy | gw/nginx | gw/HAProxy | gw/better proxy | gw/direct |"
     );
-    let _ = writeln!(t.out, "|---|---:|---:|---:|---:|---:|---:|---:|");
-    t.row("throughput, messages/s", |f| f.throughput, 0);
-    t.row(
-        "proxy CPU time per message (throughput run), ns",
-        |f| f.cpu_per_msg,
-        0,
-    );
-    t.row(
-        &format!("latency p50 at {} msg/s, µs", fmt_num(Some(rate), 0)),
-        |f| f.p50,
-        0,
-    );
-    t.row("latency p99, µs", |f| f.p99, 0);
-    t.added_row("added p99 (path − direct), µs", |f| f.p99);
+    let _ = writeln!(t.out, "|---|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (shape, half_rate) in [Shape::Pipelined, Shape::RequestResponse]
+        .into_iter()
+        .zip(rates)
+    {
+        let name = shape.label();
+        let sf = move |f: &Figures| *f.shape(shape);
+        t.row(
+            &format!("{name}: throughput, messages/s"),
+            |f| sf(f).throughput,
+            0,
+            Better::Higher,
+        );
+        t.row(
+            &format!("{name}: proxy CPU time per message, ns"),
+            |f| sf(f).cpu_per_msg,
+            0,
+            Better::Lower,
+        );
+        for (which, rate, at) in latency_rates(half_rate) {
+            for (pct, pick) in PERCENTILES {
+                t.row(
+                    &format!(
+                        "{name}: latency {pct} at {} msg/s ({which} of direct), µs",
+                        fmt_num(Some(rate), 0)
+                    ),
+                    |f| pick(at(&sf(f))),
+                    0,
+                    Better::Lower,
+                );
+            }
+            for (pct, pick) in PERCENTILES {
+                t.added_row(
+                    &format!("{name}: added {pct} at {which} of direct (path − direct), µs"),
+                    |f| pick(at(&sf(f))),
+                );
+            }
+        }
+    }
     t.row(
         &format!(
-            "latency p50 at {} msg/s (a quarter of direct), µs",
-            fmt_num(Some(rate / 2.0), 0)
+            "TLS data path ({TLS_SUBMISSION_BYTES}-byte Submissions; direct: the backend's rustls), messages/s"
         ),
-        |f| f.p50_quarter,
+        |f| f.tls_throughput,
         0,
+        Better::Higher,
     );
     t.row(
-        "latency p99 at a quarter of direct, µs",
-        |f| f.p99_quarter,
+        "TLS data path: proxy CPU time per message, ns",
+        |f| f.tls_cpu_per_msg,
         0,
+        Better::Lower,
     );
-    t.added_row("added p99 at a quarter of direct, µs", |f| f.p99_quarter);
-    t.row("new connections/s, plain", |f| f.conns_plain, 0);
-    t.row("new connections/s, TLS 1.3", |f| f.conns_tls, 0);
+    t.row(
+        "new connections/s, plain",
+        |f| f.conns_plain,
+        0,
+        Better::Higher,
+    );
+    t.row(
+        "new connections/s, TLS 1.3",
+        |f| f.conns_tls,
+        0,
+        Better::Higher,
+    );
     t.row(
         "proxy CPU time per new connection, plain, µs",
         |f| f.cpu_per_conn_plain.map(|v| v / 1000.0),
         1,
+        Better::Lower,
     );
     t.row(
         "proxy CPU time per new connection, TLS 1.3, µs",
         |f| f.cpu_per_conn_tls.map(|v| v / 1000.0),
         1,
+        Better::Lower,
     );
     t.row(
         &format!("RSS per idle connection ({} open), bytes", set.idle_conns),
         |f| f.mem_per_conn,
         0,
+        Better::Lower,
+    );
+    t.row(
+        &format!(
+            "scale: latency p99 with {} open, {} active at {} msg/s, µs",
+            set.scale_conns,
+            set.scale_active,
+            fmt_num(Some(rates[1] / 2.0), 0)
+        ),
+        |f| f.scale_p99,
+        0,
+        Better::Lower,
+    );
+    t.row(
+        "scale: p99 / the path's 64-connection request/response p99 at that rate",
+        scale_ratio,
+        2,
+        Better::Lower,
+    );
+    t.row(
+        &format!(
+            "scale: RSS per connection ({} open), bytes",
+            set.scale_conns
+        ),
+        |f| f.scale_mem_per_conn,
+        0,
+        Better::Lower,
     );
     t.out
+}
+
+/// A path's p99 at scale over its p99 with `CONNS` connections at the same rate.
+fn scale_ratio(f: &Figures) -> Option<f64> {
+    Some(f.scale_p99? / f.rr.quarter.p99?)
 }
 
 /// The cost of rate limits that are configured but never hit (BENCH_GATEWAY_LIMITS=1):
@@ -193,11 +302,19 @@ fn idle_limiter(figs: &[Figures; PATHS]) -> String {
         &figs[PathKind::Gateway.index()],
         &figs[PathKind::GatewayLimits.index()],
     );
-    type Pick = fn(&Figures) -> Option<f64>;
-    let rows: [(&str, Pick); 6] = [
-        ("throughput, messages/s", |f| f.throughput),
-        ("proxy CPU time per message, ns", |f| f.cpu_per_msg),
-        ("latency p99, µs", |f| f.p99),
+    let rows: [(&str, Pick); 7] = [
+        ("pipelined throughput, messages/s", |f| {
+            f.pipelined.throughput
+        }),
+        ("pipelined proxy CPU time per message, ns", |f| {
+            f.pipelined.cpu_per_msg
+        }),
+        ("pipelined latency p99 at half of direct, µs", |f| {
+            f.pipelined.half.p99
+        }),
+        ("request/response throughput, messages/s", |f| {
+            f.rr.throughput
+        }),
         ("new connections/s, plain", |f| f.conns_plain),
         ("new connections/s, TLS 1.3", |f| f.conns_tls),
         ("RSS per idle connection, bytes", |f| f.mem_per_conn),
@@ -231,101 +348,186 @@ struct Table<'a> {
 }
 
 impl Table<'_> {
-    /// The figure on every path, then the gateway's ratios to nginx, HAProxy and direct.
-    fn row(&mut self, name: &str, f: impl Fn(&Figures) -> Option<f64>, dec: usize) {
+    /// The figure on every path, then the gateway's ratios to nginx, HAProxy, the better of
+    /// the two, and direct.
+    fn row(&mut self, name: &str, f: impl Fn(&Figures) -> Option<f64>, dec: usize, b: Better) {
         let [d, g, n, h, _] = self.figs;
         let _ = writeln!(
             self.out,
-            "| {name} | {} | {} | {} | {} | {} | {} | {} |",
+            "| {name} | {} | {} | {} | {} | {} | {} | {} | {} |",
             fmt_num(f(d), dec),
             fmt_num(f(g), dec),
             fmt_num(f(n), dec),
             fmt_num(f(h), dec),
             ratio(f(g), f(n)),
             ratio(f(g), f(h)),
+            ratio(f(g), better(f(n), f(h), b)),
             ratio(f(g), f(d)),
         );
     }
 
-    /// A proxy's figure minus direct's, with its ratios (no direct column).
+    /// A proxy's figure minus direct's, with its ratios (no direct column); lower is better.
     fn added_row(&mut self, name: &str, f: impl Fn(&Figures) -> Option<f64>) {
         let [d, g, n, h, _] = self.figs;
         let added = |x: &Figures| Some(f(x)? - f(d)?);
         let _ = writeln!(
             self.out,
-            "| {name} | – | {} | {} | {} | {} | {} | – |",
+            "| {name} | – | {} | {} | {} | {} | {} | {} | – |",
             fmt_num(added(g), 0),
             fmt_num(added(n), 0),
             fmt_num(added(h), 0),
             ratio(added(g), added(n)),
             ratio(added(g), added(h)),
+            ratio(added(g), better(added(n), added(h), Better::Lower)),
         );
     }
 }
 
-fn targets(figs: &[Figures; PATHS]) -> String {
-    let [d, g, n, h, _] = figs;
+/// Issue 16's targets, each met or not with its numbers.
+fn targets(figs: &[Figures; PATHS], set: &Settings) -> String {
+    let [d, g, ..] = figs;
     let mut tg = String::new();
-    let _ = writeln!(tg, "\nTargets:\n");
-    let best_tp = better(n.throughput, h.throughput, true);
-    let what = "throughput ≥ 1.25 × better of nginx/HAProxy";
-    ratio_target(&mut tg, what, g.throughput, best_tp, 1.25);
-    let what = "throughput ≥ 0.65 × direct";
-    ratio_target(&mut tg, what, g.throughput, d.throughput, 0.65);
-    let added = |x: &Figures| Some(x.p99? - d.p99?);
-    let lat = added(g).zip(better(added(n), added(h), false));
-    target(
-        &mut tg,
-        "added p99 ≤ 0.8 × better proxy's added p99",
-        lat.map(|(g, b)| g <= 0.8 * b),
-        format!(
-            "{} µs vs {} µs",
-            show(lat.map(|x| x.0), 0),
-            show(lat.map(|x| 0.8 * x.1), 0)
+    let _ = writeln!(tg, "\nTargets (against the better of nginx/HAProxy):\n");
+    for shape in [Shape::Pipelined, Shape::RequestResponse] {
+        let name = shape.label();
+        let sf = |f: &Figures| *f.shape(shape);
+        for (which, _, at) in latency_rates(0.0) {
+            for (pct, pick) in PERCENTILES {
+                let what =
+                    format!("{name}: added {pct} at {which} of direct ≤ 0.8 × better proxy's");
+                let added = |x: &Figures| Some(pick(at(&sf(x)))? - pick(at(&sf(d)))?);
+                proxy_target(&mut tg, figs, &what, added, (0.8, Better::Lower), "µs");
+            }
+        }
+        let what = format!("{name}: proxy CPU time per message ≤ 0.9 × better proxy");
+        let cpu = move |f: &Figures| f.shape(shape).cpu_per_msg;
+        proxy_target(&mut tg, figs, &what, cpu, (0.9, Better::Lower), "ns");
+        let what = format!("{name}: throughput ≥ better proxy");
+        let tp = move |f: &Figures| f.shape(shape).throughput;
+        proxy_target(&mut tg, figs, &what, tp, (1.0, Better::Higher), "msg/s");
+    }
+    for (what, pick, bound, unit) in [
+        (
+            "TLS data path: throughput ≥ 1.1 × better proxy",
+            (|f| f.tls_throughput) as Pick,
+            (1.1, Better::Higher),
+            "msg/s",
         ),
-    );
+        (
+            "TLS data path: proxy CPU time per message ≤ 0.9 × better proxy",
+            |f| f.tls_cpu_per_msg,
+            (0.9, Better::Lower),
+            "ns",
+        ),
+        (
+            "new plain connections/s ≥ 1.1 × better proxy",
+            |f| f.conns_plain,
+            (1.1, Better::Higher),
+            "/s",
+        ),
+        (
+            "proxy CPU time per new plain connection ≤ 0.9 × better proxy",
+            |f| f.cpu_per_conn_plain.map(|ns| ns / 1000.0),
+            (0.9, Better::Lower),
+            "µs",
+        ),
+    ] {
+        proxy_target(&mut tg, figs, what, pick, bound, unit);
+    }
     let mem = g.mem_per_conn;
     target(
         &mut tg,
-        "≤ 4 KiB per idle proxied connection",
-        mem.map(|m| m <= 4096.0),
+        "≤ 2 KiB (2048 bytes) per idle proxied connection",
+        verdict(mem.map(|m| m <= MEMORY_TARGET)),
         format!("{} bytes", show(mem, 0)),
     );
-    for (label, gv, bv) in [
-        (
-            "plain",
-            g.conns_plain,
-            better(n.conns_plain, h.conns_plain, true),
+    let sr = scale_ratio(g);
+    target(
+        &mut tg,
+        &format!(
+            "scale: p99 with {} open ≤ 1.2 × the gateway's 64-connection p99 at the same rate",
+            set.scale_conns
         ),
-        ("TLS", g.conns_tls, better(n.conns_tls, h.conns_tls, true)),
-    ] {
-        let what = format!("new connections/s {label} ≥ better proxy");
-        ratio_target(&mut tg, &what, gv, bv, 1.0);
-    }
+        verdict(sr.map(|r| r <= 1.2)),
+        format!(
+            "{}×; {} µs vs {} µs",
+            show(sr, 2),
+            show(g.scale_p99, 0),
+            show(g.rr.quarter.p99, 0),
+        ),
+    );
+    let sm = g.scale_mem_per_conn;
+    target(
+        &mut tg,
+        &format!(
+            "scale: RSS per connection with {} open as at idle, ≤ 2 KiB",
+            set.scale_conns
+        ),
+        verdict(sm.map(|m| m <= MEMORY_TARGET)),
+        format!("{} bytes; idle: {} bytes", show(sm, 0), show(mem, 0)),
+    );
     tg
 }
 
-/// The better of two figures (the higher when `higher`), or the one there is.
-fn better(a: Option<f64>, b: Option<f64>, higher: bool) -> Option<f64> {
+/// The memory targets: bytes of RSS per proxied connection, idle and at scale.
+const MEMORY_TARGET: f64 = 2048.0;
+
+/// The better of two figures, or the one there is.
+fn better(a: Option<f64>, b: Option<f64>, which: Better) -> Option<f64> {
     match (a, b) {
-        (Some(a), Some(b)) => Some(if higher { a.max(b) } else { a.min(b) }),
+        (Some(a), Some(b)) => Some(match which {
+            Better::Higher => a.max(b),
+            Better::Lower => a.min(b),
+        }),
         (x, None) | (None, x) => x,
     }
 }
 
-/// A target met when the gateway's figure `g` is at least `factor` × `b`.
-fn ratio_target(out: &mut String, what: &str, g: Option<f64>, b: Option<f64>, factor: f64) {
-    let c = g.zip(b).map(|(g, b)| (g / b, g >= factor * b));
-    let detail = format!("{}×", show(c.map(|x| x.0), 2));
-    target(out, what, c.map(|x| x.1), detail);
+/// What picks one figure of a path.
+type Pick = fn(&Figures) -> Option<f64>;
+
+/// A target against the better of nginx/HAProxy: met when the gateway's figure is at least
+/// (`Higher`) or at most (`Lower`) `factor` × theirs, with `(factor, which)` as `bound`.
+fn proxy_target(
+    out: &mut String,
+    figs: &[Figures; PATHS],
+    what: &str,
+    pick: impl Fn(&Figures) -> Option<f64>,
+    (factor, which): (f64, Better),
+    unit: &str,
+) {
+    let [_, g, n, h, _] = figs;
+    let (g, b) = (pick(g), better(pick(n), pick(h), which));
+    let values = format!("{} {unit} vs {} {unit}", show(g, 0), show(b, 0));
+    let (said, detail) = match g.zip(b) {
+        None => (verdict(None), values),
+        // An added latency at or below zero: direct's own round trip was the slower, so
+        // the run's noise decides the figure, and there is nothing to be a multiple of.
+        Some((_, b)) if b <= 0.0 => (
+            "no verdict",
+            format!("{values}; the better proxy's is not above zero"),
+        ),
+        Some((g, b)) => {
+            let met = match which {
+                Better::Higher => g >= factor * b,
+                Better::Lower => g <= factor * b,
+            };
+            (verdict(Some(met)), format!("{:.2}×; {values}", g / b))
+        }
+    };
+    target(out, what, said, detail);
 }
 
-fn target(out: &mut String, what: &str, met: Option<bool>, detail: String) {
-    let verdict = match met {
+/// A target's verdict: met, not met, or not measured (`None`).
+fn verdict(met: Option<bool>) -> &'static str {
+    match met {
         Some(true) => "**met**",
         Some(false) => "**not met**",
         None => "not measured",
-    };
+    }
+}
+
+fn target(out: &mut String, what: &str, verdict: &str, detail: String) {
     let _ = writeln!(out, "- {what}: {verdict} ({detail})");
 }
 

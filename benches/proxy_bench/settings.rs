@@ -19,7 +19,14 @@ pub struct Settings {
     pub idle_wait: f64,
     pub paths: Vec<PathKind>,
     pub figures: Vec<String>,
+    /// The pipelined latency figure's higher rate when direct's throughput is not measured.
     pub rate: Option<f64>,
+    /// The request/response latency figure's higher rate, likewise (BENCH_RR_RATE).
+    pub rr_rate: Option<f64>,
+    /// Connections open in the scale figure (BENCH_SCALE_CONNS).
+    pub scale_conns: usize,
+    /// How many of them are paced; the rest idle (BENCH_SCALE_ACTIVE).
+    pub scale_active: usize,
     /// Rounds of the throughput and new-connection figures; each figure is the median.
     pub rounds: usize,
     pub perf: Option<String>,
@@ -27,7 +34,7 @@ pub struct Settings {
     pub perf_args: String,
     /// The path BENCH_PERF profiles.
     pub perf_path: PathKind,
-    /// The figure whose window BENCH_PERF profiles: throughput, connections or latency.
+    /// The figure whose window BENCH_PERF profiles (BENCH_PERF_FIGURE).
     pub perf_figure: String,
     pub wrapper: Option<String>,
     pub results: PathBuf,
@@ -51,10 +58,11 @@ impl Settings {
             paths.push(PathKind::GatewayLimits);
         }
         let figures = std::env::var("BENCH_FIGURES")
-            .unwrap_or_else(|_| "memory,throughput,latency,connections".into())
+            .unwrap_or_else(|_| "memory,throughput,rr,latency,tls,scale,connections".into())
             .split(',')
             .map(|s| s.trim().to_string())
             .collect();
+        let scale_conns: usize = env_or("BENCH_SCALE_CONNS", 9000);
         Settings {
             secs: env_or("BENCH_SECS", 3.0),
             warmup: env_or("BENCH_WARMUP", 1.0),
@@ -70,6 +78,12 @@ impl Settings {
             rate: std::env::var("BENCH_RATE")
                 .ok()
                 .and_then(|v| v.parse().ok()),
+            rr_rate: std::env::var("BENCH_RR_RATE")
+                .ok()
+                .and_then(|v| v.parse().ok()),
+            scale_conns,
+            scale_active: env_or("BENCH_SCALE_ACTIVE", scale_conns / 10)
+                .clamp(1, scale_conns.max(1)),
             rounds: env_or("BENCH_ROUNDS", 3usize).max(1),
             perf: std::env::var("BENCH_PERF").ok().filter(|s| !s.is_empty()),
             perf_args: std::env::var("BENCH_PERF_ARGS")

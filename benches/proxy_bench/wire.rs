@@ -9,8 +9,11 @@ use rustls::pki_types::ServerName;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-/// Total size of one Submission message (type, u24 length, record).
-const SUBMISSION_BYTES: usize = 128;
+/// Total size of one Submission message (type, u24 length, record) in the plain figures.
+pub const SUBMISSION_BYTES: usize = 128;
+
+/// Total size of one Submission message in the TLS data-path figure: 1 KiB.
+pub const TLS_SUBMISSION_BYTES: usize = 1024;
 
 /// A masked client frame.
 fn client_frame(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
@@ -33,8 +36,15 @@ fn client_frame(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
 
 /// The Submission every client sends: `[0x03, len u24 LE, record]`, 128 bytes in all.
 pub fn submission_frame() -> Vec<u8> {
-    let record_len = SUBMISSION_BYTES - 4;
-    let mut msg = vec![0x03, record_len as u8, 0, 0];
+    submission_frame_of(SUBMISSION_BYTES)
+}
+
+/// A Submission of `bytes` in all (at least 36, so the Result echoes a whole id), as one
+/// masked frame.
+pub fn submission_frame_of(bytes: usize) -> Vec<u8> {
+    let record_len = bytes.max(36) - 4;
+    let mut msg = vec![0x03];
+    msg.extend_from_slice(&(record_len as u32).to_le_bytes()[..3]);
     msg.extend((0..record_len).map(|i| (i * 7 + 1) as u8));
     client_frame(0x2, &msg, [0x37, 0xfa, 0x21, 0x3d])
 }
@@ -196,6 +206,27 @@ pub async fn connect_ws(addr: SocketAddr) -> io::Result<(TcpStream, BytesMut)> {
     Ok((s, left))
 }
 
+/// A `wss://` client stream.
+pub type TlsClient = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// Connects, does the TLS 1.3 handshake and upgrades; returns the stream and bytes that
+/// followed the 101.
+pub async fn connect_wss(
+    addr: SocketAddr,
+    tls: &tokio_rustls::TlsConnector,
+) -> io::Result<(TlsClient, BytesMut)> {
+    let tcp = TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let mut s = tls.connect(localhost(), tcp).await?;
+    let left = ws_upgrade(&mut s, &addr.to_string()).await?;
+    Ok((s, left))
+}
+
+/// The name every TLS listener's certificate is for.
+fn localhost() -> ServerName<'static> {
+    ServerName::try_from("localhost").expect("static name")
+}
+
 /// Sends one Submission and waits for its result.
 pub async fn round_trip<S: AsyncRead + AsyncWrite + Unpin>(
     s: &mut S,
@@ -248,8 +279,7 @@ pub async fn one_connection(
     match tls {
         None => session(tcp, &host, frame).await,
         Some(c) => {
-            let name = ServerName::try_from("localhost").expect("static name");
-            let s = c.connect(name, tcp).await?;
+            let s = c.connect(localhost(), tcp).await?;
             session(s, &host, frame).await
         }
     }

@@ -33,7 +33,7 @@ impl Run<'_> {
             let pids = s.pids();
             // The gateway serves TLS from a second instance; the others from the same one.
             let tls_pids = s.tls_pids().unwrap_or_else(|| pids.clone());
-            let profile = self.profile("connections", s, round);
+            let profile = self.profile("connections", s, &pids, round);
             let plain = self.measure_conn_rate(s.plain, None, &pids);
             profile.stop();
             std::thread::sleep(Duration::from_millis(300));

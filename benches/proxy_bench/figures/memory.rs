@@ -35,14 +35,7 @@ impl Run<'_> {
                 m.after_kib,
                 m.opened
             );
-            if m.opened < set.idle_conns {
-                self.notes.push(format!(
-                    "{}: only {} of {} idle connections opened",
-                    p.label(),
-                    m.opened,
-                    set.idle_conns
-                ));
-            }
+            self.note_opened(p, m.opened, set.idle_conns, "idle");
             self.fig(p).mem_per_conn = Some(m.bytes_per_conn);
             s.stop();
         }

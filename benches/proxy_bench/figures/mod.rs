@@ -1,32 +1,75 @@
-//! What is measured: one module per figure (memory, throughput, latency, new connections),
-//! each a phase over the paths that fills in every path's [`Figures`]; here what they share.
+//! What is measured: one module per figure (memory, throughput, latency, TLS data path,
+//! scale, new connections), each a phase over the paths that fills in every path's
+//! [`Figures`]; here what they share.
 
 mod connections;
 mod latency;
 mod memory;
+mod scale;
 mod throughput;
+mod tls;
 
 use std::process::{Child, Command, Stdio};
 
 use tokio::runtime::Runtime;
 
+use crate::load::Shape;
 use crate::paths::{PathKind, RunningPath, PATHS};
 use crate::settings::Settings;
+
+/// Round-trip percentiles at one rate (µs).
+#[derive(Default, Clone, Copy)]
+pub struct Percentiles {
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+}
+
+/// One load shape's figures on one path.
+#[derive(Default, Clone, Copy)]
+pub struct ShapeFigures {
+    /// Closed loop, messages/s.
+    pub throughput: Option<f64>,
+    /// The proxy's CPU time per message in the closed loop (ns).
+    pub cpu_per_msg: Option<f64>,
+    /// Paced at half of direct's maximum in this shape.
+    pub half: Percentiles,
+    /// Paced at a quarter of it.
+    pub quarter: Percentiles,
+}
 
 /// One path's figures; `None` where not measured.
 #[derive(Default, Clone, Copy)]
 pub struct Figures {
-    pub throughput: Option<f64>,
-    pub p50: Option<f64>,
-    pub p99: Option<f64>,
+    pub pipelined: ShapeFigures,
+    pub rr: ShapeFigures,
+    /// `wss://` closed loop with 1 KiB Submissions, messages/s.
+    pub tls_throughput: Option<f64>,
+    pub tls_cpu_per_msg: Option<f64>,
     pub conns_plain: Option<f64>,
     pub conns_tls: Option<f64>,
     pub mem_per_conn: Option<f64>,
-    pub cpu_per_msg: Option<f64>,
     pub cpu_per_conn_plain: Option<f64>,
     pub cpu_per_conn_tls: Option<f64>,
-    pub p50_quarter: Option<f64>,
-    pub p99_quarter: Option<f64>,
+    /// p99 with BENCH_SCALE_CONNS open, a tenth of them paced (µs).
+    pub scale_p99: Option<f64>,
+    /// RSS per connection with BENCH_SCALE_CONNS open (bytes).
+    pub scale_mem_per_conn: Option<f64>,
+}
+
+impl Figures {
+    pub fn shape(&self, shape: Shape) -> &ShapeFigures {
+        match shape {
+            Shape::Pipelined => &self.pipelined,
+            Shape::RequestResponse => &self.rr,
+        }
+    }
+
+    fn shape_mut(&mut self, shape: Shape) -> &mut ShapeFigures {
+        match shape {
+            Shape::Pipelined => &mut self.pipelined,
+            Shape::RequestResponse => &mut self.rr,
+        }
+    }
 }
 
 /// One benchmark run: what every figure's phase needs, and what they found.
@@ -54,22 +97,36 @@ impl<'a> Run<'a> {
         &mut self.figs[p.index()]
     }
 
-    /// The latency figure's total rate: BENCH_RATE, else half the direct throughput.
-    pub fn latency_rate(&self) -> f64 {
-        self.set
-            .rate
-            .or(self.figs[PathKind::Direct.index()]
-                .throughput
-                .map(|t| (t / 2.0).round()))
-            .unwrap_or(50_000.0)
+    /// The latency figure's higher total rate in `shape`: BENCH_RATE (pipelined) or
+    /// BENCH_RR_RATE (request/response), else half of direct's throughput in that shape.
+    pub fn latency_rate(&self, shape: Shape) -> f64 {
+        let (set, fallback) = match shape {
+            Shape::Pipelined => (self.set.rate, 50_000.0),
+            Shape::RequestResponse => (self.set.rr_rate, 20_000.0),
+        };
+        set.or(self.figs[PathKind::Direct.index()]
+            .shape(shape)
+            .throughput
+            .map(|t| (t / 2.0).round()))
+            .unwrap_or(fallback)
     }
 
-    /// `perf` on the path's processes when BENCH_PERF asks for this window.
-    fn profile(&self, figure: &str, s: &RunningPath, round: usize) -> Profile {
+    /// A note when fewer than `wanted` of a figure's `what` connections opened.
+    fn note_opened(&mut self, p: PathKind, opened: usize, wanted: usize, what: &str) {
+        if opened < wanted {
+            self.notes.push(format!(
+                "{}: only {opened} of {wanted} {what} connections opened",
+                p.label()
+            ));
+        }
+    }
+
+    /// `perf` on `pids` (the path's processes) when BENCH_PERF asks for this window.
+    fn profile(&self, figure: &str, s: &RunningPath, pids: &[u32], round: usize) -> Profile {
         if !self.set.profiles(figure, s.kind, round) {
             return Profile(None);
         }
-        Profile::start(self.set, &s.pids())
+        Profile::start(self.set, pids)
     }
 }
 

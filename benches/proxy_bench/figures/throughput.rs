@@ -1,13 +1,32 @@
-//! Figure 1, throughput: messages/s under closed-loop load with the proxy's CPU time per
-//! message; the median of BENCH_ROUNDS interleaved rounds.
+//! Figure 1, throughput: messages/s under closed-loop load in each shape (pipelined and
+//! request/response) with the proxy's CPU time per message; the median of BENCH_ROUNDS
+//! interleaved rounds. The TLS data-path figure runs its rounds here too.
 
 use std::time::{Duration, Instant};
 
 use super::{interleaved, Run, Samples};
-use crate::load::ClosedLoop;
+use crate::load::{ClosedLoop, Dial, Shape};
 use crate::paths::RunningPath;
 use crate::procfs::{cpu_ns, loadavg};
 use crate::report::fmt_num;
+use crate::wire::submission_frame;
+
+/// What one closed-loop figure sends, and over what.
+pub(super) struct ClosedSpec {
+    /// The figure's window for BENCH_PERF_FIGURE.
+    pub perf: &'static str,
+    pub inflight: usize,
+    pub frame: Vec<u8>,
+    /// `wss://` to each path's TLS listener with this client; `ws://` when `None`.
+    pub tls: Option<tokio_rustls::TlsConnector>,
+}
+
+/// One round's messages/s and proxy CPU time per message, per path.
+#[derive(Default)]
+pub(super) struct ClosedFigures {
+    pub rates: Samples,
+    pub cpus: Samples,
+}
 
 struct ThroughputResult {
     msgs_per_sec: f64,
@@ -17,15 +36,44 @@ struct ThroughputResult {
 }
 
 impl Run<'_> {
-    pub fn throughput(&mut self, running: &[RunningPath]) {
+    pub fn throughput(&mut self, running: &[RunningPath], shape: Shape) {
         let set = self.set;
+        let (perf, inflight) = match shape {
+            Shape::Pipelined => ("throughput", set.inflight),
+            Shape::RequestResponse => ("rr", 1),
+        };
         println!(
-            "\n[throughput: {} connections × {} in flight, {} round(s) of {} s after {} s warm-up]",
-            set.conns, set.inflight, set.rounds, set.secs, set.warmup
+            "\n[throughput, {}: {} connections × {} in flight, {} round(s) of {} s after {} s warm-up]",
+            shape.label(),
+            set.conns,
+            inflight,
+            set.rounds,
+            set.secs,
+            set.warmup
         );
-        let (mut rates, mut cpus) = (Samples::default(), Samples::default());
-        for (round, s) in interleaved(running, set.rounds) {
-            let r = self.measure_throughput(s, round);
+        let spec = ClosedSpec {
+            perf,
+            inflight,
+            frame: submission_frame(),
+            tls: None,
+        };
+        let got = self.closed_rounds(running, &spec);
+        for s in running {
+            let f = self.fig(s.kind).shape_mut(shape);
+            f.throughput = got.rates.median(s.kind);
+            f.cpu_per_msg = got.cpus.median(s.kind);
+        }
+    }
+
+    /// BENCH_ROUNDS interleaved rounds of `spec` over every path; prints each.
+    pub(super) fn closed_rounds(
+        &self,
+        running: &[RunningPath],
+        spec: &ClosedSpec,
+    ) -> ClosedFigures {
+        let mut got = ClosedFigures::default();
+        for (round, s) in interleaved(running, self.set.rounds) {
+            let r = self.measure_throughput(s, spec, round);
             println!(
                 "  {:<15} {:>10.0} msg/s{}   proxy CPU {} ns/msg   load {}",
                 s.kind.label(),
@@ -38,23 +86,40 @@ impl Run<'_> {
                 fmt_num(r.proxy_ns_per_msg, 0),
                 loadavg()
             );
-            rates.push(s.kind, r.msgs_per_sec);
-            cpus.extend(s.kind, r.proxy_ns_per_msg);
+            got.rates.push(s.kind, r.msgs_per_sec);
+            got.cpus.extend(s.kind, r.proxy_ns_per_msg);
         }
-        for s in running {
-            let f = self.fig(s.kind);
-            f.throughput = rates.median(s.kind);
-            f.cpu_per_msg = cpus.median(s.kind);
-        }
+        got
     }
 
     /// One round on one path: `SECS` of closed-loop load after `WARMUP`.
-    fn measure_throughput(&self, s: &RunningPath, round: usize) -> ThroughputResult {
+    fn measure_throughput(
+        &self,
+        s: &RunningPath,
+        spec: &ClosedSpec,
+        round: usize,
+    ) -> ThroughputResult {
         let set = self.set;
-        let proxy_pids = s.pids();
-        let load = ClosedLoop::start(self.rt, s.plain, set.conns, set.inflight);
+        let (dial, proxy_pids) = match &spec.tls {
+            None => (
+                Dial {
+                    addr: s.plain,
+                    tls: None,
+                },
+                s.pids(),
+            ),
+            // The gateway serves TLS from a second instance; the others from the same one.
+            Some(c) => (
+                Dial {
+                    addr: s.tls,
+                    tls: Some(c.clone()),
+                },
+                s.tls_pids().unwrap_or_else(|| s.pids()),
+            ),
+        };
+        let load = ClosedLoop::start(self.rt, &dial, set.conns, spec.inflight, spec.frame.clone());
         std::thread::sleep(Duration::from_secs_f64(set.warmup));
-        let profile = self.profile("throughput", s, round);
+        let profile = self.profile(spec.perf, s, &proxy_pids, round);
         let cpu0 = cpu_ns(&proxy_pids);
         let c0 = load.results();
         let t0 = Instant::now();
