@@ -132,37 +132,44 @@ pub(crate) fn unwrap_client(upgraded: hyper::upgrade::Upgraded) -> (ClientIo, By
 }
 
 /// Pairs the client's side with the upstream's, whichever transports they are.
-async fn relay_to_upstream<CR, CW, F>(
+///
+/// The relay is not boxed: it lives in the connection's task, next to what it borrows, so
+/// an idle connection is one allocation. An `async move` block keeps its arguments once
+/// (see `relay::pump::forward`).
+#[allow(clippy::manual_async_fn)]
+fn relay_to_upstream<'a, CR, CW, F>(
     client: Side<CR, CW>,
     upstream: (UpstreamStream, BytesMut),
-    pump: &Pump<'_, F>,
+    pump: &'a Pump<'a, F>,
     limits: Option<Box<LimitState>>,
-) -> RelayReport
+) -> impl std::future::Future<Output = RelayReport> + 'a
 where
-    CR: Source,
-    CW: AsyncWrite + Unpin,
+    CR: Source + 'a,
+    CW: AsyncWrite + Unpin + 'a,
     F: Fn(Traffic) + Sync,
 {
-    let (stream, leftover) = upstream;
-    match stream {
-        UpstreamStream::Tcp(mut s) => {
-            let (read, write) = s.split();
-            let upstream = Side {
-                read,
-                write,
-                leftover,
-            };
-            // Boxed so the layers above hold a pointer, not another copy of the relay's state.
-            Box::pin(relay(client, upstream, pump, limits)).await
-        }
-        UpstreamStream::Tls(s) => {
-            let (read, write) = tokio::io::split(*s);
-            let upstream = Side {
-                read: Buffered(read),
-                write,
-                leftover,
-            };
-            Box::pin(relay(client, upstream, pump, limits)).await
+    let (mut stream, leftover) = upstream;
+    async move {
+        // The TCP stream stays where it was captured, borrowed by its halves.
+        match stream {
+            UpstreamStream::Tcp(ref mut s) => {
+                let (read, write) = s.split();
+                let upstream = Side {
+                    read,
+                    write,
+                    leftover,
+                };
+                relay(client, upstream, pump, limits).await
+            }
+            UpstreamStream::Tls(s) => {
+                let (read, write) = tokio::io::split(*s);
+                let upstream = Side {
+                    read: Buffered(read),
+                    write,
+                    leftover,
+                };
+                relay(client, upstream, pump, limits).await
+            }
         }
     }
 }
@@ -292,6 +299,7 @@ pub(crate) fn run_connection(
         _permit: permit,
         route,
     };
+    let mut client = client;
     async move {
         let fold = |t: Traffic| open.fold(t);
         let pump = Pump {
@@ -301,7 +309,7 @@ pub(crate) fn run_connection(
         };
         let upstream = (up, up_left);
         let report = match client {
-            ClientIo::Tcp(mut s) => {
+            ClientIo::Tcp(ref mut s) => {
                 // Borrowed halves: the stream lives in this task, no shared ownership needed.
                 let (read, write) = s.split();
                 let client = Side {

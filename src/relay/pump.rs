@@ -441,23 +441,24 @@ enum Held {
 fn forward<'a, R: Source + 'a, W: AsyncWrite + Unpin + 'a>(
     mut src: R,
     mut dst: W,
-    mut pending: BytesMut,
+    pending: &'a mut BytesMut,
     rules: Option<MosaicRules>,
     lane: Lane<'a>,
     mut limits: Option<&'a mut LimitState>,
 ) -> impl std::future::Future<Output = DirReport> + 'a {
+    // Set up outside the block, so the block captures each value once.
+    let (dir, mine, peer, shared) = (lane.dir, lane.mine, lane.peer, lane.shared);
+    let mut tracker = Tracker::new(dir, rules);
+    let to_client = dir == Direction::UpstreamToClient;
+    let counters = if to_client { &shared.down } else { &shared.up };
+    let mut rep = DirReport {
+        source_ended: false,
+        violated: false,
+    };
+    // After the gateway sent its own close on `dst`, it only reads `src` to see the peer go.
+    let mut closing = false;
+    let mut out = Vec::new();
     async move {
-        let (dir, mine, peer, shared) = (lane.dir, lane.mine, lane.peer, lane.shared);
-        let mut tracker = Tracker::new(dir, rules);
-        let to_client = dir == Direction::UpstreamToClient;
-        let counters = if to_client { &shared.down } else { &shared.up };
-        let mut rep = DirReport {
-            source_ended: false,
-            violated: false,
-        };
-        // After the gateway sent its own close on `dst`, it only reads `src` to see the peer go.
-        let mut closing = false;
-        let mut out = Vec::new();
         'relay: loop {
             // Scan what was read and write what may pass, pass after pass, until one holds.
             if let Some(l) = limits.as_deref_mut().filter(|_| !closing) {
@@ -465,9 +466,7 @@ fn forward<'a, R: Source + 'a, W: AsyncWrite + Unpin + 'a>(
             }
             let hold = loop {
                 let pass = match limits.as_deref_mut() {
-                    Some(l) if !closing => {
-                        limited_scan(l, &mut tracker, &mut pending, shared, peer)
-                    }
+                    Some(l) if !closing => limited_scan(l, &mut tracker, pending, shared, peer),
                     _ => plain_scan(&mut tracker, &pending, shared, closing),
                 };
                 // Only these outlive the write (a future keeps what crosses an await).
@@ -597,11 +596,11 @@ fn forward<'a, R: Source + 'a, W: AsyncWrite + Unpin + 'a>(
                     }
                     pending.reserve(READ_CHUNK);
                 }
-                match src.poll_fill(cx, &mut pending) {
+                match src.poll_fill(cx, pending) {
                     Poll::Ready(r) => Poll::Ready(Woke::Read(r)),
                     Poll::Pending => {
                         if pending.is_empty() {
-                            pending = BytesMut::new();
+                            *pending = BytesMut::new();
                         }
                         Poll::Pending
                     }
@@ -804,8 +803,8 @@ pub struct Pump<'a, F> {
 /// An `async move` block, not an `async fn`, for the reason [`forward`] gives (96 bytes).
 #[allow(clippy::manual_async_fn)]
 pub fn relay<'a, CR, CW, UR, UW, F>(
-    client: Side<CR, CW>,
-    upstream: Side<UR, UW>,
+    mut client: Side<CR, CW>,
+    mut upstream: Side<UR, UW>,
     pump: &'a Pump<'a, F>,
     mut limits: Option<Box<LimitState>>,
 ) -> impl std::future::Future<Output = RelayReport> + 'a
@@ -817,7 +816,6 @@ where
     F: Fn(Traffic) + Sync,
 {
     async move {
-        let Pump { opts, drain, fold } = *pump;
         let controls = Controls {
             to_client: Control::new(),
             to_upstream: Control::new(),
@@ -836,22 +834,22 @@ where
         let mut up = std::pin::pin!(forward(
             client.read,
             upstream.write,
-            client.leftover,
-            opts.mosaic,
+            &mut client.leftover,
+            pump.opts.mosaic,
             controls.lane(Direction::ClientToUpstream, &shared),
             limits.as_deref_mut(),
         ));
         let mut down = std::pin::pin!(forward(
             upstream.read,
             client.write,
-            upstream.leftover,
-            opts.mosaic,
+            &mut upstream.leftover,
+            pump.opts.mosaic,
             controls.lane(Direction::UpstreamToClient, &shared),
             None,
         ));
         let mut up_rep: Option<DirReport> = None;
         let mut down_rep: Option<DirReport> = None;
-        let mut clock = Clock::new(opts.idle_timeout);
+        let mut clock = Clock::new(pump.opts.idle_timeout);
         // One timer for every deadline (idle, keepalive, fold, linger, drain close): it is
         // re-armed only when it fires or a deadline appears, never per message.
         let mut timer = std::pin::pin!(tokio::time::sleep(FOLD_EVERY));
@@ -880,8 +878,8 @@ where
                     clock.direction_ended(&r, Closer::Upstream);
                     down_rep = Some(r);
                 }
-                close_by = std::future::poll_fn(|cx| drain.poll_fired(cx)), if !clock.drain_seen => {
-                    if opts.mosaic.is_some() {
+                close_by = std::future::poll_fn(|cx| pump.drain.poll_fired(cx)), if !clock.drain_seen => {
+                    if pump.opts.mosaic.is_some() {
                         controls.to_client.send(Command::CloseQueries);
                     }
                     clock.drain_started(close_by);
@@ -889,7 +887,7 @@ where
                 () = timer.as_mut() => {
                     // Force a re-arm on the next turn even if the deadline is unchanged.
                     armed_for = tokio::time::Instant::now();
-                    if clock.on_timer(&shared, &controls, fold) == Tick::Stop {
+                    if clock.on_timer(&shared, &controls, pump.fold) == Tick::Stop {
                         break;
                     }
                 }
@@ -901,7 +899,7 @@ where
         };
         let violation = shared.violation.lock().ok().and_then(|v| *v);
         let total = shared.traffic();
-        fold(total.since(clock.folded));
+        (pump.fold)(total.since(clock.folded));
         RelayReport {
             bytes_up: total.bytes_up,
             bytes_down: total.bytes_down,
