@@ -3,8 +3,9 @@
 
 use std::net::IpAddr;
 
-use hyper::header::HeaderMap;
 use ipnet::IpNet;
+
+use crate::fields::{visible_ascii, Fields};
 
 /// The trusted proxy ranges.
 #[derive(Debug, Clone, Default)]
@@ -39,7 +40,7 @@ pub fn canonical(ip: IpAddr) -> IpAddr {
 /// The real client address and the forwarded chain believed, oldest first.
 pub fn real_client(
     peer: IpAddr,
-    headers: &HeaderMap,
+    headers: &(impl Fields + ?Sized),
     trusted: &TrustedProxies,
 ) -> (IpAddr, Vec<IpAddr>) {
     let peer = canonical(peer);
@@ -47,8 +48,8 @@ pub fn real_client(
         return (peer, Vec::new());
     }
     let mut chain: Vec<IpAddr> = Vec::new();
-    for v in headers.get_all("x-forwarded-for") {
-        let Ok(text) = v.to_str() else {
+    for v in headers.values("x-forwarded-for") {
+        let Some(text) = visible_ascii(v) else {
             // An unreadable header from a trusted proxy: believe nothing of it.
             return (peer, Vec::new());
         };
@@ -86,7 +87,7 @@ fn parse_forwarded_addr(s: &str) -> Option<IpAddr> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hyper::header::HeaderValue;
+    use hyper::header::{HeaderMap, HeaderValue};
 
     fn xff(v: &str) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
-use hyper::header::HeaderMap;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -49,8 +48,8 @@ pub(crate) struct Accepted {
     pub(crate) upstream: Upgraded,
     pub(crate) upstream_label: String,
     pub(crate) backend: Option<BackendGuard>,
-    /// The 101's headers for the client.
-    pub(crate) response: HeaderMap,
+    /// The client's 101, as written.
+    pub(crate) response: Vec<u8>,
 }
 
 /// An upgrade the upstream accepted, waiting for the client's side to switch protocols.
@@ -278,13 +277,7 @@ pub(crate) fn run_connection(
         "connection opened"
     );
     let signal = app.relayed.register(id);
-    // The 101's headers served their purpose; an idle connection should not keep them.
-    let Upgraded {
-        stream: up,
-        leftover: up_left,
-        headers,
-    } = upstream;
-    drop(headers);
+    let (up, up_left) = upstream.into_parts();
     let open = Open {
         app,
         id,

@@ -23,12 +23,15 @@ use crate::answer::{full, refusal, Body};
 use crate::client_addr::real_client;
 use crate::connection::{run_connection, unwrap_client};
 use crate::drain::DrainState;
+use crate::fields::Fields;
 use crate::gateway::{App, ConnInfo, Gateway};
 use crate::handshake::{header_value, wants_websocket, ForwardedClient};
 use crate::pool::{affinity, Backend, Pool};
 use crate::rate_limit::{Asked, Refused};
+use crate::request_head::{Head, Target};
 use crate::routes::{NoRoute, RouteState};
 use crate::upgrade::prepare_upgrade;
+use crate::upstream::MAX_RESPONSE_HEADERS;
 
 /// A stream whose first bytes the fast path already read, handed to hyper.
 pub(crate) struct Rewind<S> {
@@ -168,7 +171,12 @@ async fn http_passthrough(
             header_value(&crate::keys::user_key_string(k)),
         );
     }
-    let route = match gw.routes.select(info.sni.as_deref(), req.uri(), req.headers()) {
+    let host = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| req.headers().text("host"));
+    let route = match gw.routes.select(info.sni.as_deref(), host, req.uri().path()) {
         Ok(r) => r,
         Err(NoRoute::Misdirected) => {
             return status_text(
@@ -296,14 +304,25 @@ pub(crate) async fn upgrade(
 ) -> Response<Body> {
     let on_upgrade = hyper::upgrade::on(&mut req);
     let (parts, _body) = req.into_parts();
-    let view = Request::from_parts(parts, ());
-    let mut prepared = match prepare_upgrade(&app, &info, &view).await {
+    let lines: Vec<httparse::Header<'_>> = parts
+        .headers
+        .iter()
+        .map(|(n, v)| httparse::Header {
+            name: n.as_str(),
+            value: v.as_bytes(),
+        })
+        .collect();
+    let head = Head {
+        method: parts.method.as_str(),
+        http11: parts.version == hyper::Version::HTTP_11,
+        target: Target::Uri(parts.uri.clone()),
+        headers: &lines,
+    };
+    let mut prepared = match prepare_upgrade(&app, &info, &head).await {
         Ok(p) => p,
         Err(answer) => return answer.into_response(),
     };
-    let mut response = Response::new(full(""));
-    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
-    *response.headers_mut() = std::mem::take(&mut prepared.accepted.response);
+    let response = switching_protocols(&std::mem::take(&mut prepared.accepted.response));
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
@@ -315,5 +334,29 @@ pub(crate) async fn upgrade(
             }
         }
     });
+    response
+}
+
+/// The 101 the upgrade built as bytes for the fast path, as a hyper response.
+fn switching_protocols(answer: &[u8]) -> Response<Body> {
+    let mut response = Response::new(full(""));
+    *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    let mut lines = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS + 8];
+    // After the status line; the upgrade wrote every line itself, so they parse.
+    let headers = answer
+        .iter()
+        .position(|&b| b == b'\n')
+        .and_then(|i| httparse::parse_headers(&answer[i + 1..], &mut lines).ok());
+    if let Some(httparse::Status::Complete((_, lines))) = headers {
+        let h = response.headers_mut();
+        for l in lines {
+            if let (Ok(n), Ok(v)) = (
+                hyper::header::HeaderName::from_bytes(l.name.as_bytes()),
+                HeaderValue::from_bytes(l.value),
+            ) {
+                h.append(n, v);
+            }
+        }
+    }
     response
 }

@@ -2,13 +2,16 @@
 //! negotiation and the headers sent upstream.
 //!
 //! Everything here is a pure function of header values, so the rules that decide what a
-//! client is told can be tested without sockets.
+//! client is told can be tested without sockets. The values come through [`Fields`]: the
+//! upgrade fast path reads them straight from httparse's lines, hyper's path from its
+//! `HeaderMap`, and both go through the same rules.
 
-use hyper::header::{HeaderMap, HeaderName, HeaderValue};
+use hyper::header::HeaderValue;
 use hyper::{Method, Request, StatusCode, Version};
 
 use crate::answer::Reason;
 pub use crate::answer::Rejection;
+pub use crate::fields::{visible_ascii, Fields};
 
 /// `X-Mosaic-Features`.
 pub const X_MOSAIC_FEATURES: &str = "x-mosaic-features";
@@ -16,15 +19,17 @@ pub const X_MOSAIC_FEATURES: &str = "x-mosaic-features";
 pub const X_MOSAIC_CLIENT_KEY: &str = "x-mosaic-client-key";
 
 /// Whether a request asks for a WebSocket upgrade at all (otherwise it is plain HTTP).
-pub fn wants_websocket(headers: &HeaderMap) -> bool {
-    header_tokens(headers, hyper::header::UPGRADE).any(|t| t.eq_ignore_ascii_case("websocket"))
+pub fn wants_websocket(headers: &(impl Fields + ?Sized)) -> bool {
+    header_tokens(headers, "upgrade").any(|t| t.eq_ignore_ascii_case("websocket"))
 }
 
-fn header_tokens(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = &str> {
+fn header_tokens<'a>(
+    headers: &'a (impl Fields + ?Sized),
+    name: &'a str,
+) -> impl Iterator<Item = &'a str> {
     headers
-        .get_all(name)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
+        .values(name)
+        .filter_map(visible_ascii)
         .flat_map(|v| v.split(','))
         .map(str::trim)
         .filter(|t| !t.is_empty())
@@ -32,42 +37,52 @@ fn header_tokens(headers: &HeaderMap, name: HeaderName) -> impl Iterator<Item = 
 
 /// Checks an upgrade request against RFC 6455 §4.2.1; returns the client's key.
 pub fn validate_upgrade<B>(req: &Request<B>) -> Result<String, Rejection> {
-    if req.method() != Method::GET {
+    check_upgrade(
+        req.method() == Method::GET,
+        req.version() == Version::HTTP_11,
+        req.headers(),
+    )
+    .map(str::to_string)
+}
+
+/// [`validate_upgrade`] on the parts of a request: whether it is a GET, whether it is
+/// HTTP/1.1, and its headers. Returns the key, borrowed from the headers.
+pub fn check_upgrade(
+    get: bool,
+    http11: bool,
+    h: &(impl Fields + ?Sized),
+) -> Result<&str, Rejection> {
+    if !get {
         return Err(Rejection::bad(
             "WebSocket upgrades must use GET",
             Reason::BAD_METHOD,
         ));
     }
-    if req.version() != Version::HTTP_11 {
+    if !http11 {
         return Err(Rejection::bad(
             "WebSocket upgrades need HTTP/1.1",
             Reason::BAD_VERSION,
         ));
     }
-    let h = req.headers();
-    if !header_tokens(h, hyper::header::CONNECTION).any(|t| t.eq_ignore_ascii_case("upgrade")) {
+    if !header_tokens(h, "connection").any(|t| t.eq_ignore_ascii_case("upgrade")) {
         return Err(Rejection::bad(
             "Connection header must include Upgrade",
             Reason::NO_CONNECTION_UPGRADE,
         ));
     }
-    let version = h
-        .get(hyper::header::SEC_WEBSOCKET_VERSION)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim);
-    if version != Some("13") {
+    if h.text("sec-websocket-version").map(str::trim) != Some("13") {
         return Err(Rejection::new(
             StatusCode::UPGRADE_REQUIRED,
             "Sec-WebSocket-Version must be 13",
             Reason::BAD_WS_VERSION,
         ));
     }
-    let mut keys = h.get_all(hyper::header::SEC_WEBSOCKET_KEY).iter();
+    let mut keys = h.values("sec-websocket-key");
     let key = match (keys.next(), keys.next()) {
-        (Some(k), None) => k.to_str().unwrap_or("").trim().to_string(),
-        _ => String::new(),
+        (Some(k), None) => visible_ascii(k).unwrap_or("").trim(),
+        _ => "",
     };
-    if !valid_key(&key) {
+    if !valid_key(key) {
         return Err(Rejection::bad(
             "Sec-WebSocket-Key must be 16 base64-encoded bytes",
             Reason::BAD_KEY,
@@ -86,21 +101,26 @@ fn valid_key(k: &str) -> bool {
 }
 
 /// Every offered subprotocol token, across all `Sec-WebSocket-Protocol` lines, in order.
-pub fn offered_protocols(headers: &HeaderMap) -> Vec<String> {
-    header_tokens(headers, hyper::header::SEC_WEBSOCKET_PROTOCOL)
-        .map(str::to_string)
-        .collect()
+pub fn offered_protocols(headers: &(impl Fields + ?Sized)) -> Vec<String> {
+    offered_tokens(headers).map(str::to_string).collect()
+}
+
+/// [`offered_protocols`], borrowed from the headers.
+pub fn offered_tokens(headers: &(impl Fields + ?Sized)) -> impl Iterator<Item = &str> {
+    header_tokens(headers, "sec-websocket-protocol")
 }
 
 /// The items of every line of a `;`-separated header: trimmed, empty items and duplicates
 /// dropped, first-seen order kept. `None` when the header is absent.
-pub fn feature_list(headers: &HeaderMap, name: &str) -> Option<Vec<String>> {
-    let mut lines = headers.get_all(name).iter().peekable();
+pub fn feature_list(headers: &(impl Fields + ?Sized), name: &str) -> Option<Vec<String>> {
+    let mut lines = headers.values(name).peekable();
     lines.peek()?;
     let mut out: Vec<String> = Vec::new();
     for line in lines {
         // A header value that is not visible ASCII cannot name a feature the gateway knows.
-        let Ok(text) = line.to_str() else { continue };
+        let Some(text) = visible_ascii(line) else {
+            continue;
+        };
         for item in text.split(';').map(str::trim).filter(|i| !i.is_empty()) {
             if !out.iter().any(|x| x == item) {
                 out.push(item.to_string());
@@ -136,30 +156,31 @@ pub fn negotiate_features(
 
 /// Headers never copied from the client to an upstream: hop-by-hop ones, the upgrade
 /// mechanics the gateway writes itself, and every header that claims identity or origin.
-fn dropped_towards_upstream(name: &HeaderName) -> bool {
+/// `name` is in lowercase.
+fn dropped_towards_upstream(name: &[u8]) -> bool {
     matches!(
-        name.as_str(),
-        "connection"
-            | "upgrade"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authorization"
-            | "proxy-authenticate"
-            | "te"
-            | "trailer"
-            | "transfer-encoding"
-            | "content-length"
-            | "sec-websocket-key"
-            | "sec-websocket-version"
-            | "sec-websocket-protocol"
-            | "sec-websocket-extensions"
-            | "x-mosaic-client-key"
-            | "x-real-ip"
-            | "x-forwarded-for"
-            | "x-forwarded-proto"
-            | "x-forwarded-host"
-            | "x-forwarded-port"
-            | "forwarded"
+        name,
+        b"connection"
+            | b"upgrade"
+            | b"keep-alive"
+            | b"proxy-connection"
+            | b"proxy-authorization"
+            | b"proxy-authenticate"
+            | b"te"
+            | b"trailer"
+            | b"transfer-encoding"
+            | b"content-length"
+            | b"sec-websocket-key"
+            | b"sec-websocket-version"
+            | b"sec-websocket-protocol"
+            | b"sec-websocket-extensions"
+            | b"x-mosaic-client-key"
+            | b"x-real-ip"
+            | b"x-forwarded-for"
+            | b"x-forwarded-proto"
+            | b"x-forwarded-host"
+            | b"x-forwarded-port"
+            | b"forwarded"
     )
 }
 
@@ -236,9 +257,9 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 /// connections (Mosaic frames must stay inspectable).
 pub fn upstream_request_head(
     path_and_query: &str,
-    client_headers: &HeaderMap,
+    client_headers: &(impl Fields + ?Sized),
     key: &str,
-    protocols: &[String],
+    protocols: &[impl AsRef<str>],
     pass_extensions: bool,
     who: &ForwardedClient,
     default_host: &str,
@@ -247,29 +268,39 @@ pub fn upstream_request_head(
     out.extend_from_slice(b"GET ");
     out.extend_from_slice(path_and_query.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    if !client_headers.contains_key(hyper::header::HOST) {
+    if client_headers.values("host").next().is_none() {
         push_header(&mut out, b"Host", default_host.as_bytes());
     }
-    for (name, value) in client_headers {
-        if dropped_towards_upstream(name) {
+    for (name, value) in client_headers.lines() {
+        // Names go upstream in lowercase, whichever parser read them; written first and
+        // taken back when the header is one the gateway drops.
+        let start = out.len();
+        out.extend_from_slice(name);
+        out[start..].make_ascii_lowercase();
+        if dropped_towards_upstream(&out[start..]) {
+            out.truncate(start);
             continue;
         }
-        push_header(&mut out, name.as_str().as_bytes(), value.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
     }
     push_header(&mut out, b"Connection", b"Upgrade");
     push_header(&mut out, b"Upgrade", b"websocket");
     push_header(&mut out, b"Sec-WebSocket-Version", b"13");
     push_header(&mut out, b"Sec-WebSocket-Key", key.as_bytes());
-    if !protocols.is_empty() {
-        push_header(
-            &mut out,
-            b"Sec-WebSocket-Protocol",
-            protocols.join(", ").as_bytes(),
-        );
+    if let Some((first, rest)) = protocols.split_first() {
+        out.extend_from_slice(b"Sec-WebSocket-Protocol: ");
+        out.extend_from_slice(first.as_ref().as_bytes());
+        for p in rest {
+            out.extend_from_slice(b", ");
+            out.extend_from_slice(p.as_ref().as_bytes());
+        }
+        out.extend_from_slice(b"\r\n");
     }
     if pass_extensions {
-        for v in client_headers.get_all(hyper::header::SEC_WEBSOCKET_EXTENSIONS) {
-            push_header(&mut out, b"Sec-WebSocket-Extensions", v.as_bytes());
+        for v in client_headers.values("sec-websocket-extensions") {
+            push_header(&mut out, b"Sec-WebSocket-Extensions", v);
         }
     }
     // Written in place: the addresses are the only values the gateway formats itself.
@@ -298,6 +329,7 @@ pub fn header_value(s: &str) -> HeaderValue {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use hyper::header::{HeaderMap, HeaderName};
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();

@@ -134,13 +134,9 @@ pub async fn check(
         &who,
         &b.url.authority(),
     );
-    let up = connect_and_upgrade(&b.url, b.tls.as_ref(), &head, &key, timeout).await?;
-    let chosen = up
-        .headers
-        .get(hyper::header::SEC_WEBSOCKET_PROTOCOL)
-        .and_then(|v| v.to_str().ok())
-        .map(str::trim);
-    let ok = if token.is_none() || chosen == token {
+    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
+    let up = connect_and_upgrade(&b.url, b.tls.as_ref(), &head, &accept, timeout).await?;
+    let ok = if token.is_none_or(|t| up.selected(t)) {
         Ok(())
     } else {
         Err(CheckFailure::WrongSubprotocol)

@@ -36,6 +36,7 @@ pub mod cli;
 pub mod config;
 pub mod dev;
 pub mod discovery;
+pub mod fields;
 pub mod handshake;
 pub mod keys;
 pub mod proxy_protocol;

@@ -27,12 +27,13 @@ pub enum Route {
 
 /// Decides the route. The first offered token that is a Mosaic token wins, so a client that
 /// offers `chat, mosaic2024` is Mosaic; without a Mosaic token a connection is never Mosaic.
-pub fn route(offered: &[String], mosaic_tokens: &[String], nostr_enabled: bool) -> Route {
+pub fn route(offered: &[impl AsRef<str>], mosaic_tokens: &[String], nostr_enabled: bool) -> Route {
     if let Some(t) = offered
         .iter()
-        .find(|t| mosaic_tokens.iter().any(|m| m == *t))
+        .map(AsRef::as_ref)
+        .find(|t| mosaic_tokens.iter().any(|m| m == t))
     {
-        return Route::Mosaic(Subprotocol(t.clone()));
+        return Route::Mosaic(Subprotocol(t.to_string()));
     }
     if nostr_enabled {
         Route::Nostr
@@ -58,7 +59,7 @@ mod tests {
         );
         assert_eq!(route(&v(&["Mosaic2024"]), &m, true), Route::Nostr);
         assert_eq!(route(&v(&["Mosaic2024"]), &m, false), Route::Refuse);
-        assert_eq!(route(&[], &m, true), Route::Nostr);
+        assert_eq!(route(&[] as &[&str], &m, true), Route::Nostr);
         let both = v(&["mosaic2024", "mosaic2025"]);
         assert_eq!(
             route(&v(&["mosaic2025", "mosaic2024"]), &both, false),

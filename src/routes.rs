@@ -231,19 +231,13 @@ impl Routes {
     pub(crate) fn select(
         &self,
         sni: Option<&str>,
-        uri: &hyper::Uri,
-        headers: &hyper::HeaderMap,
+        host: Option<&str>,
+        path: &str,
     ) -> Result<Arc<RouteState>, NoRoute> {
         if self.table.is_empty() {
             // No routes: everything takes the default route, as before routes existed.
             return self.default.clone().ok_or(NoRoute::Unknown);
         }
-        let host = uri.authority().map(|a| a.as_str()).or_else(|| {
-            headers
-                .get(hyper::header::HOST)
-                .and_then(|v| v.to_str().ok())
-        });
-        let path = uri.path();
         if let Some(sni) = sni {
             if self.table.misdirected(sni, host, path) {
                 return Err(NoRoute::Misdirected);
@@ -432,9 +426,8 @@ mod tests {
 
     fn select(r: &Routes, sni: Option<&str>, host: &str, path: &str) -> Result<String, NoRoute> {
         let uri: hyper::Uri = path.parse().unwrap();
-        let mut h = hyper::HeaderMap::new();
-        h.insert(hyper::header::HOST, host.parse().unwrap());
-        r.select(sni, &uri, &h).map(|r| r.name.to_string())
+        r.select(sni, Some(host), uri.path())
+            .map(|r| r.name.to_string())
     }
 
     const ROUTES: &str = "routes:\n  - name: a\n    hosts: [a.test]\n    nostr: { upstream: ws://127.0.0.1:1 }\n  - name: b\n    hosts: [b.test]\n    mosaic: { backends: [ { url: ws://127.0.0.1:2 } ] }\n";

@@ -21,7 +21,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Buf, BytesMut};
+use futures_util::future::{FutureExt, OptionFuture};
 use hyper::StatusCode;
 use hyper_util::rt::TokioIo;
 use tokio::io::AsyncWriteExt;
@@ -29,15 +30,15 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
 use crate::answer::{reject, Answer, Reason, Rejection};
-use crate::connection::{run_connection, ClientStream};
+use crate::connection::{run_connection, ClientIo, ClientStream, Prepared};
 use crate::drain::DrainState;
 use crate::front::{serve_http, Rewind};
 use crate::gateway::{App, ConnInfo, Gateway};
 use crate::handshake::wants_websocket;
-use crate::request_head::{read_request_head, HeadError};
+use crate::request_head::{parse_head, read_request_head, HeadError, MAX_HEADERS};
 use crate::tls::{HandshakeError, TlsTerminator};
 use crate::upgrade::prepare_upgrade;
-use crate::workers::Workers;
+use crate::workers::{move_to, Workers};
 
 /// Where a listener runs: its worker among all of them.
 pub struct Place {
@@ -55,16 +56,19 @@ pub async fn serve(
     tls: Option<Arc<TlsTerminator>>,
     place: Place,
 ) {
+    let inherited = nodelay_inherited(&listener);
     let mut drain = app.drain.subscribe();
     loop {
         tokio::select! {
             r = listener.accept() => match r {
                 Ok((tcp, peer)) => {
-                    let app = app.clone();
-                    let tls = tls.clone();
+                    if !inherited {
+                        let _ = tcp.set_nodelay(true);
+                    }
+                    let (app, tls) = (app.clone(), tls.clone());
                     match place.workers.pick(place.me) {
                         None => {
-                            tokio::spawn(handle_connection(app, tcp, peer, tls));
+                            tokio::spawn(connection(app, tcp, peer, tls));
                         }
                         Some(other) => hand_off(other, app, tcp, peer, tls),
                     }
@@ -93,36 +97,64 @@ fn hand_off(
     peer: SocketAddr,
     tls: Option<Arc<TlsTerminator>>,
 ) {
-    // Out of this loop's poller, into the other's: a socket is registered with one only.
-    let tcp = match tcp.into_std() {
-        Ok(tcp) => tcp,
-        Err(e) => {
-            tracing::warn!(error = %e, "hand-off failed");
-            return;
+    match move_to(to, tcp) {
+        Ok(tcp) => {
+            to.spawn(connection(app, tcp, peer, tls));
         }
-    };
-    to.spawn(async move {
-        match TcpStream::from_std(tcp) {
-            Ok(tcp) => handle_connection(app, tcp, peer, tls).await,
-            Err(e) => tracing::warn!(error = %e, "hand-off failed"),
-        }
-    });
+        Err(e) => tracing::warn!(error = %e, "hand-off failed"),
+    }
 }
 
-/// Stages 1 and 2: the PROXY header, then TLS (or none), then the first request.
-async fn handle_connection(
+/// One connection, in one task: the set-up (stages 1-4) in a box that is freed when it
+/// ends, then the relay. A second task for the relay cost a spawn and a wake-up per
+/// connection.
+fn connection(
     app: Arc<App>,
     tcp: TcpStream,
     peer: SocketAddr,
     tls: Option<Arc<TlsTerminator>>,
-) {
-    let _ = tcp.set_nodelay(true);
+) -> impl std::future::Future<Output = Option<()>> + Send {
+    Box::pin(set_up(app, tcp, peer, tls)).then(relay)
+}
+
+/// Sets TCP_NODELAY on the listener; `true` where accepted sockets inherit it (Linux),
+/// which saves a `setsockopt` per connection. Elsewhere each accepted socket is set.
+fn nodelay_inherited(listener: &TcpListener) -> bool {
+    cfg!(target_os = "linux")
+        && socket2::SockRef::from(listener)
+            .set_tcp_nodelay(true)
+            .is_ok()
+}
+
+/// A connection whose upgrade is done: what stage 5 starts from.
+struct Ready {
+    app: Arc<App>,
+    info: ConnInfo,
+    prepared: Box<Prepared>,
+    client: ClientIo,
+    /// The client's bytes after its request head (its first frames).
+    leftover: BytesMut,
+}
+
+/// Stage 5, when the set-up got that far.
+fn relay(ready: Option<Ready>) -> OptionFuture<impl std::future::Future<Output = ()> + Send> {
+    OptionFuture::from(
+        ready.map(|r| run_connection(r.app, r.info, r.prepared, r.client, r.leftover)),
+    )
+}
+
+/// Stages 1 to 4: the PROXY header, then TLS (or none), then the first request; `Some`
+/// when it was an upgrade the upstream and the client both took.
+async fn set_up(
+    app: Arc<App>,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    tls: Option<Arc<TlsTerminator>>,
+) -> Option<Ready> {
     let gw = app.gateway();
     let deadline = Instant::now() + gw.config.limits.handshake_timeout.0;
     let accepted = peer;
-    let Some(peer) = real_peer(&app, &gw, &tcp, peer, deadline).await else {
-        return;
-    };
+    let peer = real_peer(&app, &gw, &tcp, peer, deadline).await?;
     let forwarded = &gw.config.forwarded;
     if gw.rate.refuses_at_accept(
         &gw.trusted,
@@ -130,7 +162,7 @@ async fn handle_connection(
         accepted.ip(),
         peer.ip(),
     ) {
-        return;
+        return None;
     }
     let Some(tls) = tls.or_else(|| gw.tls.clone()) else {
         let info = ConnInfo {
@@ -142,8 +174,8 @@ async fn handle_connection(
         return serve_first_request(app, gw, tcp, info, deadline).await;
     };
     // Boxed: the TLS handshake and stream make this future four times larger, and every
-    // plain connection would pay for copying that size when its task is spawned.
-    Box::pin(serve_tls(app, gw, tcp, peer, tls, deadline)).await;
+    // plain connection would pay for that size.
+    Box::pin(serve_tls(app, gw, tcp, peer, tls, deadline)).await
 }
 
 /// Stage 1: the client's address, from the PROXY header when the peer is a trusted load
@@ -183,7 +215,7 @@ async fn serve_tls(
     peer: SocketAddr,
     tls: Arc<TlsTerminator>,
     deadline: Instant,
-) {
+) -> Option<Ready> {
     match tokio::time::timeout_at(deadline, tls.accept(tcp)).await {
         Ok(Ok((stream, client_key))) => {
             let label = crate::tls::client_auth_label(client_key.as_ref());
@@ -199,7 +231,7 @@ async fn serve_tls(
                 // Requests on this connection must belong to the route this name leads to.
                 sni: stream.get_ref().1.server_name().map(Arc::from),
             };
-            serve_first_request(app, gw, stream, info, deadline).await;
+            return serve_first_request(app, gw, stream, info, deadline).await;
         }
         Ok(Err(HandshakeError::AcmeChallengeServed)) => {
             tracing::debug!(client = %peer, "ACME TLS-ALPN-01 validation answered");
@@ -213,6 +245,7 @@ async fn serve_tls(
             tracing::info!(client = %peer, "TLS handshake timed out");
         }
     }
+    None
 }
 
 fn tls_failed(app: &App, reason: &str) {
@@ -222,77 +255,73 @@ fn tls_failed(app: &App, reason: &str) {
         .inc();
 }
 
-/// Stage 3: the first request head. An upgrade is decided, answered and relayed from here
-/// with no HTTP machinery in between; anything else (NIP-11, CORS, the relay's page) goes
-/// to hyper with the bytes already read.
+/// Stage 3: the first request head. An upgrade is decided and answered from here with no
+/// HTTP machinery in between (the head's lines are read where they lie in the bytes
+/// read); anything else (NIP-11, CORS, the relay's page) goes to hyper with those bytes.
 async fn serve_first_request<S: ClientStream>(
     app: Arc<App>,
     gw: Arc<Gateway>,
     mut s: S,
     info: ConnInfo,
     deadline: Instant,
-) {
+) -> Option<Ready> {
     let max = gw.config.limits.max_request_header_bytes;
-    let head = match tokio::time::timeout_at(deadline, read_request_head(&mut s, max)).await {
-        Ok(h) => h,
+    let read = tokio::time::timeout_at(deadline, read_request_head(&mut s, max)).await;
+    let (mut buf, index) = match read {
+        Ok(Ok(h)) => h,
+        Ok(Err(HeadError::Closed)) => return None,
+        Ok(Err(e)) => return refuse(s, bad_head(&app, e)).await,
         Err(_) => {
             tracing::debug!(client = %info.peer, "request head not complete in time: closed");
-            return;
+            return None;
         }
     };
-    let (req, mut buf, head_len) = match head {
+    let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let head = match parse_head(&buf, &index, &mut lines) {
         Ok(h) => h,
-        Err(HeadError::Closed) => return,
-        Err(e) => {
-            let r = match e {
-                HeadError::TooLarge => Rejection::new(
-                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    "request head too large",
-                    Reason::HEAD_TOO_LARGE,
-                ),
-                _ => Rejection::bad("malformed HTTP request", Reason::MALFORMED_REQUEST),
-            };
-            return refuse(s, reject(&app.metrics, "", r)).await;
-        }
+        Err(e) => return refuse(s, bad_head(&app, e)).await,
     };
-    if !wants_websocket(req.headers()) {
+    if !wants_websocket(head.headers) {
         let io = Rewind {
             pre: buf.freeze(),
             inner: s,
         };
-        return Box::pin(serve_http(app, gw, TokioIo::new(io), info)).await;
+        Box::pin(serve_http(app, gw, TokioIo::new(io), info)).await;
+        return None;
     }
-    let leftover = buf.split_off(head_len);
-    drop(buf);
-    // Stage 4. Boxed, like the relay below: the task that lives as long as the connection
-    // should not carry the set-up's (or hyper's) state machine around.
-    let mut prepared = match Box::pin(prepare_upgrade(&app, &info, &req)).await {
+    // Stage 4. Boxed: the set-up future is moved whole into its box on every accept,
+    // and need not hold the upgrade's state (allocated here only for upgrades).
+    let prepared = match Box::pin(prepare_upgrade(&app, &info, &head)).await {
         Ok(p) => p,
         Err(answer) => return refuse(s, answer).await,
     };
-    drop(req);
-    let answer = Answer {
-        status: StatusCode::SWITCHING_PROTOCOLS,
-        headers: std::mem::take(&mut prepared.accepted.response),
-        body: Bytes::new(),
-    };
-    if s.write_all(&answer.to_bytes(false)).await.is_err() {
-        return;
-    }
-    drop(answer);
-    // Stage 5. The relay gets a task of its own, sized for relaying only: this one, sized
-    // for TLS and the set-up, ends here and gives its memory back.
-    tokio::spawn(run_connection(
+    s.write_all(&prepared.accepted.response).await.ok()?;
+    buf.advance(index.len);
+    Some(Ready {
         app,
         info,
         prepared,
-        s.into_client_io(),
-        leftover,
-    ));
+        client: s.into_client_io(),
+        leftover: buf,
+    })
+}
+
+/// The refusal of a request head that could not be read or parsed.
+fn bad_head(app: &App, e: HeadError) -> Answer {
+    let r = match e {
+        HeadError::TooLarge => Rejection::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request head too large",
+            Reason::HEAD_TOO_LARGE,
+        ),
+        _ => Rejection::bad("malformed HTTP request", Reason::MALFORMED_REQUEST),
+    };
+    reject(&app.metrics, "", r)
 }
 
 /// Writes a refusal and closes (the fast path serves one request only when it refuses).
-async fn refuse<S: ClientStream>(mut s: S, answer: Answer) {
+async fn refuse<S: ClientStream>(mut s: S, answer: Answer) -> Option<Ready> {
     let _ = s.write_all(&answer.to_bytes(true)).await;
     let _ = s.shutdown().await;
+    None
 }

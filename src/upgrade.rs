@@ -9,47 +9,45 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use hyper::header::{self, HeaderMap, HeaderValue};
-use hyper::{Request, StatusCode};
+use hyper::StatusCode;
 
 use crate::admission::{LimitHit, Permit};
 use crate::answer::{refusal, reject, Answer, Reason, Rejection};
 use crate::client_addr::real_client;
 use crate::connection::{Accepted, ActiveConnection, Prepared, Protocol};
+use crate::fields::Fields;
 use crate::gateway::{App, ConnInfo, Gateway};
 use crate::handshake::{
-    feature_list, header_value, negotiate_features, offered_protocols, upstream_request_head,
-    validate_upgrade, ForwardedClient, X_MOSAIC_FEATURES,
+    check_upgrade, feature_list, negotiate_features, offered_tokens, upstream_request_head,
+    ForwardedClient, X_MOSAIC_FEATURES,
 };
 use crate::pool::{affinity, Backend, BackendGuard, Pool};
 use crate::rate_limit::{Asked, Refused};
 use crate::relay::limiter::LimitState;
 use crate::relay::pump::PumpOptions;
 use crate::relay::tracker::MosaicRules;
+use crate::request_head::Head;
 use crate::route::{route, Route};
 use crate::routes::{MosaicSide, NoRoute, NostrSide, RouteState};
-use crate::upstream::{connect_and_upgrade, Upgraded, UpstreamError};
+use crate::upstream::{connect_and_upgrade, Upgraded, UpstreamError, MAX_RESPONSE_HEADERS};
 
 /// Decides an upgrade and completes the upstream's side of it: `Ok` when the upstream
 /// answered 101 (the client is told next), `Err` with the HTTP answer otherwise.
 pub(crate) async fn prepare_upgrade(
     app: &Arc<App>,
     info: &ConnInfo,
-    req: &Request<()>,
+    req: &Head<'_>,
 ) -> Result<Box<Prepared>, Answer> {
     let gw = app.gateway();
     let route = gw
         .routes
-        .select(info.sni.as_deref(), req.uri(), req.headers())
+        .select(info.sni.as_deref(), req.host(), req.target.path())
         .map_err(|e| reject(&app.metrics, "", no_route(e)))?;
     let refuse = |r| reject(&app.metrics, &route.name, r);
-    let key = validate_upgrade(req).map_err(refuse)?;
+    let key = check_upgrade(req.method == "GET", req.http11, req.headers).map_err(refuse)?;
     let (who, permit) = admit(app, &gw, info, req).map_err(refuse)?;
-    let asked = || match crate::route::route(
-        &offered_protocols(req.headers()),
-        route.mosaic_tokens(),
-        true,
-    ) {
+    let offered: Vec<&str> = offered_tokens(req.headers).collect();
+    let asked = || match crate::route::route(&offered, route.mosaic_tokens(), true) {
         Route::Mosaic(_) => Asked::Mosaic,
         _ => Asked::Nostr,
     };
@@ -78,7 +76,9 @@ pub(crate) async fn prepare_upgrade(
         app,
         route: &route,
         req,
-        key: &key,
+        offered: &offered,
+        key,
+        accept: &tungstenite::handshake::derive_accept_key(key.as_bytes()),
         who: &who,
         client_key: info.client_key.as_ref(),
     };
@@ -136,7 +136,7 @@ fn admit(
     app: &App,
     gw: &Gateway,
     info: &ConnInfo,
-    req: &Request<()>,
+    req: &Head<'_>,
 ) -> Result<(ForwardedClient, Permit), Rejection> {
     if app.is_draining() {
         return Err(Rejection::new(
@@ -145,7 +145,7 @@ fn admit(
             Reason::DRAINING,
         ));
     }
-    let (client_ip, chain) = real_client(info.peer.ip(), req.headers(), &gw.trusted);
+    let (client_ip, chain) = real_client(info.peer.ip(), req.headers, &gw.trusted);
     let limits = &gw.config.limits;
     let permit = app
         .limits
@@ -179,9 +179,14 @@ fn admit(
 struct UpgradeContext<'a> {
     app: &'a App,
     route: &'a RouteState,
-    req: &'a Request<()>,
+    req: &'a Head<'a>,
+    /// The subprotocols the client offered, in order.
+    offered: &'a [&'a str],
     /// The client's `Sec-WebSocket-Key`, reused upstream so the accept keys match.
     key: &'a str,
+    /// Its `Sec-WebSocket-Accept`, the same for the upstream's 101 and the client's:
+    /// computed once (a SHA-1 each time).
+    accept: &'a str,
     who: &'a ForwardedClient,
     /// The TLS-authenticated client's ed25519 key.
     client_key: Option<&'a [u8; 32]>,
@@ -190,14 +195,13 @@ struct UpgradeContext<'a> {
 impl UpgradeContext<'_> {
     /// Routes by the offered subprotocols and completes the chosen upstream's handshake.
     async fn connect_upstream(&self) -> Result<Accepted, Rejection> {
-        let offered = offered_protocols(self.req.headers());
         let r = self.route;
         match (
-            route(&offered, r.mosaic_tokens(), r.serves_nostr()),
+            route(self.offered, r.mosaic_tokens(), r.serves_nostr()),
             &r.mosaic,
             &r.nostr,
         ) {
-            (Route::Nostr, _, Some(nostr)) => self.upgrade_nostr(nostr, &offered).await,
+            (Route::Nostr, _, Some(nostr)) => self.upgrade_nostr(nostr).await,
             (Route::Mosaic(token), Some(mosaic), _) => {
                 self.upgrade_mosaic(mosaic, token.as_str()).await
             }
@@ -210,10 +214,10 @@ impl UpgradeContext<'_> {
     }
 
     /// The request head for an upstream at `authority`.
-    fn upstream_head(&self, protocols: &[String], nostr: bool, authority: &str) -> Vec<u8> {
+    fn upstream_head(&self, protocols: &[&str], nostr: bool, authority: &str) -> Vec<u8> {
         upstream_request_head(
-            path_and_query(self.req),
-            self.req.headers(),
+            self.req.target.path_and_query(),
+            self.req.headers,
             self.key,
             protocols,
             nostr,
@@ -223,67 +227,77 @@ impl UpgradeContext<'_> {
     }
 }
 
-/// The 101's headers: the upgrade mechanics; the caller adds the negotiated ones.
-fn switching_protocols(key: &str) -> HeaderMap {
-    let mut h = HeaderMap::new();
-    h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-    h.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
-    h.insert(header::SEC_WEBSOCKET_ACCEPT, header_value(&accept));
-    h
-}
+/// The client's 101, built as the bytes written (one buffer, one write): the upgrade
+/// mechanics, then the negotiated headers. Names in lowercase, as hyper writes them.
+struct SwitchingProtocols(Vec<u8>);
 
-/// The request target passed on to the upstream; "/" when the client sent none.
-fn path_and_query(req: &Request<()>) -> &str {
-    req.uri().path_and_query().map_or("/", |p| p.as_str())
+impl SwitchingProtocols {
+    fn new(accept: &str) -> Self {
+        let mut out = Vec::with_capacity(256);
+        out.extend_from_slice(
+            b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\n",
+        );
+        let mut answer = SwitchingProtocols(out);
+        answer.header(b"sec-websocket-accept", accept.as_bytes());
+        answer
+    }
+
+    fn header(&mut self, name: &[u8], value: &[u8]) {
+        let out = &mut self.0;
+        let start = out.len();
+        out.extend_from_slice(name);
+        out[start..].make_ascii_lowercase();
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value);
+        out.extend_from_slice(b"\r\n");
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.0.extend_from_slice(b"\r\n");
+        self.0
+    }
 }
 
 impl UpgradeContext<'_> {
     /// A nostr relay's side of the upgrade, with retries across the route's relays; its
     /// subprotocol and extensions pass through.
-    async fn upgrade_nostr(
-        &self,
-        nostr: &NostrSide,
-        offered: &[String],
-    ) -> Result<Accepted, Rejection> {
-        let key = self.key;
+    async fn upgrade_nostr(&self, nostr: &NostrSide) -> Result<Accepted, Rejection> {
         let n = &nostr.config;
         let tries = Tries {
             pool: &nostr.pool,
             max_tries: n.max_tries,
             timeout: n.connect_timeout.0,
-            protocols: offered,
+            protocols: self.offered,
             nostr: true,
             what: "nostr relay",
         };
         let (backend, upstream) = self.try_pool(tries, Ok).await?;
-        let mut response = switching_protocols(key);
+        let mut response = SwitchingProtocols::new(self.accept);
+        let mut lines = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+        let granted = upstream.headers(&mut lines);
         // The relay's choice must be one the client offered; otherwise the client would fail.
-        let chosen = upstream
-            .headers
-            .get(header::SEC_WEBSOCKET_PROTOCOL)
-            .and_then(|v| v.to_str().ok())
-            .map(|s| s.trim().to_string());
-        if let Some(p) = &chosen {
-            if !offered.iter().any(|o| o == p) {
+        let chosen = granted.text("sec-websocket-protocol").map(str::trim);
+        if let Some(p) = chosen {
+            if !self.offered.contains(&p) {
                 return Err(Rejection::new(
                     StatusCode::BAD_GATEWAY,
                     "nostr relay chose a subprotocol the client did not offer",
                     Reason::UPSTREAM_BAD_PROTOCOL,
                 ));
             }
-            response.insert(header::SEC_WEBSOCKET_PROTOCOL, header_value(p));
+            response.header(b"sec-websocket-protocol", p.as_bytes());
         }
-        for v in upstream.headers.get_all(header::SEC_WEBSOCKET_EXTENSIONS) {
-            response.append(header::SEC_WEBSOCKET_EXTENSIONS, v.clone());
+        for v in granted.values("sec-websocket-extensions") {
+            response.header(b"sec-websocket-extensions", v);
         }
+        let subprotocol = chosen.map(str::to_string);
         Ok(Accepted {
             protocol: Protocol::Nostr,
-            subprotocol: chosen,
+            subprotocol,
             upstream,
             upstream_label: backend.label.clone(),
             backend: Some(BackendGuard::new(backend)),
-            response,
+            response: response.finish(),
         })
     }
 
@@ -298,31 +312,32 @@ impl UpgradeContext<'_> {
             _ => &mosaic.pool,
         };
         let m = &mosaic.config;
-        let protocols = [token.to_string()];
         let tries = Tries {
             pool,
             max_tries: m.max_tries,
             timeout: m.connect_timeout.0,
-            protocols: &protocols,
+            protocols: &[token],
             nostr: false,
             what: "Mosaic backend",
         };
         let (backend, upstream) = self.try_pool(tries, |up| selected(up, token)).await?;
-        let mut response = switching_protocols(self.key);
-        let h = &mut response;
-        h.insert(header::SEC_WEBSOCKET_PROTOCOL, header_value(token));
+        let mut response = SwitchingProtocols::new(self.accept);
+        response.header(b"sec-websocket-protocol", token.as_bytes());
+        let mut lines = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
         if token == "mosaic2024" {
-            let client = feature_list(self.req.headers(), X_MOSAIC_FEATURES);
-            let granted = feature_list(&upstream.headers, X_MOSAIC_FEATURES);
-            let allowed = &m.features;
-            if let Some(v) = negotiate_features(client.as_deref(), granted.as_deref(), allowed) {
-                h.insert(X_MOSAIC_FEATURES, header_value(&v));
+            // The backend's 101 is read again only when the client asked for features.
+            if let Some(client) = feature_list(self.req.headers, X_MOSAIC_FEATURES) {
+                let granted = feature_list(upstream.headers(&mut lines), X_MOSAIC_FEATURES);
+                if let Some(v) = negotiate_features(Some(&client), granted.as_deref(), &m.features)
+                {
+                    response.header(X_MOSAIC_FEATURES.as_bytes(), v.as_bytes());
+                }
             }
         } else {
             // Later Mosaic versions negotiate in X-Mosaic-* headers the gateway does not own.
-            for (name, value) in upstream.headers.iter() {
-                if name.as_str().starts_with("x-mosaic-") {
-                    h.append(name.clone(), value.clone());
+            for (name, value) in upstream.headers(&mut lines).lines() {
+                if name.len() >= 9 && name[..9].eq_ignore_ascii_case(b"x-mosaic-") {
+                    response.header(name, value);
                 }
             }
         }
@@ -332,7 +347,7 @@ impl UpgradeContext<'_> {
             upstream,
             upstream_label: backend.label.clone(),
             backend: Some(BackendGuard::new(backend)),
-            response,
+            response: response.finish(),
         })
     }
 
@@ -356,7 +371,7 @@ impl UpgradeContext<'_> {
             };
             let head = self.upstream_head(t.protocols, t.nostr, &b.url.authority());
             let started = Instant::now();
-            let result = connect_and_upgrade(&b.url, b.tls.as_ref(), &head, self.key, t.timeout)
+            let result = connect_and_upgrade(&b.url, b.tls.as_ref(), &head, self.accept, t.timeout)
                 .await
                 .and_then(&accept);
             match result {
@@ -403,7 +418,7 @@ struct Tries<'a> {
     max_tries: u32,
     timeout: std::time::Duration,
     /// The subprotocols offered upstream.
-    protocols: &'a [String],
+    protocols: &'a [&'a str],
     /// Whether extensions pass through (nostr) or are stripped (Mosaic).
     nostr: bool,
     /// "Mosaic backend" or "nostr relay", for refusals and logs.
@@ -424,11 +439,7 @@ fn no_healthy(what: &'static str) -> Rejection {
 
 /// The backend's 101 must select exactly the Mosaic token the client is told.
 fn selected(up: Upgraded, token: &str) -> Result<Upgraded, UpstreamError> {
-    let chosen = up
-        .headers
-        .get(header::SEC_WEBSOCKET_PROTOCOL)
-        .and_then(|v| v.to_str().ok());
-    if chosen.map(str::trim) == Some(token) {
+    if up.selected(token) {
         Ok(up)
     } else {
         Err(UpstreamError::BadResponse(

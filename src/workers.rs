@@ -8,6 +8,7 @@
 //! listener threads do. The hand-off costs one cross-thread wake-up, and only connections
 //! that would tip the balance pay it.
 
+use tokio::net::TcpStream;
 use tokio::runtime::Handle;
 
 /// How many more tasks a worker may hold than the least busy one before it hands new
@@ -45,6 +46,14 @@ impl Workers {
     }
 }
 
+/// Moves an accepted socket from this event loop's poller into `to`'s: a socket is
+/// registered with one poller only, and its task must run on that loop.
+pub fn move_to(to: &Handle, tcp: TcpStream) -> std::io::Result<TcpStream> {
+    let tcp = tcp.into_std()?;
+    let _in_other_loop = to.enter();
+    TcpStream::from_std(tcp)
+}
+
 #[cfg(test)]
 mod tests {
     use super::Workers;
@@ -74,5 +83,42 @@ mod tests {
         let picked = workers.pick(0).expect("worker 0 is three tasks busier");
         assert!(std::ptr::eq(picked, &workers.handles[1]));
         assert!(workers.pick(1).is_none(), "the idle worker keeps its own");
+    }
+
+    #[test]
+    fn a_connection_moved_to_another_worker_is_served_there() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // The other worker: its own thread and event loop, as in the gateway.
+        let (other_rt, other) = worker();
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            other_rt.block_on(async {
+                let _ = stop_rx.await;
+            })
+        });
+        let (rt, _) = worker();
+        rt.block_on(async {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            let addr = l.local_addr().expect("addr");
+            let mut client = tokio::net::TcpStream::connect(addr).await.expect("connect");
+            let (accepted, _) = l.accept().await.expect("accept");
+            let moved = super::move_to(&other, accepted).expect("move");
+            // An echo that runs on the other worker's loop only.
+            other.spawn(async move {
+                let mut moved = moved;
+                let mut b = [0u8; 5];
+                if moved.read_exact(&mut b).await.is_ok() {
+                    let _ = moved.write_all(&b).await;
+                }
+            });
+            client.write_all(b"hello").await.expect("write");
+            let mut back = [0u8; 5];
+            client.read_exact(&mut back).await.expect("echo");
+            assert_eq!(&back, b"hello");
+        });
+        let _ = stop_tx.send(());
+        thread.join().expect("other worker");
     }
 }

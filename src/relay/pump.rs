@@ -467,7 +467,7 @@ fn forward<'a, R: Source + 'a, W: AsyncWrite + Unpin + 'a>(
             let hold = loop {
                 let pass = match limits.as_deref_mut() {
                     Some(l) if !closing => limited_scan(l, &mut tracker, pending, shared, peer),
-                    _ => plain_scan(&mut tracker, &pending, shared, closing),
+                    _ => plain_scan(&mut tracker, pending, shared, closing),
                 };
                 // Only these outlive the write (a future keeps what crosses an await).
                 let (safe, used, then, after) = (pass.safe, pass.used, pass.then, pass.after);
