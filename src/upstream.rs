@@ -246,11 +246,12 @@ async fn exchange<S: AsyncRead + AsyncWrite + Unpin>(
     }
 }
 
+/// A complete 101's length, and where its first `Sec-WebSocket-Protocol` value lies.
+type Switched = Option<(usize, Option<Range<usize>>)>;
+
 /// Judges a response head: `Ok(None)` while it is incomplete; once it is a valid 101
 /// with the expected `Sec-WebSocket-Accept`, its length and where its first
 /// `Sec-WebSocket-Protocol` value lies.
-type Switched = Option<(usize, Option<Range<usize>>)>;
-
 fn switched(buf: &[u8], accept: &str) -> Result<Switched, UpstreamError> {
     let mut lines = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut resp = httparse::Response::new(&mut lines);
