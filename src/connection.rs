@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::BytesMut;
+use futures_util::future::Either;
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
@@ -16,7 +17,9 @@ use crate::handshake::ForwardedClient;
 use crate::metrics::ProtocolMetrics;
 use crate::pool::BackendGuard;
 use crate::relay::limiter::LimitState;
-use crate::relay::pump::{relay, Buffered, Pump, PumpOptions, RelayReport, Side, Source, Traffic};
+use crate::relay::pump::{
+    relay, Buffered, Pump, PumpOptions, RelayReport, Shared, Side, Source, Traffic,
+};
 use crate::routes::{RouteSlot, RouteState};
 use crate::upstream::{Upgraded, UpstreamStream};
 
@@ -132,43 +135,39 @@ pub(crate) fn unwrap_client(upgraded: hyper::upgrade::Upgraded) -> (ClientIo, By
 
 /// Pairs the client's side with the upstream's, whichever transports they are.
 ///
-/// The relay is not boxed: it lives in the connection's task, next to what it borrows, so
-/// an idle connection is one allocation. An `async move` block keeps its arguments once
-/// (see `relay::pump::forward`).
-#[allow(clippy::manual_async_fn)]
+/// Plain code around the relay, not a future of its own: the streams, leftovers and limits
+/// stay where the connection's task keeps them, borrowed, so an idle connection stores each
+/// once (see `relay::pump::Relay`).
 fn relay_to_upstream<'a, CR, CW, F>(
-    client: Side<CR, CW>,
-    upstream: (UpstreamStream, BytesMut),
+    client: Side<'a, CR, CW>,
+    (stream, leftover): (&'a mut UpstreamStream, &'a mut BytesMut),
     pump: &'a Pump<'a, F>,
-    limits: Option<Box<LimitState>>,
+    limits: Option<&'a mut LimitState>,
+    shared: &'a Shared,
 ) -> impl std::future::Future<Output = RelayReport> + 'a
 where
     CR: Source + 'a,
     CW: AsyncWrite + Unpin + 'a,
     F: Fn(Traffic) + Sync,
 {
-    let (mut stream, leftover) = upstream;
-    async move {
-        // The TCP stream stays where it was captured, borrowed by its halves.
-        match stream {
-            UpstreamStream::Tcp(ref mut s) => {
-                let (read, write) = s.split();
-                let upstream = Side {
-                    read,
-                    write,
-                    leftover,
-                };
-                relay(client, upstream, pump, limits).await
-            }
-            UpstreamStream::Tls(s) => {
-                let (read, write) = tokio::io::split(*s);
-                let upstream = Side {
-                    read: Buffered(read),
-                    write,
-                    leftover,
-                };
-                relay(client, upstream, pump, limits).await
-            }
+    match stream {
+        UpstreamStream::Tcp(s) => {
+            let (read, write) = s.split();
+            let upstream = Side {
+                read,
+                write,
+                leftover,
+            };
+            Either::Left(relay(client, upstream, pump, limits, shared))
+        }
+        UpstreamStream::Tls(s) => {
+            let (read, write) = tokio::io::split(&mut **s);
+            let upstream = Side {
+                read: Buffered(read),
+                write,
+                leftover,
+            };
+            Either::Right(relay(client, upstream, pump, limits, shared))
         }
     }
 }
@@ -277,7 +276,7 @@ pub(crate) fn run_connection(
         "connection opened"
     );
     let signal = app.relayed.register(id);
-    let (up, up_left) = upstream.into_parts();
+    let (mut up, mut up_left) = upstream.into_parts();
     let open = Open {
         app,
         id,
@@ -292,35 +291,38 @@ pub(crate) fn run_connection(
         _permit: permit,
         route,
     };
-    let mut client = client;
+    let (mut client, mut client_leftover, mut limits) = (client, client_leftover, limits);
+    // Everything the relay borrows is captured here once; the relay itself holds references.
     async move {
         let fold = |t: Traffic| open.fold(t);
         let pump = Pump {
-            opts,
+            opts: &opts,
             drain: &open.signal,
             fold: &fold,
         };
-        let upstream = (up, up_left);
+        let shared = Shared::new(limits.is_some());
+        let limits = limits.as_deref_mut();
+        let upstream = (&mut up, &mut up_left);
+        let leftover = &mut client_leftover;
         let report = match client {
             ClientIo::Tcp(ref mut s) => {
-                // Borrowed halves: the stream lives in this task, no shared ownership needed.
                 let (read, write) = s.split();
                 let client = Side {
                     read,
                     write,
-                    leftover: client_leftover,
+                    leftover,
                 };
-                relay_to_upstream(client, upstream, &pump, limits).await
+                relay_to_upstream(client, upstream, &pump, limits, &shared).await
             }
-            ClientIo::Tls(s) => {
-                let (read, write) = tokio::io::split(*s);
-                let client = buffered(read, write, client_leftover);
-                relay_to_upstream(client, upstream, &pump, limits).await
+            ClientIo::Tls(ref mut s) => {
+                let (read, write) = tokio::io::split(&mut **s);
+                let client = buffered(read, write, leftover);
+                relay_to_upstream(client, upstream, &pump, limits, &shared).await
             }
-            ClientIo::Other(s) => {
+            ClientIo::Other(ref mut s) => {
                 let (read, write) = tokio::io::split(s);
-                let client = buffered(read, write, client_leftover);
-                relay_to_upstream(client, upstream, &pump, limits).await
+                let client = buffered(read, write, leftover);
+                relay_to_upstream(client, upstream, &pump, limits, &shared).await
             }
         };
         open.close(report);
@@ -328,7 +330,7 @@ pub(crate) fn run_connection(
 }
 
 /// A side whose reads go through a buffer (TLS, hyper's upgraded stream).
-fn buffered<R, W>(read: R, write: W, leftover: BytesMut) -> Side<Buffered<R>, W> {
+fn buffered<R, W>(read: R, write: W, leftover: &mut BytesMut) -> Side<'_, Buffered<R>, W> {
     Side {
         read: Buffered(read),
         write,
