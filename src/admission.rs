@@ -34,6 +34,13 @@ pub struct Permit {
     ip: IpAddr,
 }
 
+impl Permit {
+    /// The client address this place is counted for.
+    pub fn ip(&self) -> IpAddr {
+        self.ip
+    }
+}
+
 impl Limits {
     /// Open connections counted.
     pub fn total(&self) -> usize {

@@ -2,7 +2,6 @@
 //! running the pump, and the metrics and log lines that bracket it.
 
 use std::sync::Arc;
-use std::time::Instant;
 
 use bytes::BytesMut;
 use futures_util::future::Either;
@@ -92,7 +91,8 @@ impl Drop for ActiveConnection {
 pub(crate) enum ClientIo {
     Tcp(TcpStream),
     Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
-    Other(TokioIo<hyper::upgrade::Upgraded>),
+    /// Boxed: rare, and three times the size of a socket.
+    Other(Box<TokioIo<hyper::upgrade::Upgraded>>),
 }
 
 /// A client stream the relay can take over once the upgrade is done.
@@ -129,7 +129,7 @@ pub(crate) fn unwrap_client(upgraded: hyper::upgrade::Upgraded) -> (ClientIo, By
             ClientIo::Tls(Box::new(parts.io.into_inner())),
             BytesMut::from(&parts.read_buf[..]),
         ),
-        Err(u) => (ClientIo::Other(TokioIo::new(u)), BytesMut::new()),
+        Err(u) => (ClientIo::Other(Box::new(TokioIo::new(u))), BytesMut::new()),
     }
 }
 
@@ -177,16 +177,15 @@ where
 struct Open {
     app: Arc<App>,
     id: u64,
-    client_addr: std::net::IpAddr,
     protocol: Protocol,
-    subprotocol: Option<String>,
-    upstream_label: String,
-    started: Instant,
+    subprotocol: Option<Box<str>>,
+    upstream_label: Box<str>,
     signal: Arc<DrainSignal>,
     active: ActiveConnection,
-    /// Held for their drop: the backend's connection count and the limits' place.
+    /// Held for its drop: the backend's connection count.
     _backend: Option<BackendGuard>,
-    _permit: Permit,
+    /// The limits' place, held until the end; it knows the client's address.
+    permit: Permit,
     route: RouteSlot,
 }
 
@@ -215,7 +214,7 @@ impl Open {
         drop(self.active);
         tracing::info!(
             conn = self.id,
-            client = %self.client_addr,
+            client = %self.permit.ip(),
             route = %self.route.route().name,
             protocol = self.protocol.label(),
             subprotocol = self.subprotocol.as_deref().unwrap_or(""),
@@ -223,7 +222,7 @@ impl Open {
             close_code = report.gateway_close_code.map(i64::from).unwrap_or(-1),
             closed_by = report.closer.map(|c| c.label()).unwrap_or("gateway"),
             violation = report.violation.map(|(v, _)| v.label()).unwrap_or(""),
-            duration_ms = self.started.elapsed().as_millis() as u64,
+            duration_ms = report.duration.as_millis() as u64,
             bytes_up = report.bytes_up,
             bytes_down = report.bytes_down,
             messages_up = report.messages_up,
@@ -280,15 +279,13 @@ pub(crate) fn run_connection(
     let open = Open {
         app,
         id,
-        client_addr: who.addr,
         protocol,
-        subprotocol,
-        upstream_label,
-        started: Instant::now(),
+        subprotocol: subprotocol.map(String::into_boxed_str),
+        upstream_label: upstream_label.into_boxed_str(),
         signal,
         active,
         _backend: backend,
-        _permit: permit,
+        permit,
         route,
     };
     let (mut client, mut client_leftover, mut limits) = (client, client_leftover, limits);
@@ -320,7 +317,7 @@ pub(crate) fn run_connection(
                 relay_to_upstream(client, upstream, &pump, limits, &shared).await
             }
             ClientIo::Other(ref mut s) => {
-                let (read, write) = tokio::io::split(s);
+                let (read, write) = tokio::io::split(&mut **s);
                 let client = buffered(read, write, leftover);
                 relay_to_upstream(client, upstream, &pump, limits, &shared).await
             }

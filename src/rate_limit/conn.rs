@@ -4,15 +4,14 @@
 //! Only connections with a limit configured have one; the relay of the others never
 //! reaches this code.
 
-use std::collections::HashSet;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use super::bucket::{now_ns, Bucket, Spec};
 use super::{ConnPlan, LimitAction, Submissions};
 use crate::relay::limiter::Limiter;
 use crate::relay::mosaic::{
-    GatewayMessage, MosaicMessageType, QueryEvent, QUERY_CLOSED_TOO_OPEN, SUBMISSION_TOO_FAST,
+    GatewayMessage, MosaicMessageType, OpenQueries, QueryEvent, QUERY_CLOSED_TOO_OPEN,
+    SUBMISSION_TOO_FAST,
 };
 use crate::relay::tracker::{Admit, HEAD_BYTES, HEAD_REST};
 
@@ -150,7 +149,7 @@ impl Limiter for ConnLimiter {
         head: &[u8],
         ended: bool,
         query: Option<QueryEvent>,
-        queries: &Mutex<HashSet<[u8; 2]>>,
+        queries: &OpenQueries,
     ) -> Admit {
         let is_submission = head.first().copied().and_then(MosaicMessageType::from_byte)
             == Some(MosaicMessageType::Submission);
@@ -168,28 +167,22 @@ impl Limiter for ConnLimiter {
         let Some(ev) = query else {
             return Admit::Pass;
         };
-        let mut open = queries.lock().unwrap_or_else(|p| p.into_inner());
-        match ev {
-            QueryEvent::Opened(id) => {
-                if let Some(max) = self.plan.open_queries {
-                    if !open.contains(&id) && open.len() >= max {
-                        self.plan.counters.open_queries.inc();
-                        tracing::debug!(
-                            open = open.len(),
-                            "mosaic_open_queries: answered 0x11 (too open)"
-                        );
-                        return Admit::Skip(GatewayMessage::query_closed(
-                            id,
-                            QUERY_CLOSED_TOO_OPEN,
-                        ));
-                    }
+        queries.with(|open| {
+            if let (QueryEvent::Opened(id), Some(max)) = (ev, self.plan.open_queries) {
+                if !open.contains(&id) && open.len() >= max {
+                    self.plan.counters.open_queries.inc();
+                    tracing::debug!(
+                        open = open.len(),
+                        "mosaic_open_queries: answered 0x11 (too open)"
+                    );
+                    return Admit::Skip(GatewayMessage::query_closed(id, QUERY_CLOSED_TOO_OPEN));
                 }
-                open.insert(id);
             }
-            QueryEvent::Closed(id) => {
-                open.remove(&id);
-            }
-        }
-        Admit::Pass
+            match ev {
+                QueryEvent::Opened(id) => open.insert(id),
+                QueryEvent::Closed(id) => open.remove(&id),
+            };
+            Admit::Pass
+        })
     }
 }

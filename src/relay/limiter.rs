@@ -4,11 +4,9 @@
 //! The limits themselves (buckets, shared tables) live outside the relay, which only knows
 //! this interface; a connection without limits has no [`Limiter`] at all.
 
-use std::collections::HashSet;
-use std::sync::Mutex;
 use std::time::Duration;
 
-use crate::relay::mosaic::QueryEvent;
+use crate::relay::mosaic::{OpenQueries, QueryEvent};
 use crate::relay::tracker::{Admit, Gate, HEAD_BYTES, HEAD_REST};
 
 /// A connection's rate limits, as the relay applies them.
@@ -32,7 +30,7 @@ pub(crate) trait Limiter: Send {
         head: &[u8],
         ended: bool,
         query: Option<QueryEvent>,
-        queries: &Mutex<HashSet<[u8; 2]>>,
+        queries: &OpenQueries,
     ) -> Admit;
 }
 
@@ -57,7 +55,7 @@ impl LimitState {
 /// The [`Gate`] of one scan: the limiter and the connection's open queries.
 pub(crate) struct ConnGate<'a> {
     pub(crate) limiter: &'a mut dyn Limiter,
-    pub(crate) queries: &'a Mutex<HashSet<[u8; 2]>>,
+    pub(crate) queries: &'a OpenQueries,
 }
 
 impl Gate for ConnGate<'_> {

@@ -6,6 +6,9 @@
 //! operator pins that version with `validate: strict`, since later versions changed the
 //! layouts without any signal on the wire.
 
+use std::collections::HashSet;
+use std::sync::Mutex;
+
 use serde::Deserialize;
 
 /// A record is at most 1 MiB; the longest seed-era message adds an 8-byte header.
@@ -172,6 +175,39 @@ pub enum QueryEvent {
     Opened([u8; 2]),
     /// A Close Query or Query Closed ended this query id.
     Closed([u8; 2]),
+}
+
+/// The query ids a connection's client has open.
+///
+/// Empty and unallocated until the first Query: most connections never open one, and an
+/// empty `HashSet` would cost 40 more bytes on every idle connection. A set once allocated,
+/// because a client may open up to 65,536 queries and each Query and Close Query must stay
+/// O(1).
+#[derive(Default)]
+pub struct OpenQueries(Mutex<Option<Box<HashSet<[u8; 2]>>>>);
+
+impl OpenQueries {
+    /// Runs `f` on the set, created on first use.
+    pub fn with<R>(&self, f: impl FnOnce(&mut HashSet<[u8; 2]>) -> R) -> R {
+        let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        f(set.get_or_insert_with(Box::default))
+    }
+
+    /// Applies what a message head said.
+    pub fn apply(&self, ev: QueryEvent) {
+        self.with(|open| match ev {
+            QueryEvent::Opened(id) => open.insert(id),
+            QueryEvent::Closed(id) => open.remove(&id),
+        });
+    }
+
+    /// Empties the set, returning the ids that were open.
+    pub fn take(&self) -> Vec<[u8; 2]> {
+        let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        set.take()
+            .map(|s| s.into_iter().collect())
+            .unwrap_or_default()
+    }
 }
 
 /// The verdict on a message's first bytes.

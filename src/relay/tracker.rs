@@ -165,7 +165,9 @@ pub struct Tracker {
     in_message: bool,
     msg_len: u64,
     head: [u8; 8],
-    head_len: usize,
+    /// Bytes of `head` filled (at most [`HEAD_BYTES`]); a byte, so the tracker keeps to
+    /// 112 bytes and two of them fit an idle connection's budget.
+    head_len: u8,
     judged: bool,
     expected_len: Option<u64>,
     hold_from: Option<usize>,
@@ -458,30 +460,27 @@ impl Tracker {
                 } else {
                     8
                 };
-                let take = want.saturating_sub(self.head_len).min(chunk.len());
+                let have = usize::from(self.head_len);
+                let take = want.saturating_sub(have).min(chunk.len());
+                // `want` is at most HEAD_BYTES: the sum fits a byte.
+                let filled = have + take;
                 let mut full = [0u8; HEAD_BYTES];
                 let head: &[u8] = if want > 8 {
                     full[..8].copy_from_slice(&self.head);
                     if let Some(rest) = gate.head_rest() {
                         full[8..].copy_from_slice(rest);
                     }
-                    let (from, to) = (self.head_len, self.head_len + take);
-                    unmask_into(&mut full[from..to], &chunk[..take], mask, offset);
+                    unmask_into(&mut full[have..filled], &chunk[..take], mask, offset);
                     self.head.copy_from_slice(&full[..8]);
                     if let Some(rest) = gate.head_rest() {
                         rest.copy_from_slice(&full[8..]);
                     }
-                    self.head_len += take;
-                    &full[..self.head_len]
+                    self.head_len = filled as u8;
+                    &full[..filled]
                 } else {
-                    unmask_into(
-                        &mut self.head[self.head_len..self.head_len + take],
-                        &chunk[..take],
-                        mask,
-                        offset,
-                    );
-                    self.head_len += take;
-                    &self.head[..self.head_len]
+                    unmask_into(&mut self.head[have..filled], &chunk[..take], mask, offset);
+                    self.head_len = filled as u8;
+                    &self.head[..filled]
                 };
                 // The message ends here when this is its last frame and the chunk is the rest.
                 let ended = fin && take == chunk.len() && remaining_after == 0;
@@ -491,7 +490,7 @@ impl Tracker {
                         query,
                     } => {
                         match gate.mosaic_head(head, ended, query) {
-                            Admit::NeedMore if self.head_len < want && !ended => {}
+                            Admit::NeedMore if filled < want && !ended => {}
                             verdict => {
                                 self.judged = true;
                                 self.expected_len = expected_len;
