@@ -183,6 +183,8 @@ pub enum QueryEvent {
 /// empty `HashSet` would cost 40 more bytes on every idle connection. A set once allocated,
 /// because a client may open up to 65,536 queries and each Query and Close Query must stay
 /// O(1).
+// The box is the point: 8 bytes inline instead of an empty set's 48.
+#[allow(clippy::box_collection)]
 #[derive(Default)]
 pub struct OpenQueries(Mutex<Option<Box<HashSet<[u8; 2]>>>>);
 
