@@ -512,7 +512,6 @@ fn forward<'a, R: Source + 'a, W: AsyncWrite + Unpin + 'a>(
     };
     // After the gateway sent its own close on `dst`, it only reads `src` to see the peer go.
     let mut closing = false;
-    let mut out = Vec::new();
     async move {
         'relay: loop {
             // Scan what was read and write what may pass, pass after pass, until one holds.
@@ -568,53 +567,58 @@ fn forward<'a, R: Source + 'a, W: AsyncWrite + Unpin + 'a>(
                 break 'relay;
             }
             let (mut held, timed) = (hold != Held::No, hold == Held::Throttled);
-            // The gateway's answers to the client go out between two messages.
-            if lane.to_client()
-                && !closing
-                && tracker.at_message_boundary()
-                && lane.shared.take_answers(&mut out)
             {
-                if dst.write_all(&out).await.is_err() {
-                    break 'relay;
+                // The gateway's own frames are built in a buffer that lives only while they
+                // are written, not across the read (24 bytes a direction on idle connections).
+                let mut out = Vec::new();
+                // The gateway's answers to the client go out between two messages.
+                if lane.to_client()
+                    && !closing
+                    && tracker.at_message_boundary()
+                    && lane.shared.take_answers(&mut out)
+                {
+                    if dst.write_all(&out).await.is_err() {
+                        break 'relay;
+                    }
+                    // The client's direction may be waiting for the queue to empty.
+                    lane.nudge_peer();
                 }
-                // The client's direction may be waiting for the queue to empty.
-                lane.nudge_peer();
-            }
-            // Act on commands at the first boundary where they are legal.
-            while let Some(cmd) = lane.mine().peek() {
-                if closing {
+                // Act on commands at the first boundary where they are legal.
+                while let Some(cmd) = lane.mine().peek() {
+                    if closing {
+                        lane.mine().pop(cmd);
+                        continue;
+                    }
+                    let ready = match cmd {
+                        Command::CloseQueries => tracker.at_message_boundary(),
+                        Command::Close(_) | Command::Ping => tracker.at_frame_boundary(),
+                    };
+                    if !ready {
+                        break;
+                    }
                     lane.mine().pop(cmd);
-                    continue;
-                }
-                let ready = match cmd {
-                    Command::CloseQueries => tracker.at_message_boundary(),
-                    Command::Close(_) | Command::Ping => tracker.at_frame_boundary(),
-                };
-                if !ready {
-                    break;
-                }
-                lane.mine().pop(cmd);
-                out.clear();
-                let mask = (!lane.to_client()).then(random_mask);
-                match cmd {
-                    Command::CloseQueries => {
-                        for id in lane.shared.queries.take() {
-                            let msg = query_closed(id, QUERY_CLOSED_SHUTTING_DOWN);
-                            encode_frame(&mut out, 0x2, &msg, mask);
+                    out.clear();
+                    let mask = (!lane.to_client()).then(random_mask);
+                    match cmd {
+                        Command::CloseQueries => {
+                            for id in lane.shared.queries.take() {
+                                let msg = query_closed(id, QUERY_CLOSED_SHUTTING_DOWN);
+                                encode_frame(&mut out, 0x2, &msg, mask);
+                            }
+                        }
+                        Command::Ping => encode_frame(&mut out, 0x9, b"mosaic-gateway", mask),
+                        Command::Close(code) => {
+                            encode_close(&mut out, code, close_reason(code), mask);
+                            lane.counters().sent_close.store(code, Ordering::Relaxed);
+                            closing = true;
+                            held = false;
+                            // From here on the tracker only looks for the peer's close frame.
+                            tracker.make_transparent();
                         }
                     }
-                    Command::Ping => encode_frame(&mut out, 0x9, b"mosaic-gateway", mask),
-                    Command::Close(code) => {
-                        encode_close(&mut out, code, close_reason(code), mask);
-                        lane.counters().sent_close.store(code, Ordering::Relaxed);
-                        closing = true;
-                        held = false;
-                        // From here on the tracker only looks for the peer's close frame.
-                        tracker.make_transparent();
+                    if dst.write_all(&out).await.is_err() {
+                        break 'relay;
                     }
-                }
-                if dst.write_all(&out).await.is_err() {
-                    break 'relay;
                 }
             }
             if closing && tracker.close_seen() {
@@ -668,7 +672,7 @@ fn forward<'a, R: Source + 'a, W: AsyncWrite + Unpin + 'a>(
         }
         if rep.source_ended && !closing && !tracker.close_seen() && tracker.at_frame_boundary() {
             // The peer vanished without a close frame: say so on the other side.
-            out.clear();
+            let mut out = Vec::new();
             let code = if lane.to_client() { 1014 } else { 1001 };
             encode_close(
                 &mut out,
@@ -677,6 +681,7 @@ fn forward<'a, R: Source + 'a, W: AsyncWrite + Unpin + 'a>(
                 (!lane.to_client()).then(random_mask),
             );
             if dst.write_all(&out).await.is_ok() {
+                let code = if lane.to_client() { 1014 } else { 1001 };
                 lane.counters().sent_close.store(code, Ordering::Relaxed);
             }
         }
@@ -882,7 +887,7 @@ where
         ),
         // One timer for every deadline (idle, keepalive, fold, linger, drain close): it is
         // re-armed only when it fires or a deadline appears, never per message.
-        timer: tokio::time::sleep(FOLD_EVERY),
+        timer: Box::pin(tokio::time::sleep(FOLD_EVERY)),
         rearm: false,
         clock: Clock::new(),
         up_rep: None,
@@ -905,8 +910,9 @@ pin_project_lite::pin_project! {
         up: U,
         #[pin]
         down: D,
-        #[pin]
-        timer: tokio::time::Sleep,
+        // Boxed: 112 bytes that would take the connection's task past 1,152 bytes, where its
+        // 128-byte alignment makes the allocator round it up to 1,536 (see README, memory).
+        timer: Pin<Box<tokio::time::Sleep>>,
         // The timer fired: re-arm it on the next turn even if the deadline is unchanged.
         rearm: bool,
         clock: Clock,
@@ -932,13 +938,13 @@ where
             shared.stirred.store(false, Ordering::Relaxed);
             if this.up_rep.is_none() {
                 if let Poll::Ready(r) = this.up.as_mut().poll(cx) {
-                    clock.direction_ended(&r, Closer::Client);
+                    clock.direction_ended(shared, &r, Closer::Client);
                     *this.up_rep = Some(r);
                 }
             }
             if this.down_rep.is_none() {
                 if let Poll::Ready(r) = this.down.as_mut().poll(cx) {
-                    clock.direction_ended(&r, Closer::Upstream);
+                    clock.direction_ended(shared, &r, Closer::Upstream);
                     *this.down_rep = Some(r);
                 }
             }
@@ -950,7 +956,7 @@ where
                     if pump.opts.mosaic.is_some() {
                         shared.send(&shared.to_client, Command::CloseQueries);
                     }
-                    clock.drain_started(close_by);
+                    clock.drain_started(shared, close_by);
                     continue;
                 }
             }
@@ -985,20 +991,22 @@ fn over(shared: &Shared, up_done: bool, down_done: bool) -> bool {
 
 /// The relay's deadlines and the state they depend on: idle and keepalive, metric folds,
 /// the linger after a close, and this connection's point in the drain window.
+///
+/// Points in time are marks: milliseconds since the relay started ([`Shared::started`]),
+/// [`NEVER`] for none; 8 bytes each where an `Option<Instant>` takes 16, on every idle
+/// connection.
 struct Clock {
     closer: Option<Closer>,
-    linger_until: Option<tokio::time::Instant>,
-    drain_close_at: Option<tokio::time::Instant>,
     drain_seen: bool,
-    /// The activity mark (ms) at which the last keepalive ping was sent; [`NEVER`] before
-    /// the first (a plain `u64`: an `Option` would cost 8 bytes per idle connection).
+    linger_until: u64,
+    drain_close_at: u64,
+    next_fold: u64,
+    /// The activity mark at which the last keepalive ping was sent.
     pinged_at: u64,
     folded: Traffic,
-    next_fold: tokio::time::Instant,
 }
 
-/// [`Clock::pinged_at`] before any ping: no activity mark (milliseconds since the relay
-/// started) reaches it.
+/// No mark: activity and deadlines never reach it.
 const NEVER: u64 = u64::MAX;
 
 /// One turn of the relay loop: the activity mark it saw and the deadlines derived from it.
@@ -1006,8 +1014,8 @@ struct Turn {
     last_ms: u64,
     /// No close under way: idle and keepalive apply.
     quiet: bool,
-    idle_at: tokio::time::Instant,
-    ping_at: tokio::time::Instant,
+    idle_at: u64,
+    ping_at: u64,
     /// The earliest deadline: what the timer is armed for.
     next: tokio::time::Instant,
 }
@@ -1019,26 +1027,44 @@ enum Tick {
     Stop,
 }
 
+impl Shared {
+    /// Now, as a mark.
+    fn now_ms(&self) -> u64 {
+        self.started.elapsed().as_millis() as u64
+    }
+
+    /// The instant of mark `ms`.
+    fn instant(&self, ms: u64) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.started + Duration::from_millis(ms))
+    }
+}
+
+fn millis(d: Duration) -> u64 {
+    d.as_millis() as u64
+}
+
 impl Clock {
     fn new() -> Self {
         Clock {
             closer: None,
-            linger_until: None,
-            drain_close_at: None,
             drain_seen: false,
+            linger_until: NEVER,
+            drain_close_at: NEVER,
+            next_fold: millis(FOLD_EVERY),
             pinged_at: NEVER,
             folded: Traffic::default(),
-            next_fold: tokio::time::Instant::now() + FOLD_EVERY,
         }
     }
 
     fn turn(&self, shared: &Shared, idle_timeout: Duration) -> Turn {
         let last_ms = shared.last_activity_ms.load(Ordering::Relaxed);
-        let last = shared.started + Duration::from_millis(last_ms);
-        let quiet = self.closer.is_none() && self.linger_until.is_none();
-        let idle_at = tokio::time::Instant::from_std(last + idle_timeout);
-        let ping_at = tokio::time::Instant::from_std(last + idle_timeout / 2);
-        let mut next = self.next_fold;
+        let quiet = self.closer.is_none() && self.linger_until == NEVER;
+        let idle_at = last_ms.saturating_add(millis(idle_timeout));
+        let ping_at = last_ms.saturating_add(millis(idle_timeout / 2));
+        let mut next = self
+            .next_fold
+            .min(self.linger_until)
+            .min(self.drain_close_at);
         if quiet {
             next = next.min(if self.pinged_at == last_ms {
                 idle_at
@@ -1046,42 +1072,41 @@ impl Clock {
                 ping_at
             });
         }
-        for d in [self.linger_until, self.drain_close_at]
-            .into_iter()
-            .flatten()
-        {
-            next = next.min(d);
-        }
         Turn {
             last_ms,
             quiet,
             idle_at,
             ping_at,
-            next,
+            next: shared.instant(next),
         }
     }
 
     /// A direction finished; `ended_by` is who closed if its source ended by itself.
-    fn direction_ended(&mut self, r: &DirReport, ended_by: Closer) {
+    fn direction_ended(&mut self, shared: &Shared, r: &DirReport, ended_by: Closer) {
         if r.violated {
             self.closer.get_or_insert(Closer::Gateway);
         } else if r.source_ended {
             self.closer.get_or_insert(ended_by);
         }
-        self.linger_until
-            .get_or_insert(tokio::time::Instant::now() + CLOSE_LINGER);
+        self.linger(shared.now_ms());
+    }
+
+    /// Gives the peers [`CLOSE_LINGER`] from `now` to finish, unless a linger runs already.
+    fn linger(&mut self, now: u64) {
+        if self.linger_until == NEVER {
+            self.linger_until = now + millis(CLOSE_LINGER);
+        }
     }
 
     /// Picks this connection's own point in the drain window, so clients do not reconnect
     /// in one burst.
-    fn drain_started(&mut self, close_by: tokio::time::Instant) {
+    fn drain_started(&mut self, shared: &Shared, close_by: tokio::time::Instant) {
         self.drain_seen = true;
-        let now = tokio::time::Instant::now();
-        let window = close_by.saturating_duration_since(now);
+        let window = close_by.saturating_duration_since(tokio::time::Instant::now());
         let mut r = [0u8; 4];
         let _ = getrandom::fill(&mut r);
         let frac = f64::from(u32::from_le_bytes(r)) / f64::from(u32::MAX);
-        self.drain_close_at = Some(now + window.mul_f64(frac));
+        self.drain_close_at = shared.now_ms() + millis(window.mul_f64(frac));
     }
 
     /// What the relay reports once it is over; folds the last traffic into the metrics.
@@ -1113,28 +1138,28 @@ impl Clock {
         // Taken before anything below changes the clock: the deadlines of the activity mark
         // now. Activity during the wait moved them later, so nothing fires early.
         let turn = self.turn(shared, idle_timeout);
-        let now = tokio::time::Instant::now();
-        if self.linger_until.is_some_and(|l| now >= l) {
+        let now = shared.now_ms();
+        if now >= self.linger_until {
             return Tick::Stop;
         }
         if now >= self.next_fold {
             let t = shared.traffic();
             fold(t.since(self.folded));
             self.folded = t;
-            self.next_fold = now + FOLD_EVERY;
+            self.next_fold = now + millis(FOLD_EVERY);
         }
-        if self.drain_close_at.is_some_and(|d| now >= d) {
-            self.drain_close_at = None;
+        if now >= self.drain_close_at {
+            self.drain_close_at = NEVER;
             self.closer.get_or_insert(Closer::Gateway);
             shared.close_both(1001);
-            self.linger_until.get_or_insert(now + CLOSE_LINGER);
+            self.linger(now);
         }
         let still_ms = shared.last_activity_ms.load(Ordering::Relaxed);
         if turn.quiet && still_ms == turn.last_ms && self.closer.is_none() {
             if self.pinged_at == turn.last_ms && now >= turn.idle_at {
                 self.closer = Some(Closer::Gateway);
                 shared.close_both(1001);
-                self.linger_until.get_or_insert(now + CLOSE_LINGER);
+                self.linger(now);
             } else if self.pinged_at != turn.last_ms && now >= turn.ping_at {
                 self.pinged_at = turn.last_ms;
                 shared.send(&shared.to_client, Command::Ping);
