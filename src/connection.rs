@@ -48,8 +48,8 @@ pub(crate) struct Accepted {
     pub(crate) protocol: Protocol,
     pub(crate) subprotocol: Option<String>,
     pub(crate) upstream: Upgraded,
-    pub(crate) upstream_label: String,
-    pub(crate) backend: Option<BackendGuard>,
+    /// The backend serving it; its label names the upstream in metrics and logs.
+    pub(crate) backend: BackendGuard,
     /// The client's 101, as written.
     pub(crate) response: Vec<u8>,
 }
@@ -179,11 +179,10 @@ struct Open {
     id: u64,
     protocol: Protocol,
     subprotocol: Option<Box<str>>,
-    upstream_label: Box<str>,
     signal: Arc<DrainSignal>,
     active: ActiveConnection,
-    /// Held for its drop: the backend's connection count.
-    _backend: Option<BackendGuard>,
+    /// The backend (its label for the log), held until the end: its connection count.
+    backend: BackendGuard,
     /// The limits' place, held until the end; it knows the client's address.
     permit: Permit,
     route: RouteSlot,
@@ -218,7 +217,7 @@ impl Open {
             route = %self.route.route().name,
             protocol = self.protocol.label(),
             subprotocol = self.subprotocol.as_deref().unwrap_or(""),
-            upstream = %self.upstream_label,
+            upstream = %self.backend.label(),
             close_code = report.gateway_close_code.map(i64::from).unwrap_or(-1),
             closed_by = report.closer.map(|c| c.label()).unwrap_or("gateway"),
             violation = report.violation.map(|(v, _)| v.label()).unwrap_or(""),
@@ -258,7 +257,6 @@ pub(crate) fn run_connection(
         protocol,
         subprotocol,
         upstream,
-        upstream_label,
         backend,
         response,
     } = accepted;
@@ -270,7 +268,7 @@ pub(crate) fn run_connection(
         route = %route.route().name,
         protocol = protocol.label(),
         subprotocol = subprotocol.as_deref().unwrap_or(""),
-        upstream = %upstream_label,
+        upstream = %backend.label(),
         authenticated = who.client_key.is_some(),
         "connection opened"
     );
@@ -281,10 +279,9 @@ pub(crate) fn run_connection(
         id,
         protocol,
         subprotocol: subprotocol.map(String::into_boxed_str),
-        upstream_label: upstream_label.into_boxed_str(),
         signal,
         active,
-        _backend: backend,
+        backend,
         permit,
         route,
     };

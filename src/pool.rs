@@ -131,6 +131,11 @@ impl Backend {
 pub struct BackendGuard(Arc<Backend>);
 
 impl BackendGuard {
+    /// The backend's label (metrics, logs).
+    pub fn label(&self) -> &str {
+        &self.0.label
+    }
+
     /// Counts one more connection on `b`.
     pub fn new(b: Arc<Backend>) -> Self {
         b.active.fetch_add(1, Ordering::Relaxed);

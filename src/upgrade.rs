@@ -295,8 +295,7 @@ impl UpgradeContext<'_> {
             protocol: Protocol::Nostr,
             subprotocol,
             upstream,
-            upstream_label: backend.label.clone(),
-            backend: Some(BackendGuard::new(backend)),
+            backend: BackendGuard::new(backend),
             response: response.finish(),
         })
     }
@@ -345,8 +344,7 @@ impl UpgradeContext<'_> {
             protocol: Protocol::Mosaic,
             subprotocol: Some(token.to_string()),
             upstream,
-            upstream_label: backend.label.clone(),
-            backend: Some(BackendGuard::new(backend)),
+            backend: BackendGuard::new(backend),
             response: response.finish(),
         })
     }
