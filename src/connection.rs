@@ -240,8 +240,8 @@ pub(crate) fn run_connection(
     app: Arc<App>,
     info: ConnInfo,
     prepared: Box<Prepared>,
-    client: ClientIo,
-    client_leftover: BytesMut,
+    mut client: ClientIo,
+    mut client_leftover: BytesMut,
 ) -> impl std::future::Future<Output = ()> + Send {
     let Prepared {
         active,
@@ -249,7 +249,7 @@ pub(crate) fn run_connection(
         who,
         accepted,
         opts,
-        limits,
+        mut limits,
         permit,
         route,
     } = *prepared;
@@ -285,7 +285,6 @@ pub(crate) fn run_connection(
         permit,
         route,
     };
-    let (mut client, mut client_leftover, mut limits) = (client, client_leftover, limits);
     // Everything the relay borrows is captured here once; the relay itself holds references.
     async move {
         let fold = |t: Traffic| open.fold(t);

@@ -167,22 +167,17 @@ impl Limiter for ConnLimiter {
         let Some(ev) = query else {
             return Admit::Pass;
         };
-        queries.with(|open| {
-            if let (QueryEvent::Opened(id), Some(max)) = (ev, self.plan.open_queries) {
-                if !open.contains(&id) && open.len() >= max {
-                    self.plan.counters.open_queries.inc();
-                    tracing::debug!(
-                        open = open.len(),
-                        "mosaic_open_queries: answered 0x11 (too open)"
-                    );
-                    return Admit::Skip(GatewayMessage::query_closed(id, QUERY_CLOSED_TOO_OPEN));
-                }
+        if let (QueryEvent::Opened(id), Some(max)) = (ev, self.plan.open_queries) {
+            // Only this connection's task changes the set: nothing moves between the check
+            // and `apply`.
+            let open = queries.with(|open| (!open.contains(&id)).then_some(open.len()));
+            if let Some(open) = open.filter(|&n| n >= max) {
+                self.plan.counters.open_queries.inc();
+                tracing::debug!(open, "mosaic_open_queries: answered 0x11 (too open)");
+                return Admit::Skip(GatewayMessage::query_closed(id, QUERY_CLOSED_TOO_OPEN));
             }
-            match ev {
-                QueryEvent::Opened(id) => open.insert(id),
-                QueryEvent::Closed(id) => open.remove(&id),
-            };
-            Admit::Pass
-        })
+        }
+        queries.apply(ev);
+        Admit::Pass
     }
 }

@@ -28,8 +28,7 @@ use crate::drain::DrainSignal;
 use crate::relay::frame::{encode_close, encode_frame};
 use crate::relay::limiter::{ConnGate, LimitState};
 use crate::relay::mosaic::{
-    query_closed, Direction, GatewayMessage, OpenQueries, QueryEvent, Violation,
-    QUERY_CLOSED_SHUTTING_DOWN,
+    query_closed, Direction, GatewayMessage, OpenQueries, Violation, QUERY_CLOSED_SHUTTING_DOWN,
 };
 use crate::relay::tracker::{Limited, MosaicRules, Scan, Tracker};
 
@@ -385,12 +384,8 @@ impl Shared {
     }
 
     fn touch(&self) {
-        let ms = self.started.elapsed().as_millis() as u64;
-        self.last_activity_ms.store(ms, Ordering::Relaxed);
-    }
-
-    fn on_query(&self, ev: QueryEvent) {
-        self.queries.apply(ev);
+        self.last_activity_ms
+            .store(self.now_ms(), Ordering::Relaxed);
     }
 }
 
@@ -732,7 +727,7 @@ fn plain_scan(tracker: &mut Tracker, pending: &BytesMut, shared: &Shared, closin
     if pending.is_empty() {
         return Pass::hold(Held::No);
     }
-    let scan = tracker.scan(pending, |q| shared.on_query(q));
+    let scan = tracker.scan(pending, |q| shared.queries.apply(q));
     let used = scan.safe + scan.drop;
     let (safe, after) = match (closing, scan.violation) {
         (true, v) if v.is_some() || tracker.close_seen() => (0, After::PeerClosed),
