@@ -28,10 +28,10 @@
 //! 5. the TLS data path: `CONNS` `wss://` connections × `INFLIGHT` 1 KiB Submissions in a
 //!    closed loop, every proxy terminating TLS 1.3 (direct: the backend's own rustls
 //!    listener), messages/s and the proxy's CPU time per message, median of `ROUNDS`;
-//! 6. scale: `SCALE_CONNS` connections open through a freshly started proxy, `SCALE_ACTIVE`
-//!    of them request/response at the rate of the request/response quarter-rate latency
-//!    figure, the rest idle: p99 against the path's 64-connection p99 at that rate, and RSS
-//!    per open connection.
+//! 6. scale: on a freshly started proxy, `CONNS` connections request/response at an eighth
+//!    of direct's maximum in that shape, then `SCALE_CONNS` open with `SCALE_ACTIVE` of them
+//!    paced at the same rate and the rest idle: the p99 against the first one's, and RSS per
+//!    open connection; medians of `ROUNDS` interleaved rounds.
 //!
 //! Environment knobs (defaults in brackets): BENCH_SECS [3], BENCH_WARMUP [1],
 //! BENCH_ROUNDS [3], BENCH_CONNS [64], BENCH_INFLIGHT [16], BENCH_CONN_SECS [2],
@@ -44,7 +44,8 @@
 //! `latency` are the pipelined shape's figures 1 and 2, `rr` both of them in the
 //! request/response shape, `tls` figure 5, `scale` figure 6], BENCH_RATE (the pipelined
 //! latency figure's higher rate when direct's pipelined throughput is not measured),
-//! BENCH_RR_RATE (likewise for request/response, and so the scale rate is half of it),
+//! BENCH_RR_RATE (likewise for request/response, and so the scale rate is a quarter of it),
+//! BENCH_SCALE_RATE (the scale figure's rate),
 //! BENCH_SCALE_CONNS [9000] (the bench process holds two descriptors per connection, so
 //! this stays under half its open-file limit), BENCH_SCALE_ACTIVE [a tenth of
 //! BENCH_SCALE_CONNS], BENCH_PERF (a file: run `perf BENCH_PERF_ARGS -o FILE -p PIDS` on
@@ -136,8 +137,7 @@ fn main() {
     }
     // Scale before the churn, whose closed connections linger in TIME_WAIT.
     if set.wants("scale") {
-        let rate = run.latency_rate(Shape::RequestResponse) / 2.0;
-        run.scale(&setup, &paths, rate, nofile);
+        run.scale(&setup, &paths, nofile);
     }
     if set.wants("connections") {
         run.connections(&running);

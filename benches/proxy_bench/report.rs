@@ -115,12 +115,14 @@ pub fn render(run: &Run, set: &Settings) -> String {
          from when it is sent); each shape's latency at half and a quarter of direct's \
          maximum in that shape; TLS data path: {conns} `wss://` connections × {inflight} in \
          flight, {tls_bytes}-byte Submissions, TLS 1.3 with one ECDSA P-256 certificate on \
-         every proxy (direct: the backend's own rustls listener); scale: {} connections open \
-         on freshly started proxies, {} of them request/response at the quarter rate, the \
-         rest idle; {} s measured after {} s warm-up; new connections with {} workers for {} s; \
-         throughput (both shapes and TLS) and new connections are medians of {} interleaved \
-         rounds; gateway `validate: strict`, log level warn.\n",
+         every proxy (direct: the backend's own rustls listener); scale: on freshly started \
+         proxies, {conns} connections request/response at {} msg/s, then {} connections open \
+         with {} of them request/response at the same rate, the rest idle; {} s measured after \
+         {} s warm-up; new connections with {} workers for {} s; throughput (both shapes and \
+         TLS), scale and new connections are medians of {} interleaved rounds; gateway \
+         `validate: strict`, log level warn.\n",
         machine(),
+        fmt_num(Some(run.scale_rate()), 0),
         set.scale_conns,
         set.scale_active,
         set.secs,
@@ -133,7 +135,7 @@ pub fn render(run: &Run, set: &Settings) -> String {
         tls_bytes = TLS_SUBMISSION_BYTES,
     );
     let rates = [Shape::Pipelined, Shape::RequestResponse].map(|s| run.latency_rate(s));
-    out.push_str(&table(&run.figs, set, rates));
+    out.push_str(&table(&run.figs, set, rates, run.scale_rate()));
     out.push_str(&idle_limiter(&run.figs));
     out.push_str(&targets(&run.figs, set));
     if !run.notes.is_empty() {
@@ -169,7 +171,7 @@ type Pct = fn(Percentiles) -> Option<f64>;
 /// The two percentiles of a latency figure, and what picks each one.
 const PERCENTILES: [(&str, Pct); 2] = [("p50", |p| p.p50), ("p99", |p| p.p99)];
 
-fn table(figs: &[Figures; PATHS], set: &Settings, rates: [f64; 2]) -> String {
+fn table(figs: &[Figures; PATHS], set: &Settings, rates: [f64; 2], scale_rate: f64) -> String {
     let mut t = Table {
         out: String::new(),
         figs,
@@ -261,19 +263,30 @@ fn table(figs: &[Figures; PATHS], set: &Settings, rates: [f64; 2]) -> String {
         0,
         Better::Lower,
     );
+    let scale_rate = fmt_num(Some(scale_rate), 0);
     t.row(
         &format!(
-            "scale: latency p99 with {} open, {} active at {} msg/s, µs",
-            set.scale_conns,
-            set.scale_active,
-            fmt_num(Some(rates[1] / 2.0), 0)
+            "scale: latency p99 with {} connections at {scale_rate} msg/s, µs",
+            set.conns
+        ),
+        |f| f.scale_base_p99,
+        0,
+        Better::Lower,
+    );
+    t.row(
+        &format!(
+            "scale: latency p99 with {} open, {} active at {scale_rate} msg/s, µs",
+            set.scale_conns, set.scale_active,
         ),
         |f| f.scale_p99,
         0,
         Better::Lower,
     );
     t.row(
-        "scale: p99 / the path's 64-connection request/response p99 at that rate",
+        &format!(
+            "scale: p99 with {} open / p99 with {} connections",
+            set.scale_conns, set.conns
+        ),
         scale_ratio,
         2,
         Better::Lower,
@@ -292,7 +305,7 @@ fn table(figs: &[Figures; PATHS], set: &Settings, rates: [f64; 2]) -> String {
 
 /// A path's p99 at scale over its p99 with `CONNS` connections at the same rate.
 fn scale_ratio(f: &Figures) -> Option<f64> {
-    Some(f.scale_p99? / f.rr.quarter.p99?)
+    Some(f.scale_p99? / f.scale_base_p99?)
 }
 
 /// The cost of rate limits that are configured but never hit (BENCH_GATEWAY_LIMITS=1):
@@ -450,10 +463,11 @@ fn targets(figs: &[Figures; PATHS], set: &Settings) -> String {
         ),
         verdict(sr.map(|r| r <= 1.2)),
         format!(
-            "{}×; {} µs vs {} µs",
+            "{}×; {} µs vs {} µs; direct's own {}×",
             show(sr, 2),
             show(g.scale_p99, 0),
-            show(g.rr.quarter.p99, 0),
+            show(g.scale_base_p99, 0),
+            show(scale_ratio(d), 2),
         ),
     );
     let sm = g.scale_mem_per_conn;

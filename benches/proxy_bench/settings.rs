@@ -27,7 +27,9 @@ pub struct Settings {
     pub scale_conns: usize,
     /// How many of them are paced; the rest idle (BENCH_SCALE_ACTIVE).
     pub scale_active: usize,
-    /// Rounds of the throughput and new-connection figures; each figure is the median.
+    /// The scale figure's total paced rate (BENCH_SCALE_RATE).
+    pub scale_rate: Option<f64>,
+    /// Rounds of the throughput, scale and new-connection figures; each figure is the median.
     pub rounds: usize,
     pub perf: Option<String>,
     /// What `perf` is told before `-o FILE -p PIDS` (BENCH_PERF_ARGS).
@@ -84,6 +86,9 @@ impl Settings {
             scale_conns,
             scale_active: env_or("BENCH_SCALE_ACTIVE", scale_conns / 10)
                 .clamp(1, scale_conns.max(1)),
+            scale_rate: std::env::var("BENCH_SCALE_RATE")
+                .ok()
+                .and_then(|v| v.parse().ok()),
             rounds: env_or("BENCH_ROUNDS", 3usize).max(1),
             perf: std::env::var("BENCH_PERF").ok().filter(|s| !s.is_empty()),
             perf_args: std::env::var("BENCH_PERF_ARGS")

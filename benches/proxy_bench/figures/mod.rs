@@ -50,7 +50,10 @@ pub struct Figures {
     pub mem_per_conn: Option<f64>,
     pub cpu_per_conn_plain: Option<f64>,
     pub cpu_per_conn_tls: Option<f64>,
-    /// p99 with BENCH_SCALE_CONNS open, a tenth of them paced (µs).
+    /// p99 with `CONNS` connections paced at the scale rate on the scale figure's fresh
+    /// proxy (µs).
+    pub scale_base_p99: Option<f64>,
+    /// p99 with BENCH_SCALE_CONNS open, a tenth of them paced at the same rate (µs).
     pub scale_p99: Option<f64>,
     /// RSS per connection with BENCH_SCALE_CONNS open (bytes).
     pub scale_mem_per_conn: Option<f64>,
