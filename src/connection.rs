@@ -46,7 +46,7 @@ impl Protocol {
 /// Everything the relay task needs once the client's upgrade completes.
 pub(crate) struct Accepted {
     pub(crate) protocol: Protocol,
-    pub(crate) subprotocol: Option<String>,
+    pub(crate) subprotocol: Option<Arc<str>>,
     pub(crate) upstream: Upgraded,
     /// The backend serving it; its label names the upstream in metrics and logs.
     pub(crate) backend: BackendGuard,
@@ -178,7 +178,7 @@ struct Open {
     app: Arc<App>,
     id: u64,
     protocol: Protocol,
-    subprotocol: Option<Box<str>>,
+    subprotocol: Option<Arc<str>>,
     signal: Arc<DrainSignal>,
     active: ActiveConnection,
     /// The backend (its label for the log), held until the end: its connection count.
@@ -228,7 +228,7 @@ impl Open {
             messages_down = report.messages_down,
             "connection closed"
         );
-        self.app.relayed.unregister(self.id);
+        self.app.relayed.unregister(&self.signal);
     }
 }
 
@@ -272,13 +272,13 @@ pub(crate) fn run_connection(
         authenticated = who.client_key.is_some(),
         "connection opened"
     );
-    let signal = app.relayed.register(id);
+    let signal = app.relayed.register();
     let (mut up, mut up_left) = upstream.into_parts();
     let open = Open {
         app,
         id,
         protocol,
-        subprotocol: subprotocol.map(String::into_boxed_str),
+        subprotocol,
         signal,
         active,
         backend,

@@ -27,6 +27,21 @@ pub struct MosaicSide {
     pub pool: Arc<Pool>,
     /// The pool for TLS-authenticated clients, when configured.
     pub auth_pool: Option<Arc<Pool>>,
+    /// `config.subprotocols`, shared: a connection names its token without a copy of it
+    /// (16 bytes on every open connection).
+    pub tokens: Vec<Arc<str>>,
+}
+
+impl MosaicSide {
+    /// The shared name of `token`, one of this side's subprotocols (a copy only for a token
+    /// that is not, which routing never produces).
+    pub fn token(&self, token: &str) -> Arc<str> {
+        self.tokens
+            .iter()
+            .find(|t| ***t == *token)
+            .cloned()
+            .unwrap_or_else(|| Arc::from(token))
+    }
 }
 
 /// A route's nostr side: its settings and relay pool.
@@ -417,6 +432,11 @@ fn mosaic_side(
         config: m.clone(),
         pool,
         auth_pool,
+        tokens: m
+            .subprotocols
+            .iter()
+            .map(|t| Arc::from(t.as_str()))
+            .collect(),
     }
 }
 

@@ -290,7 +290,7 @@ impl UpgradeContext<'_> {
         for v in granted.values("sec-websocket-extensions") {
             response.header(b"sec-websocket-extensions", v);
         }
-        let subprotocol = chosen.map(str::to_string);
+        let subprotocol = chosen.map(Arc::from);
         Ok(Accepted {
             protocol: Protocol::Nostr,
             subprotocol,
@@ -342,7 +342,7 @@ impl UpgradeContext<'_> {
         }
         Ok(Accepted {
             protocol: Protocol::Mosaic,
-            subprotocol: Some(token.to_string()),
+            subprotocol: Some(mosaic.token(token)),
             upstream,
             backend: BackendGuard::new(backend),
             response: response.finish(),
