@@ -7,7 +7,7 @@
 //! layouts without any signal on the wire.
 
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard};
 
 use serde::Deserialize;
 
@@ -188,15 +188,20 @@ pub enum QueryEvent {
 pub struct OpenQueries(Mutex<Option<Box<HashSet<[u8; 2]>>>>);
 
 impl OpenQueries {
+    /// The set's slot, locked; a panic elsewhere leaves the ids consistent.
+    #[allow(clippy::box_collection)] // the box, as above
+    fn slot(&self) -> MutexGuard<'_, Option<Box<HashSet<[u8; 2]>>>> {
+        self.0.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
     /// Runs `f` on the set, created on first use.
     pub fn with<R>(&self, f: impl FnOnce(&mut HashSet<[u8; 2]>) -> R) -> R {
-        let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        f(set.get_or_insert_with(Box::default))
+        f(self.slot().get_or_insert_with(Box::default))
     }
 
     /// Applies what a message head said; closing a query never allocates the set.
     pub fn apply(&self, ev: QueryEvent) {
-        let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut set = self.slot();
         match ev {
             QueryEvent::Opened(id) => {
                 set.get_or_insert_with(Box::default).insert(id);
@@ -211,8 +216,10 @@ impl OpenQueries {
 
     /// Empties the set, yielding the ids that were open.
     pub fn take(&self) -> impl Iterator<Item = [u8; 2]> {
-        let mut set = self.0.lock().unwrap_or_else(|p| p.into_inner());
-        set.take().into_iter().flat_map(|open| open.into_iter())
+        self.slot()
+            .take()
+            .into_iter()
+            .flat_map(|open| open.into_iter())
     }
 }
 
