@@ -7,6 +7,7 @@ use http_body_util::{BodyExt, Full};
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::{Response, StatusCode};
 
+use crate::admission::LimitHit;
 use crate::metrics::Metrics;
 use crate::rate_limit::Refused;
 
@@ -60,12 +61,19 @@ reasons! {
     NO_HEALTHY_BACKEND = "no_healthy_backend",
     /// Every upstream tried refused or failed the upgrade.
     UPSTREAM_FAILED = "upstream_failed",
+    /// The upstream answered the upgrade with a 4xx, passed on to the client (the
+    /// upstream stays healthy).
+    UPSTREAM_REFUSED = "upstream_refused",
     /// The relay picked a subprotocol the client did not offer.
     UPSTREAM_BAD_PROTOCOL = "upstream_bad_protocol",
     /// A trusted peer sent a malformed PROXY header (the connection is closed).
     BAD_PROXY_HEADER = "bad_proxy_header",
     /// The request head exceeded `limits.max_request_header_bytes`.
     HEAD_TOO_LARGE = "head_too_large",
+    /// No `Host`, two, or one that an absolute-form target contradicts (RFC 9112 3.2).
+    BAD_HOST = "bad_host",
+    /// A target form not served on this method, or a path escape that is refused.
+    BAD_TARGET = "bad_target",
     /// The request head did not parse.
     MALFORMED_REQUEST = "malformed_request",
     /// The client's address is in `access.deny` or outside a non-empty `access.allow`.
@@ -104,6 +112,23 @@ impl Rejection {
     /// A 400 refusal.
     pub(crate) fn bad(reason: &'static str, label: Reason) -> Self {
         Rejection::new(StatusCode::BAD_REQUEST, reason, label)
+    }
+}
+
+impl From<LimitHit> for Rejection {
+    fn from(hit: LimitHit) -> Self {
+        match hit {
+            LimitHit::Global => Rejection::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many connections",
+                Reason::MAX_CONNECTIONS,
+            ),
+            LimitHit::PerIp => Rejection::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too many connections from this address",
+                Reason::MAX_CONNECTIONS_PER_IP,
+            ),
+        }
     }
 }
 

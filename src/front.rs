@@ -6,12 +6,13 @@
 //! bytes the fast path already read.
 
 use std::convert::Infallible;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper::header::HeaderValue;
+use hyper::client::conn::http1::SendRequest;
+use hyper::header::{HeaderName, HeaderValue};
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
@@ -19,18 +20,20 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::answer::{full, refusal, Body};
+use crate::admission::Permit;
+use crate::answer::{full, refusal, reject, Body, Rejection};
 use crate::client_addr::real_client;
+use crate::config::NostrConfig;
 use crate::connection::{run_connection, unwrap_client};
 use crate::drain::DrainState;
-use crate::fields::Fields;
 use crate::gateway::{App, ConnInfo, Gateway};
-use crate::handshake::{header_value, wants_websocket, ForwardedClient};
-use crate::pool::{affinity, Backend, Pool};
+use crate::handshake::{header_value, wants_websocket, ForwardedClient, UpstreamFilter};
+use crate::pool::{Backend, Pool};
 use crate::rate_limit::{Asked, Refused};
-use crate::request_head::{Head, Target};
+use crate::request_head::{settle, Head, Target};
+use crate::retry::{self, across_pool, Blame, Exhausted};
 use crate::routes::{NoRoute, RouteState};
-use crate::upgrade::prepare_upgrade;
+use crate::upgrade::{misread, prepare_upgrade, Admission};
 use crate::upstream::MAX_RESPONSE_HEADERS;
 
 /// A stream whose first bytes the fast path already read, handed to hyper.
@@ -79,16 +82,37 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     }
 }
 
-pub(crate) async fn serve_http<I>(app: Arc<App>, gw: Arc<Gateway>, io: TokioIo<I>, info: ConnInfo)
-where
+/// The connection's place in the limits while hyper serves it: an upgrade takes it along
+/// into the relay; otherwise it is let go when the connection ends.
+type PermitSlot = Arc<Mutex<Option<Permit>>>;
+
+pub(crate) async fn serve_http<I>(
+    app: Arc<App>,
+    gw: Arc<Gateway>,
+    io: TokioIo<I>,
+    info: ConnInfo,
+    admission: Admission,
+) where
     I: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let limits = &gw.config.limits;
+    let over = admission.as_ref().err().copied();
+    let slot: PermitSlot = Arc::new(Mutex::new(admission.ok()));
     let svc_app = app.clone();
     let svc_info = info.clone();
-    let svc = service_fn(move |req| handle_request(svc_app.clone(), svc_info.clone(), req));
+    let svc = service_fn(move |req| {
+        let (app, info, slot) = (svc_app.clone(), svc_info.clone(), slot.clone());
+        async move {
+            Ok::<_, Infallible>(match over {
+                // Over a connection limit: the first request hears why, then the close.
+                Some(hit) => reject(&app.metrics, "", Rejection::from(hit)).into_response(),
+                None => handle_request(app, info, slot, req).await,
+            })
+        }
+    });
     let conn = http1::Builder::new()
         .timer(TokioTimer::new())
+        .keep_alive(over.is_none())
         .header_read_timeout(limits.handshake_timeout.0)
         .max_buf_size(limits.max_request_header_bytes.max(8192))
         .serve_connection(io, svc)
@@ -120,20 +144,23 @@ where
 async fn handle_request(
     app: Arc<App>,
     info: ConnInfo,
+    slot: PermitSlot,
     req: Request<Incoming>,
-) -> Result<Response<Body>, Infallible> {
+) -> Response<Body> {
     if wants_websocket(req.headers()) {
-        Ok(upgrade(app, info, req).await)
+        let permit = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let admission = match permit {
+            Some(p) => Ok(p),
+            // Only one upgrade ends a connection; a place for another is taken anew.
+            None => app.admit(&app.gateway(), info.peer.ip()),
+        };
+        upgrade(app, info, req, admission).await
     } else {
-        Ok(http_passthrough(app, info, req).await)
+        http_passthrough(app, info, req).await
     }
 }
 
-async fn http_passthrough(
-    app: Arc<App>,
-    info: ConnInfo,
-    mut req: Request<Incoming>,
-) -> Response<Body> {
+async fn http_passthrough(app: Arc<App>, info: ConnInfo, req: Request<Incoming>) -> Response<Body> {
     let gw = app.gateway();
     // Identity and origin are the gateway's to assert, on plain HTTP as on upgrades.
     let (client_ip, chain) = real_client(info.peer.ip(), req.headers(), &gw.trusted);
@@ -143,53 +170,19 @@ async fn http_passthrough(
     {
         return refusal(&app.metrics, Refused::Denied).into_response();
     }
-    let h = req.headers_mut();
-    for name in [
-        "x-mosaic-client-key",
-        "x-real-ip",
-        "x-forwarded-for",
-        "x-forwarded-proto",
-        "forwarded",
-    ] {
-        h.remove(name);
-    }
-    let who = ForwardedClient {
-        addr: client_ip,
-        forwarded_chain: chain,
-        tls: info.tls,
-        client_key: None,
+    let target = Target::Uri(req.uri().clone());
+    let http11 = req.version() == hyper::Version::HTTP_11;
+    let meaning = match settle(req.method().as_str(), http11, &target, req.headers()) {
+        Ok(m) => m,
+        Err(m) => return reject(&app.metrics, "", misread(m)).into_response(),
     };
-    h.insert("x-forwarded-for", header_value(&who.forwarded_for()));
-    h.insert("x-real-ip", header_value(&client_ip.to_string()));
-    h.insert(
-        "x-forwarded-proto",
-        HeaderValue::from_static(if info.tls { "https" } else { "http" }),
-    );
-    if let Some(k) = info.client_key.as_ref() {
-        h.insert(
-            "x-mosaic-client-key",
-            header_value(&crate::keys::user_key_string(k)),
-        );
-    }
-    let host = req
-        .uri()
-        .authority()
-        .map(|a| a.as_str())
-        .or_else(|| req.headers().text("host"));
-    let route = match gw.routes.select(info.sni.as_deref(), host, req.uri().path()) {
+    app.metrics.dropped_underscored(meaning.underscored);
+    let route = match gw
+        .routes
+        .select(info.sni.as_deref(), meaning.host, &meaning.path)
+    {
         Ok(r) => r,
-        Err(NoRoute::Misdirected) => {
-            return status_text(
-                StatusCode::MISDIRECTED_REQUEST,
-                "misdirected request: this host name belongs to another route than the TLS server name (SNI)\n",
-            )
-        }
-        Err(NoRoute::Unknown) => {
-            return status_text(
-                StatusCode::NOT_FOUND,
-                "not found: no route for this host name and path\n",
-            )
-        }
+        Err(e) => return no_route(e),
     };
     let Some(nostr) = route.nostr.as_ref() else {
         return status_text(
@@ -197,57 +190,84 @@ async fn http_passthrough(
             "not found: this endpoint serves WebSocket upgrades only\n",
         );
     };
-    let timeout = nostr.config.connect_timeout.0;
-    let result = tokio::time::timeout(timeout, async {
-        let (relay, tcp) =
-            connect_relay(&nostr.pool, nostr.config.max_tries, client_ip, &route).await?;
-        let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
-            .await
-            .map_err(|e| RelayError::Failed(relay.label.clone(), e.to_string()))?;
-        tokio::spawn(async move {
-            let _ = conn.await;
-        });
-        sender
-            .send_request(req)
-            .await
-            .map_err(|e| RelayError::Failed(relay.label.clone(), e.to_string()))
-    })
-    .await;
+    let who = ForwardedClient {
+        addr: client_ip,
+        forwarded_chain: chain,
+        tls: info.tls,
+        client_key: info.client_key.as_ref().map(crate::keys::user_key_string),
+    };
+    let outgoing = Outgoing {
+        host: meaning.host.map(str::to_string),
+        target: meaning.upstream_target.into_owned(),
+        who,
+    };
+    let response = forward(&nostr.pool, &nostr.config, outgoing, req).await;
+    relay_answer(&app, &route, response)
+}
 
-    match result {
-        Ok(Ok(resp)) => {
-            let class = crate::metrics::status_class(resp.status().as_u16());
-            app.metrics
-                .http_requests_total
-                .with_label_values(&[class])
-                .inc();
-            resp.map(|b| b.boxed())
-        }
-        Ok(Err(RelayError::NoneHealthy)) => {
-            app.metrics
-                .http_requests_total
-                .with_label_values(&["5xx"])
-                .inc();
-            let mut r = status_text(StatusCode::SERVICE_UNAVAILABLE, "no healthy nostr relay\n");
-            r.headers_mut()
-                .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("5"));
-            r
-        }
-        Ok(Err(RelayError::Failed(relay, e))) => {
-            tracing::warn!(route = %route.name, relay = %relay, error = %e, "HTTP pass-through to the nostr relay failed");
-            app.metrics
-                .http_requests_total
-                .with_label_values(&["5xx"])
-                .inc();
-            status_text(StatusCode::BAD_GATEWAY, "nostr relay unavailable\n")
-        }
-        Err(_) => {
-            app.metrics
-                .http_requests_total
-                .with_label_values(&["5xx"])
-                .inc();
-            status_text(StatusCode::GATEWAY_TIMEOUT, "nostr relay timed out\n")
-        }
+/// What a plain request carries upstream besides the client's end-to-end headers.
+struct Outgoing {
+    /// The host the client named (sent as `Host` and `X-Forwarded-Host`).
+    host: Option<String>,
+    /// The normalised target, in origin form.
+    target: String,
+    who: ForwardedClient,
+}
+
+/// Rewrites a plain request for the relay `authority`: the front's target, the client's
+/// end-to-end headers only, and the gateway's own identity and forwarding headers.
+fn rewrite(req: &mut Request<Incoming>, out: &Outgoing, authority: &str) {
+    if let Ok(uri) = out.target.parse() {
+        *req.uri_mut() = uri;
+    }
+    let h = req.headers_mut();
+    let filter = UpstreamFilter::new(&*h, true);
+    let dropped: Vec<HeaderName> = h
+        .keys()
+        .filter(|n| filter.drops(n.as_str().as_bytes()))
+        .cloned()
+        .collect();
+    for name in dropped {
+        h.remove(name);
+    }
+    let host = out.host.as_deref().unwrap_or(authority);
+    h.insert(hyper::header::HOST, header_value(host));
+    if let Some(client_host) = &out.host {
+        h.insert("x-forwarded-host", header_value(client_host));
+    }
+    let who = &out.who;
+    h.insert("x-forwarded-for", header_value(&who.forwarded_for()));
+    h.insert("x-real-ip", header_value(&who.addr.to_string()));
+    h.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if who.tls { "https" } else { "http" }),
+    );
+    if let Some(k) = &who.client_key {
+        h.insert("x-mosaic-client-key", header_value(k));
+    }
+}
+
+/// Removes the relay's hop-by-hop response headers: they were about its connection to
+/// the gateway, not the client's.
+fn strip_hop_by_hop(resp: &mut Response<Incoming>) {
+    let h = resp.headers_mut();
+    let named: Vec<String> = h
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|t| t.trim().to_ascii_lowercase())
+        .filter(|t| !t.is_empty())
+        .collect();
+    for name in named.iter().map(String::as_str).chain([
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "upgrade",
+    ]) {
+        h.remove(name);
     }
 }
 
@@ -257,43 +277,119 @@ fn status_text(status: StatusCode, text: &'static str) -> Response<Body> {
     r
 }
 
-/// Why a plain request reached no relay.
+/// The answer to a plain request no route takes.
+fn no_route(e: NoRoute) -> Response<Body> {
+    match e {
+        NoRoute::Misdirected => status_text(
+            StatusCode::MISDIRECTED_REQUEST,
+            "misdirected request: this host name belongs to another route than the TLS server name (SNI)\n",
+        ),
+        NoRoute::Unknown => status_text(
+            StatusCode::NOT_FOUND,
+            "not found: no route for this host name and path\n",
+        ),
+    }
+}
+
+/// Why a plain request got no response from a relay.
 enum RelayError {
     /// No relay of the route is healthy: 503.
     NoneHealthy,
     /// The relay (label) failed: 502.
     Failed(String, String),
+    /// No response head in time: 504.
+    TimedOut,
 }
 
-/// A connection to a healthy relay of the route: up to `max_tries` relays are tried, each
-/// that refuses the connection is marked down.
-async fn connect_relay(
+/// Passes a plain request to a healthy relay of the pool: the connection is made through
+/// the one retry loop ([`across_pool`]; a relay that cannot be connected to is marked down
+/// and the next is tried), then the request is sent (once: its body streams and cannot be
+/// sent twice).
+async fn forward(
     pool: &Pool,
-    max_tries: u32,
-    client_ip: std::net::IpAddr,
-    route: &RouteState,
-) -> Result<(Arc<Backend>, TcpStream), RelayError> {
-    let hash_key = affinity(pool.balance(), None, client_ip);
-    let mut tried: Vec<Arc<Backend>> = Vec::new();
-    let mut last = RelayError::NoneHealthy;
-    for _ in 0..max_tries {
-        let Some(b) = pool.pick(&tried, hash_key.as_ref()) else {
-            break;
-        };
-        match TcpStream::connect((b.url.host.as_str(), b.url.port)).await {
-            Ok(tcp) => {
-                let _ = tcp.set_nodelay(true);
-                return Ok((b, tcp));
+    config: &NostrConfig,
+    out: Outgoing,
+    mut req: Request<Incoming>,
+) -> Result<Response<Incoming>, RelayError> {
+    let timeout = config.connect_timeout.0;
+    let tries = retry::Tries {
+        pool,
+        max_tries: config.max_tries,
+        client_key: None,
+        client_ip: out.who.addr,
+    };
+    let attempt = |b: Arc<Backend>| async move {
+        tokio::time::timeout(timeout, open_relay(&b))
+            .await
+            .unwrap_or_else(|_| Err("timed out".into()))
+            .map_err(|e| Blame::Upstream((b.label.clone(), e)))
+    };
+    let on_fault = |b: &Backend, (_, e): &(String, String)| {
+        tracing::warn!(pool = pool.name, backend = %b.label, error = %e, "nostr relay failed a plain request's connection");
+    };
+    let (relay, mut sender) = across_pool(tries, attempt, on_fault)
+        .await
+        .map_err(|e| match e {
+            Exhausted::NoneHealthy => RelayError::NoneHealthy,
+            Exhausted::Failed((relay, e)) | Exhausted::Answered((relay, e)) => {
+                RelayError::Failed(relay, e)
             }
-            Err(e) => {
-                tracing::warn!(route = %route.name, pool = pool.name, backend = %b.label, error = %e, "nostr relay refused the connection");
-                pool.mark_failed(&b);
-                last = RelayError::Failed(b.label.clone(), e.to_string());
-                tried.push(b);
-            }
+        })?;
+    rewrite(&mut req, &out, &relay.url.authority());
+    match tokio::time::timeout(timeout, sender.send_request(req)).await {
+        Ok(Ok(mut resp)) => {
+            strip_hop_by_hop(&mut resp);
+            Ok(resp)
         }
+        Ok(Err(e)) => Err(RelayError::Failed(relay.label.clone(), e.to_string())),
+        Err(_) => Err(RelayError::TimedOut),
     }
-    Err(last)
+}
+
+/// A connection to the relay `b`, ready for one request.
+async fn open_relay(b: &Backend) -> Result<SendRequest<Incoming>, String> {
+    let tcp = TcpStream::connect((b.url.host.as_str(), b.url.port))
+        .await
+        .map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
+    let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
+        .await
+        .map_err(|e| e.to_string())?;
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    Ok(sender)
+}
+
+/// The relay's response, or the gateway's answer for why there is none; counted in
+/// `http_requests_total{status}`.
+fn relay_answer(
+    app: &App,
+    route: &RouteState,
+    result: Result<Response<Incoming>, RelayError>,
+) -> Response<Body> {
+    let response = match result {
+        Ok(resp) => resp.map(|b| b.boxed()),
+        Err(RelayError::NoneHealthy) => {
+            let mut r = status_text(StatusCode::SERVICE_UNAVAILABLE, "no healthy nostr relay\n");
+            r.headers_mut()
+                .insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("5"));
+            r
+        }
+        Err(RelayError::Failed(relay, e)) => {
+            tracing::warn!(route = %route.name, relay = %relay, error = %e, "HTTP pass-through to the nostr relay failed");
+            status_text(StatusCode::BAD_GATEWAY, "nostr relay unavailable\n")
+        }
+        Err(RelayError::TimedOut) => {
+            status_text(StatusCode::GATEWAY_TIMEOUT, "nostr relay timed out\n")
+        }
+    };
+    let class = crate::metrics::status_class(response.status().as_u16());
+    app.metrics
+        .http_requests_total
+        .with_label_values(&[class])
+        .inc();
+    response
 }
 
 /// An upgrade that arrived through hyper (a keep-alive connection's later request).
@@ -301,6 +397,7 @@ pub(crate) async fn upgrade(
     app: Arc<App>,
     info: ConnInfo,
     mut req: Request<Incoming>,
+    admission: Admission,
 ) -> Response<Body> {
     let on_upgrade = hyper::upgrade::on(&mut req);
     let (parts, _body) = req.into_parts();
@@ -318,7 +415,7 @@ pub(crate) async fn upgrade(
         target: Target::Uri(parts.uri.clone()),
         headers: &lines,
     };
-    let mut prepared = match prepare_upgrade(&app, &info, &head).await {
+    let mut prepared = match prepare_upgrade(&app, &info, &head, admission).await {
         Ok(p) => p,
         Err(answer) => return answer.into_response(),
     };

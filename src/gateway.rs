@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex, RwLock};
 
 use tokio::sync::watch;
 
-use crate::admission::Limits;
+use crate::admission::{Caps, LimitHit, Limits, Permit};
 use crate::client_addr::TrustedProxies;
 use crate::config::{AcmeChallenge, AcmeConfig, Config, TlsConfig};
 use crate::drain::{DrainSignal, DrainState};
@@ -40,6 +40,16 @@ pub struct Gateway {
 }
 
 impl Gateway {
+    /// The connection limits in force.
+    pub fn caps(&self) -> Caps {
+        let l = &self.config.limits;
+        Caps {
+            max_total: l.max_connections,
+            max_per_ip: l.max_connections_per_ip,
+            ipv6_prefix: self.config.rate_limits.ipv6_prefix,
+        }
+    }
+
     /// Builds a generation from a validated config (loads the key, builds the pools).
     /// `dns:` backends join once the discovery task resolves them (`runtime::start` does a
     /// first lookup before serving).
@@ -221,6 +231,14 @@ impl App {
             relayed: Relayed::default(),
             next_id: AtomicU64::new(1),
         })
+    }
+
+    /// A place in the connection limits for a connection from `peer`, taken at accept
+    /// and held until it closes. A trusted proxy's connection is counted for its client
+    /// only once a request names the client (X-Forwarded-For).
+    pub fn admit(&self, gw: &Gateway, peer: std::net::IpAddr) -> Result<Permit, LimitHit> {
+        let per_client = !gw.trusted.contains(peer);
+        self.limits.try_acquire(peer, per_client, gw.caps())
     }
 
     /// The generation new connections use.

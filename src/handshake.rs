@@ -154,35 +154,63 @@ pub fn negotiate_features(
     })
 }
 
-/// Headers never copied from the client to an upstream: hop-by-hop ones, the upgrade
-/// mechanics the gateway writes itself, and every header that claims identity or origin.
-/// `name` is in lowercase.
-fn dropped_towards_upstream(name: &[u8]) -> bool {
-    matches!(
-        name,
-        b"connection"
-            | b"upgrade"
-            | b"keep-alive"
-            | b"proxy-connection"
-            | b"proxy-authorization"
-            | b"proxy-authenticate"
-            | b"te"
-            | b"trailer"
-            | b"transfer-encoding"
-            | b"content-length"
-            | b"sec-websocket-key"
-            | b"sec-websocket-version"
-            | b"sec-websocket-protocol"
-            | b"sec-websocket-extensions"
-            | b"x-mosaic-client-key"
-            | b"x-real-ip"
-            | b"x-forwarded-for"
-            | b"x-forwarded-proto"
-            | b"x-forwarded-host"
-            | b"x-forwarded-port"
-            | b"forwarded"
-    )
+/// Which of a client's header lines never reach an upstream, on every path (upgrades and
+/// plain requests): hop-by-hop headers (RFC 9110 7.6.1: `Connection`, what it names,
+/// `Keep-Alive`, `TE`, `Proxy-*`, ...), every header that claims identity or origin, names
+/// with `_` (CGI-style servers read `x_real_ip` as `X-Real-IP`: the class of
+/// CVE-2024-45614), and `Host` (the gateway writes the one it routed on).
+pub struct UpstreamFilter {
+    /// The names the client's `Connection` header lists, in lowercase.
+    named: Vec<Vec<u8>>,
+    /// A plain request: its body framing (`Content-Length`) is end to end and passes;
+    /// on an upgrade there is no body and the WebSocket mechanics are the gateway's.
+    plain: bool,
 }
+
+impl UpstreamFilter {
+    /// The filter for this request's headers.
+    pub fn new(headers: &(impl Fields + ?Sized), plain: bool) -> Self {
+        let named = header_tokens(headers, "connection")
+            .map(|t| t.to_ascii_lowercase().into_bytes())
+            .collect();
+        UpstreamFilter { named, plain }
+    }
+
+    /// Whether the header `name` (in lowercase) stays behind.
+    pub fn drops(&self, name: &[u8]) -> bool {
+        let mechanics = matches!(
+            name,
+            b"upgrade"
+                | b"sec-websocket-key"
+                | b"sec-websocket-version"
+                | b"sec-websocket-protocol"
+                | b"sec-websocket-extensions"
+        );
+        matches!(
+            name,
+            b"host"
+                | b"connection"
+                | b"keep-alive"
+                | b"te"
+                | b"trailer"
+                | b"transfer-encoding"
+                | X_MOSAIC_CLIENT_KEY_BYTES
+                | b"x-real-ip"
+                | b"x-forwarded-for"
+                | b"x-forwarded-proto"
+                | b"x-forwarded-host"
+                | b"x-forwarded-port"
+                | b"x-forwarded-prefix"
+                | b"forwarded"
+        ) || name.starts_with(b"proxy-")
+            || name.contains(&b'_')
+            || mechanics
+            || (name == b"content-length" && !self.plain)
+            || self.named.iter().any(|n| n == name)
+    }
+}
+
+const X_MOSAIC_CLIENT_KEY_BYTES: &[u8] = X_MOSAIC_CLIENT_KEY.as_bytes();
 
 /// What the gateway asserts about the client upstream (X-Forwarded-For, X-Real-IP,
 /// X-Forwarded-Proto, X-Mosaic-Client-Key).
@@ -251,33 +279,49 @@ fn push_header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// The `Host` an upstream request carries.
+#[derive(Debug, Clone, Copy)]
+pub enum HostLine<'a> {
+    /// The host the client's request named (its absolute-form authority or its one
+    /// `Host`): sent as `Host` and as `X-Forwarded-Host`.
+    Client(&'a str),
+    /// The client named none (HTTP/1.0), or the gateway asks on its own (health checks):
+    /// the upstream's own authority.
+    Upstream(&'a str),
+}
+
 /// Serializes the upstream upgrade request head.
 ///
 /// `protocols` is what the upstream is offered; `extensions` is passed only on nostr
 /// connections (Mosaic frames must stay inspectable).
 pub fn upstream_request_head(
-    path_and_query: &str,
+    target: &str,
     client_headers: &(impl Fields + ?Sized),
     key: &str,
     protocols: &[impl AsRef<str>],
     pass_extensions: bool,
     who: &ForwardedClient,
-    default_host: &str,
+    host: HostLine<'_>,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(b"GET ");
-    out.extend_from_slice(path_and_query.as_bytes());
+    out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    if client_headers.values("host").next().is_none() {
-        push_header(&mut out, b"Host", default_host.as_bytes());
+    match host {
+        HostLine::Client(h) => {
+            push_header(&mut out, b"Host", h.as_bytes());
+            push_header(&mut out, b"X-Forwarded-Host", h.as_bytes());
+        }
+        HostLine::Upstream(h) => push_header(&mut out, b"Host", h.as_bytes()),
     }
+    let filter = UpstreamFilter::new(client_headers, false);
     for (name, value) in client_headers.lines() {
         // Names go upstream in lowercase, whichever parser read them; written first and
         // taken back when the header is one the gateway drops.
         let start = out.len();
         out.extend_from_slice(name);
         out[start..].make_ascii_lowercase();
-        if dropped_towards_upstream(&out[start..]) {
+        if filter.drops(&out[start..]) {
             out.truncate(start);
             continue;
         }
@@ -441,7 +485,7 @@ mod tests {
             &s(&["mosaic2024"]),
             false,
             &who,
-            "x",
+            HostLine::Upstream("x"),
         );
         let text = String::from_utf8(head).unwrap();
         assert!(!text.contains("forged"));

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::gateway::App;
-use crate::handshake::{upstream_request_head, ForwardedClient};
+use crate::handshake::{upstream_request_head, ForwardedClient, HostLine};
 use crate::pool::{Backend, Pool};
 use crate::relay::frame::encode_close;
 use crate::routes::{HealthTarget, Probe};
@@ -132,7 +132,7 @@ pub async fn check(
         &protocols,
         false,
         &who,
-        &b.url.authority(),
+        HostLine::Upstream(&b.url.authority()),
     );
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let up = connect_and_upgrade(&b.url, b.tls.as_ref(), &head, &accept, timeout).await?;

@@ -25,6 +25,7 @@ mod metrics;
 mod pool;
 mod rate_limit;
 mod request_head;
+mod retry;
 mod routes;
 mod server;
 mod status;

@@ -100,6 +100,8 @@ pub struct Metrics {
     pub upstream_failures_total: IntCounterVec,
     /// Plain HTTP requests forwarded to the nostr relay, by status class.
     pub http_requests_total: IntCounterVec,
+    /// Client header lines the gateway refused to pass on, by reason (`underscore`).
+    pub headers_dropped_total: IntCounterVec,
     /// 1 while the gateway drains.
     pub draining: Gauge,
     /// 1 when `/readyz` answers 200 (set on every scrape).
@@ -297,6 +299,12 @@ impl Metrics {
                 "Plain HTTP requests forwarded to the nostr relay",
                 &["status"],
             ),
+            headers_dropped_total: counter(
+                &r,
+                "headers_dropped_total",
+                "Client header lines never passed upstream, by reason",
+                &["reason"],
+            ),
             draining,
             ready,
             registry: r,
@@ -333,6 +341,18 @@ impl Metrics {
         }
         for c in STATUS_CLASSES {
             self.http_requests_total.with_label_values(&[c]);
+        }
+        self.headers_dropped_total
+            .with_label_values(&["underscore"]);
+    }
+
+    /// Counts the header lines with `_` in their names that a request carried: they are
+    /// never passed on.
+    pub fn dropped_underscored(&self, n: usize) {
+        if n > 0 {
+            self.headers_dropped_total
+                .with_label_values(&["underscore"])
+                .inc_by(n as u64);
         }
     }
 

@@ -5,7 +5,9 @@
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt};
 
-use crate::fields::Fields;
+use std::borrow::Cow;
+
+use crate::fields::{visible_ascii, Fields};
 
 /// Why a request head could not be read.
 pub(crate) enum HeadError {
@@ -99,15 +101,6 @@ pub(crate) struct Head<'a> {
     pub(crate) headers: &'a [httparse::Header<'a>],
 }
 
-impl Head<'_> {
-    /// The host the request names: the target's authority, else the `Host` header.
-    pub(crate) fn host(&self) -> Option<&str> {
-        self.target
-            .authority()
-            .or_else(|| self.headers.text("host"))
-    }
-}
-
 /// The head `index` found in `buf`, its lines put in `lines`. Refuses what hyper's types
 /// would refuse: a method token they reject, or a target that is not a URI.
 pub(crate) fn parse_head<'a>(
@@ -175,11 +168,11 @@ impl<'a> Target<'a> {
         }
     }
 
-    /// The path and query passed on upstream; "/" when the target has none.
-    pub(crate) fn path_and_query(&self) -> &str {
+    /// The query, without the `?`.
+    pub(crate) fn query(&self) -> Option<&str> {
         match self {
-            Target::Origin(t) => t,
-            Target::Uri(u) => u.path_and_query().map_or("/", |p| p.as_str()),
+            Target::Origin(t) => t.split_once('?').map(|(_, q)| q),
+            Target::Uri(u) => u.query(),
         }
     }
 }
@@ -194,6 +187,193 @@ fn plain_origin(t: &str) -> bool {
         && t.len() <= MAX_URI
         && t.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/%?".contains(&b))
+}
+
+/// Why a request's target or Host is refused (400): RFC 9112 3.2 and 3.2.2, and paths that
+/// would route one way here and another way at the relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Misread {
+    /// HTTP/1.1 without `Host`.
+    NoHost,
+    /// More than one `Host` line.
+    TwoHosts,
+    /// An absolute-form target whose authority is not the `Host`.
+    HostMismatch,
+    /// `*` on a method other than OPTIONS, or an authority-form target.
+    TargetForm,
+    /// An escape that is not two hex digits, or one that decodes to `/`, `\` or NUL.
+    BadPath,
+}
+
+impl Misread {
+    /// The one-line reason sent with the 400.
+    pub(crate) fn reason(self) -> &'static str {
+        match self {
+            Misread::NoHost => "HTTP/1.1 request without a Host header",
+            Misread::TwoHosts => "more than one Host header",
+            Misread::HostMismatch => "the request target's authority is not the Host header",
+            Misread::TargetForm => "this request target form is not served",
+            Misread::BadPath => "the request path has an escape that is not allowed here",
+        }
+    }
+}
+
+/// What a request means, decided once at the front: the host it is for, the path routes
+/// are matched on, and the target sent upstream. Routing, limits and the upstream request
+/// all read this one result, so no two of them can read the request differently.
+#[derive(Debug, PartialEq, Eq)]
+pub(crate) struct Settled<'a> {
+    /// The absolute-form target's authority, else the one `Host` (absent on HTTP/1.0
+    /// without one).
+    pub(crate) host: Option<&'a str>,
+    /// The normalised path ([`normalise_path`]); `/` for `OPTIONS *`.
+    pub(crate) path: Cow<'a, str>,
+    /// The target sent upstream: the normalised path and the query as sent (origin form).
+    pub(crate) upstream_target: Cow<'a, str>,
+    /// Header names with `_`: dropped towards every upstream (CGI-style servers read them
+    /// as `-`, so `x_forwarded_for` would pass for `x-forwarded-for`).
+    pub(crate) underscored: usize,
+}
+
+/// Applies the front's request rules to a head, whichever parser read it.
+pub(crate) fn settle<'a>(
+    method: &str,
+    http11: bool,
+    target: &'a Target<'_>,
+    headers: &'a (impl Fields + ?Sized),
+) -> Result<Settled<'a>, Misread> {
+    let mut hosts = headers.values("host");
+    let host = hosts.next().map(|v| visible_ascii(v).unwrap_or("").trim());
+    if hosts.next().is_some() {
+        return Err(Misread::TwoHosts);
+    }
+    let underscored = headers.lines().filter(|(n, _)| n.contains(&b'_')).count();
+    let (host, path, query) = match target {
+        Target::Uri(u) if u.scheme().is_some() => {
+            let authority = target.authority();
+            let lower = |h: &str| h.to_ascii_lowercase();
+            if host.is_some_and(|h| Some(lower(h)) != authority.map(lower)) {
+                return Err(Misread::HostMismatch);
+            }
+            (authority, target.path(), target.query())
+        }
+        Target::Uri(u) if u.authority().is_some() => return Err(Misread::TargetForm),
+        Target::Uri(u) if u.path() == "*" => {
+            if method != "OPTIONS" {
+                return Err(Misread::TargetForm);
+            }
+            let upstream_target = Cow::Borrowed("*");
+            return settled(
+                host,
+                http11,
+                Cow::Borrowed("/"),
+                upstream_target,
+                underscored,
+            );
+        }
+        _ => (host, target.path(), target.query()),
+    };
+    let path = normalise_path(path)?;
+    let upstream_target = match (&path, query) {
+        (Cow::Borrowed(p), None) => Cow::Borrowed(*p),
+        (p, None) => Cow::Owned(p.to_string()),
+        (p, Some(q)) => Cow::Owned(format!("{p}?{q}")),
+    };
+    settled(host, http11, path, upstream_target, underscored)
+}
+
+fn settled<'a>(
+    host: Option<&'a str>,
+    http11: bool,
+    path: Cow<'a, str>,
+    upstream_target: Cow<'a, str>,
+    underscored: usize,
+) -> Result<Settled<'a>, Misread> {
+    if http11 && host.is_none() {
+        return Err(Misread::NoHost);
+    }
+    Ok(Settled {
+        host,
+        path,
+        upstream_target,
+        underscored,
+    })
+}
+
+/// The path routes are matched on, as the relay behind will read it: escapes of unreserved
+/// characters decoded (`%69` is `i`), other escapes with upper-case hex, `.` and `..`
+/// segments removed (RFC 3986 5.2.4), runs of `/` merged. Escapes of `/`, `\` and NUL are
+/// refused: a relay that decodes them would see other segments than the route did. A path
+/// that needs none of this (the usual case) is returned as it is, without a copy.
+pub(crate) fn normalise_path(path: &str) -> Result<Cow<'_, str>, Misread> {
+    let b = path.as_bytes();
+    let clean = b.first() == Some(&b'/')
+        && !b.iter().any(|&c| c == b'%' || c == b'\\')
+        && !b.windows(2).any(|w| w == b"//" || w == b"/.");
+    if clean {
+        return Ok(Cow::Borrowed(path));
+    }
+    let decoded = decode_unreserved(b)?;
+    let mut segments: Vec<&str> = Vec::new();
+    let parts: Vec<&str> = decoded.split('/').collect();
+    let last = parts.len().saturating_sub(1);
+    let mut trailing = false;
+    for (i, seg) in parts.iter().enumerate() {
+        trailing = i == last && (seg.is_empty() || *seg == "." || *seg == "..");
+        match *seg {
+            "" | "." => {}
+            ".." => {
+                segments.pop();
+            }
+            s => segments.push(s),
+        }
+    }
+    let mut out = String::with_capacity(decoded.len() + 1);
+    for s in &segments {
+        out.push('/');
+        out.push_str(s);
+    }
+    if out.is_empty() || trailing {
+        out.push('/');
+    }
+    Ok(Cow::Owned(out))
+}
+
+/// Decodes `%XX` escapes of unreserved characters (RFC 3986 2.3) and upper-cases the hex
+/// of the others.
+fn decode_unreserved(b: &[u8]) -> Result<String, Misread> {
+    let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = String::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let c = b[i];
+        if c != b'%' {
+            if c == b'\\' {
+                return Err(Misread::BadPath);
+            }
+            out.push(c as char);
+            i += 1;
+            continue;
+        }
+        let (Some(hi), Some(lo)) = (
+            b.get(i + 1).copied().and_then(hex),
+            b.get(i + 2).copied().and_then(hex),
+        ) else {
+            return Err(Misread::BadPath);
+        };
+        let v = hi << 4 | lo;
+        match v {
+            b'/' | b'\\' | 0 => return Err(Misread::BadPath),
+            _ if v.is_ascii_alphanumeric() || b"-._~".contains(&v) => out.push(v as char),
+            _ => {
+                out.push('%');
+                out.push(char::from(b"0123456789ABCDEF"[usize::from(hi)]));
+                out.push(char::from(b"0123456789ABCDEF"[usize::from(lo)]));
+            }
+        }
+        i += 3;
+    }
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -224,11 +404,7 @@ mod tests {
             };
             let target = Target::parse(t).unwrap();
             assert_eq!(target.path(), uri.path(), "{t}");
-            assert_eq!(
-                target.path_and_query(),
-                uri.path_and_query().map_or("/", |p| p.as_str()),
-                "{t}"
-            );
+            assert_eq!(target.query(), uri.query(), "{t}");
             assert_eq!(target.authority(), uri.authority().map(|a| a.as_str()));
         }
     }
@@ -243,7 +419,6 @@ mod tests {
         let head = parse_head(raw, &index, &mut lines).ok().unwrap();
         assert_eq!(head.method, "GET");
         assert!(head.http11);
-        assert_eq!(head.host(), Some("a.test"));
         assert_eq!(head.headers.len(), 2);
         assert_eq!(head.headers[1].value, b"1");
         assert_eq!(head.target.path(), "/x");
@@ -252,5 +427,112 @@ mod tests {
         let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
         assert!(parse_head(bad, &index, &mut lines).is_err());
         assert!(index_head(b"GET / HTTP/1.1\r\nX", 10).is_err());
+    }
+
+    fn norm(p: &str) -> Result<String, Misread> {
+        normalise_path(p).map(|c| c.into_owned())
+    }
+
+    #[test]
+    fn paths_are_routed_as_the_relay_behind_reads_them() {
+        for (raw, want) in [
+            ("/", "/"),
+            ("/inbox", "/inbox"),
+            ("/inbox/", "/inbox/"),
+            ("/%69nbox", "/inbox"),
+            ("//inbox", "/inbox"),
+            ("/./inbox", "/inbox"),
+            ("/x/../inbox", "/inbox"),
+            ("/inbox/../x", "/x"),
+            ("/inbox/..", "/"),
+            ("/../../inbox", "/inbox"),
+            ("/a/./b/.", "/a/b/"),
+            ("/a%2e%2E/b", "/a../b"),
+            ("/%2e%2e/inbox", "/inbox"),
+            ("/a%20b", "/a%20b"),
+            ("/a%c3%a9", "/a%C3%A9"),
+            ("/a%7e", "/a~"),
+        ] {
+            assert_eq!(norm(raw).as_deref(), Ok(want), "{raw}");
+            // Normalising twice changes nothing.
+            assert_eq!(norm(want).as_deref(), Ok(want), "{want}");
+        }
+        for bad in [
+            "/a%2fb", "/a%2F..", "/a%5c", "/a%00", "/a%zz", "/a%4", "/a\\b",
+        ] {
+            assert_eq!(norm(bad), Err(Misread::BadPath), "{bad}");
+        }
+        assert!(matches!(
+            normalise_path("/plain/path"),
+            Ok(Cow::Borrowed(_))
+        ));
+    }
+
+    fn settle_raw(raw: &str) -> Result<(Option<String>, String, String, usize), Misread> {
+        let bytes = raw.as_bytes();
+        let index = index_head(bytes, 4096).ok().flatten().unwrap();
+        let mut lines = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let head = parse_head(bytes, &index, &mut lines).ok().unwrap();
+        settle(head.method, head.http11, &head.target, head.headers).map(|s| {
+            (
+                s.host.map(str::to_string),
+                s.path.into_owned(),
+                s.upstream_target.into_owned(),
+                s.underscored,
+            )
+        })
+    }
+
+    #[test]
+    fn host_and_target_follow_rfc_9112() {
+        let ok = |raw: &str| settle_raw(raw).unwrap();
+        assert_eq!(
+            ok("GET /a/../b?q=1 HTTP/1.1\r\nHost: a.test\r\n\r\n"),
+            (Some("a.test".into()), "/b".into(), "/b?q=1".into(), 0)
+        );
+        // Absolute form: the authority is the host, and the target goes on in origin form.
+        assert_eq!(
+            ok("GET http://A.test/x?y HTTP/1.1\r\nHost: a.test\r\n\r\n"),
+            (Some("A.test".into()), "/x".into(), "/x?y".into(), 0)
+        );
+        assert_eq!(
+            ok("GET http://a.test/x HTTP/1.0\r\n\r\n").0.as_deref(),
+            Some("a.test")
+        );
+        assert_eq!(ok("GET / HTTP/1.0\r\n\r\n").0, None);
+        assert_eq!(
+            ok("OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\n").2,
+            "*".to_string()
+        );
+        assert_eq!(
+            ok("GET / HTTP/1.1\r\nHost: a\r\nx_real_ip: 1\r\nX_Forwarded_For: 2\r\n\r\n").3,
+            2
+        );
+        let bad = |raw: &str| settle_raw(raw).unwrap_err();
+        assert_eq!(bad("GET / HTTP/1.1\r\n\r\n"), Misread::NoHost);
+        assert_eq!(
+            bad("GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            Misread::TwoHosts
+        );
+        assert_eq!(
+            bad("GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n"),
+            Misread::TwoHosts
+        );
+        assert_eq!(
+            bad("GET http://a.test/ HTTP/1.1\r\nHost: b.test\r\n\r\n"),
+            Misread::HostMismatch
+        );
+        assert_eq!(
+            bad("GET * HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Misread::TargetForm
+        );
+        assert_eq!(
+            bad("GET a.test:80 HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Misread::TargetForm
+        );
+        assert_eq!(
+            bad("GET /a%2f HTTP/1.1\r\nHost: a\r\n\r\n"),
+            Misread::BadPath
+        );
     }
 }

@@ -37,7 +37,7 @@ use crate::gateway::{App, ConnInfo, Gateway};
 use crate::handshake::wants_websocket;
 use crate::request_head::{parse_head, read_request_head, HeadError, MAX_HEADERS};
 use crate::tls::{HandshakeError, TlsTerminator};
-use crate::upgrade::prepare_upgrade;
+use crate::upgrade::{prepare_upgrade, Admission};
 use crate::workers::{move_to, Workers};
 
 /// Where a listener runs: its worker among all of them.
@@ -164,6 +164,9 @@ async fn set_up(
     ) {
         return None;
     }
+    // Counted from here to close, whatever the connection turns out to be; over a limit,
+    // the first request is answered with the refusal.
+    let admission = app.admit(&gw, peer.ip());
     let Some(tls) = tls.or_else(|| gw.tls.clone()) else {
         let info = ConnInfo {
             peer,
@@ -171,11 +174,11 @@ async fn set_up(
             client_key: None,
             sni: None,
         };
-        return serve_first_request(app, gw, tcp, info, deadline).await;
+        return serve_first_request(app, gw, tcp, info, deadline, admission).await;
     };
     // Boxed: the TLS handshake and stream make this future four times larger, and every
     // plain connection would pay for that size.
-    Box::pin(serve_tls(app, gw, tcp, peer, tls, deadline)).await
+    Box::pin(serve_tls(app, gw, tcp, peer, tls, deadline, admission)).await
 }
 
 /// Stage 1: the client's address, from the PROXY header when the peer is a trusted load
@@ -215,6 +218,7 @@ async fn serve_tls(
     peer: SocketAddr,
     tls: Arc<TlsTerminator>,
     deadline: Instant,
+    admission: Admission,
 ) -> Option<Ready> {
     match tokio::time::timeout_at(deadline, tls.accept(tcp)).await {
         Ok(Ok((stream, client_key))) => {
@@ -231,7 +235,7 @@ async fn serve_tls(
                 // Requests on this connection must belong to the route this name leads to.
                 sni: stream.get_ref().1.server_name().map(Arc::from),
             };
-            return serve_first_request(app, gw, stream, info, deadline).await;
+            return serve_first_request(app, gw, stream, info, deadline, admission).await;
         }
         Ok(Err(HandshakeError::AcmeChallengeServed)) => {
             tracing::debug!(client = %peer, "ACME TLS-ALPN-01 validation answered");
@@ -264,6 +268,7 @@ async fn serve_first_request<S: ClientStream>(
     mut s: S,
     info: ConnInfo,
     deadline: Instant,
+    admission: Admission,
 ) -> Option<Ready> {
     let max = gw.config.limits.max_request_header_bytes;
     let read = tokio::time::timeout_at(deadline, read_request_head(&mut s, max)).await;
@@ -286,12 +291,12 @@ async fn serve_first_request<S: ClientStream>(
             pre: buf.freeze(),
             inner: s,
         };
-        Box::pin(serve_http(app, gw, TokioIo::new(io), info)).await;
+        Box::pin(serve_http(app, gw, TokioIo::new(io), info, admission)).await;
         return None;
     }
     // Stage 4. Boxed: the set-up future is moved whole into its box on every accept,
     // and need not hold the upgrade's state (allocated here only for upgrades).
-    let prepared = match Box::pin(prepare_upgrade(&app, &info, &head)).await {
+    let prepared = match Box::pin(prepare_upgrade(&app, &info, &head, admission)).await {
         Ok(p) => p,
         Err(answer) => return refuse(s, answer).await,
     };

@@ -19,17 +19,21 @@ use crate::fields::Fields;
 use crate::gateway::{App, ConnInfo, Gateway};
 use crate::handshake::{
     check_upgrade, feature_list, negotiate_features, offered_tokens, upstream_request_head,
-    ForwardedClient, X_MOSAIC_FEATURES,
+    ForwardedClient, HostLine, X_MOSAIC_FEATURES,
 };
-use crate::pool::{affinity, Backend, BackendGuard, Pool};
+use crate::pool::{Backend, BackendGuard, Pool};
 use crate::rate_limit::{Asked, Refused};
 use crate::relay::limiter::LimitState;
 use crate::relay::pump::PumpOptions;
 use crate::relay::tracker::MosaicRules;
-use crate::request_head::Head;
+use crate::request_head::{settle, Head, Misread, Settled};
+use crate::retry::{self, across_pool, blame, Exhausted};
 use crate::route::{route, Route};
 use crate::routes::{MosaicSide, NoRoute, NostrSide, RouteState};
 use crate::upstream::{connect_and_upgrade, Upgraded, UpstreamError, MAX_RESPONSE_HEADERS};
+
+/// The connection's place in the limits, taken at accept, or the limit that was full.
+pub(crate) type Admission = Result<Permit, LimitHit>;
 
 /// Decides an upgrade and completes the upstream's side of it: `Ok` when the upstream
 /// answered 101 (the client is told next), `Err` with the HTTP answer otherwise.
@@ -37,15 +41,19 @@ pub(crate) async fn prepare_upgrade(
     app: &Arc<App>,
     info: &ConnInfo,
     req: &Head<'_>,
+    admission: Admission,
 ) -> Result<Box<Prepared>, Answer> {
     let gw = app.gateway();
+    let meaning = settle(req.method, req.http11, &req.target, req.headers)
+        .map_err(|m| reject(&app.metrics, "", misread(m)))?;
+    app.metrics.dropped_underscored(meaning.underscored);
     let route = gw
         .routes
-        .select(info.sni.as_deref(), req.host(), req.target.path())
+        .select(info.sni.as_deref(), meaning.host, &meaning.path)
         .map_err(|e| reject(&app.metrics, "", no_route(e)))?;
     let refuse = |r| reject(&app.metrics, &route.name, r);
     let key = check_upgrade(req.method == "GET", req.http11, req.headers).map_err(refuse)?;
-    let (who, permit) = admit(app, &gw, info, req).map_err(refuse)?;
+    let (who, permit) = admit(app, &gw, info, req, admission).map_err(refuse)?;
     let offered: Vec<&str> = offered_tokens(req.headers).collect();
     let asked = || match crate::route::route(&offered, route.mosaic_tokens(), true) {
         Route::Mosaic(_) => Asked::Mosaic,
@@ -76,6 +84,7 @@ pub(crate) async fn prepare_upgrade(
         app,
         route: &route,
         req,
+        meaning: &meaning,
         offered: &offered,
         key,
         accept: &tungstenite::handshake::derive_accept_key(key.as_bytes()),
@@ -115,6 +124,15 @@ pub(crate) async fn prepare_upgrade(
     }))
 }
 
+/// The refusal of a request the front's rules do not take (400).
+pub(crate) fn misread(m: Misread) -> Rejection {
+    let label = match m {
+        Misread::NoHost | Misread::TwoHosts | Misread::HostMismatch => Reason::BAD_HOST,
+        Misread::TargetForm | Misread::BadPath => Reason::BAD_TARGET,
+    };
+    Rejection::bad(m.reason(), label)
+}
+
 /// The refusal of an upgrade no route takes.
 fn no_route(e: NoRoute) -> Rejection {
     match e {
@@ -137,6 +155,7 @@ fn admit(
     gw: &Gateway,
     info: &ConnInfo,
     req: &Head<'_>,
+    admission: Admission,
 ) -> Result<(ForwardedClient, Permit), Rejection> {
     if app.is_draining() {
         return Err(Rejection::new(
@@ -146,26 +165,10 @@ fn admit(
         ));
     }
     let (client_ip, chain) = real_client(info.peer.ip(), req.headers, &gw.trusted);
-    let limits = &gw.config.limits;
-    let permit = app
-        .limits
-        .try_acquire(
-            client_ip,
-            limits.max_connections,
-            limits.max_connections_per_ip,
-        )
-        .map_err(|hit| match hit {
-            LimitHit::Global => Rejection::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "too many connections",
-                Reason::MAX_CONNECTIONS,
-            ),
-            LimitHit::PerIp => Rejection::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "too many connections from this address",
-                Reason::MAX_CONNECTIONS_PER_IP,
-            ),
-        })?;
+    let mut permit = admission.map_err(Rejection::from)?;
+    permit
+        .count_client(client_ip, gw.caps())
+        .map_err(Rejection::from)?;
     let who = ForwardedClient {
         addr: client_ip,
         forwarded_chain: chain,
@@ -180,6 +183,8 @@ struct UpgradeContext<'a> {
     app: &'a App,
     route: &'a RouteState,
     req: &'a Head<'a>,
+    /// What the request means: the host and target sent upstream.
+    meaning: &'a Settled<'a>,
     /// The subprotocols the client offered, in order.
     offered: &'a [&'a str],
     /// The client's `Sec-WebSocket-Key`, reused upstream so the accept keys match.
@@ -215,14 +220,18 @@ impl UpgradeContext<'_> {
 
     /// The request head for an upstream at `authority`.
     fn upstream_head(&self, protocols: &[&str], nostr: bool, authority: &str) -> Vec<u8> {
+        let host = match self.meaning.host {
+            Some(h) => HostLine::Client(h),
+            None => HostLine::Upstream(authority),
+        };
         upstream_request_head(
-            self.req.target.path_and_query(),
+            &self.meaning.upstream_target,
             self.req.headers,
             self.key,
             protocols,
             nostr,
             self.who,
-            authority,
+            host,
         )
     }
 }
@@ -349,8 +358,9 @@ impl UpgradeContext<'_> {
         })
     }
 
-    /// Tries up to `max_tries` healthy members of the pool, marking each that fails down;
-    /// `accept` judges an upstream's 101.
+    /// Tries up to `max_tries` healthy members of the pool ([`across_pool`]): each that
+    /// fails is marked down, a 4xx is passed on to the client; `accept` judges an
+    /// upstream's 101.
     async fn try_pool(
         &self,
         t: Tries<'_>,
@@ -361,52 +371,71 @@ impl UpgradeContext<'_> {
             return Err(no_healthy(t.what));
         }
         let metrics = &self.app.metrics;
-        let hash_key = affinity(pool.balance(), self.client_key, self.who.addr);
-        let mut tried: Vec<Arc<Backend>> = Vec::new();
-        for _ in 0..t.max_tries {
-            let Some(b) = pool.pick(&tried, hash_key.as_ref()) else {
-                break;
-            };
+        let tries = retry::Tries {
+            pool,
+            max_tries: t.max_tries,
+            client_key: self.client_key,
+            client_ip: self.who.addr,
+        };
+        let attempt = |b: Arc<Backend>| {
             let head = self.upstream_head(t.protocols, t.nostr, &b.url.authority());
-            let started = Instant::now();
-            let result = connect_and_upgrade(&b.url, b.tls.as_ref(), &head, self.accept, t.timeout)
-                .await
-                .and_then(&accept);
-            match result {
-                Ok(up) => {
-                    metrics
-                        .backend_connect_duration_seconds
-                        .with_label_values(&[pool.name])
-                        .observe(started.elapsed().as_secs_f64());
-                    return Ok((b, up));
-                }
-                Err(e) => {
-                    tracing::warn!(route = %pool.route, pool = pool.name, backend = %b.label, error = %e, "{} failed the upgrade", t.what);
-                    metrics
-                        .upstream_failures_total
-                        .with_label_values(&[pool.name, e.kind()])
-                        .inc();
-                    b.note_check(false, format!("client upgrade: {e}"));
-                    pool.mark_failed(&b);
-                    tried.push(b);
-                }
+            let accept = &accept;
+            async move {
+                let started = Instant::now();
+                let up = connect_and_upgrade(&b.url, b.tls.as_ref(), &head, self.accept, t.timeout)
+                    .await
+                    .and_then(accept)
+                    .map_err(blame)?;
+                metrics
+                    .backend_connect_duration_seconds
+                    .with_label_values(&[pool.name])
+                    .observe(started.elapsed().as_secs_f64());
+                Ok(up)
             }
-        }
-        Err(if tried.is_empty() {
-            no_healthy(t.what)
-        } else if t.nostr {
-            Rejection::new(
-                StatusCode::BAD_GATEWAY,
-                "nostr relay unavailable",
-                Reason::UPSTREAM_FAILED,
-            )
-        } else {
-            Rejection::new(
-                StatusCode::BAD_GATEWAY,
-                "no Mosaic backend accepted the upgrade",
-                Reason::UPSTREAM_FAILED,
-            )
-        })
+        };
+        let on_fault = |b: &Backend, e: &UpstreamError| {
+            tracing::warn!(route = %pool.route, pool = pool.name, backend = %b.label, error = %e, "{} failed the upgrade", t.what);
+            metrics
+                .upstream_failures_total
+                .with_label_values(&[pool.name, e.kind()])
+                .inc();
+            b.note_check(false, format!("client upgrade: {e}"));
+        };
+        across_pool(tries, attempt, on_fault)
+            .await
+            .map_err(|e| match e {
+                Exhausted::NoneHealthy => no_healthy(t.what),
+                Exhausted::Failed(_) => Rejection::new(
+                    StatusCode::BAD_GATEWAY,
+                    if t.nostr {
+                        "nostr relay unavailable"
+                    } else {
+                        "no Mosaic backend accepted the upgrade"
+                    },
+                    Reason::UPSTREAM_FAILED,
+                ),
+                Exhausted::Answered(e) => self.passed_on(pool, &e),
+            })
+    }
+
+    /// An upstream's refusal of this client's upgrade (a 4xx), passed on with its status;
+    /// counted in `upstream_failures_total{kind="refused"}` but not held against it.
+    fn passed_on(&self, pool: &Pool, e: &UpstreamError) -> Rejection {
+        tracing::debug!(route = %pool.route, pool = pool.name, error = %e, "upstream refused the client's upgrade: passed on");
+        self.app
+            .metrics
+            .upstream_failures_total
+            .with_label_values(&[pool.name, e.kind()])
+            .inc();
+        let status = match e {
+            UpstreamError::Refused(code) => StatusCode::from_u16(*code).ok(),
+            _ => None,
+        };
+        Rejection::new(
+            status.unwrap_or(StatusCode::BAD_GATEWAY),
+            "the upstream refused this upgrade",
+            Reason::UPSTREAM_REFUSED,
+        )
     }
 }
 

@@ -203,7 +203,7 @@ pub fn upgrade_route(data: &[u8]) {
         &offered,
         data.first() == Some(&b'G'),
         &who,
-        "backend.invalid:80",
+        handshake::HostLine::Upstream("backend.invalid:80"),
     );
     assert!(out.ends_with(b"\r\n\r\n"));
     let body = &out[..out.len() - 2];

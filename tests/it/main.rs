@@ -16,6 +16,7 @@ mod config_check;
 mod deploy_manifests;
 mod dev_servers;
 mod dev_stack;
+mod edge_rules;
 mod fuzz_regression;
 mod hardening;
 // Named like the crate: only here at the root does `mosaic_gateway` mean this module, so
