@@ -134,7 +134,7 @@ pub(crate) fn parse_head<'a>(
 }
 
 /// A request target: the common `/path?query` as sent, anything else as hyper parses it.
-pub(crate) enum Target<'a> {
+pub enum Target<'a> {
     /// An origin-form target of characters that need no checks beyond the scan in
     /// [`plain_origin`].
     Origin(&'a str),
@@ -144,7 +144,7 @@ pub(crate) enum Target<'a> {
 
 impl<'a> Target<'a> {
     /// `None` when `http` would not take the target as a URI.
-    pub(crate) fn parse(t: &'a str) -> Option<Target<'a>> {
+    pub fn parse(t: &'a str) -> Option<Target<'a>> {
         if plain_origin(t) {
             Some(Target::Origin(t))
         } else {
@@ -153,7 +153,7 @@ impl<'a> Target<'a> {
     }
 
     /// The authority of an absolute-form target.
-    pub(crate) fn authority(&self) -> Option<&str> {
+    pub fn authority(&self) -> Option<&str> {
         match self {
             Target::Origin(_) => None,
             Target::Uri(u) => u.authority().map(|a| a.as_str()),
@@ -161,7 +161,7 @@ impl<'a> Target<'a> {
     }
 
     /// The path, without the query.
-    pub(crate) fn path(&self) -> &str {
+    pub fn path(&self) -> &str {
         match self {
             Target::Origin(t) => t.split_once('?').map_or(t, |(p, _)| p),
             Target::Uri(u) => u.path(),
@@ -169,7 +169,7 @@ impl<'a> Target<'a> {
     }
 
     /// The query, without the `?`.
-    pub(crate) fn query(&self) -> Option<&str> {
+    pub fn query(&self) -> Option<&str> {
         match self {
             Target::Origin(t) => t.split_once('?').map(|(_, q)| q),
             Target::Uri(u) => u.query(),
@@ -192,7 +192,7 @@ fn plain_origin(t: &str) -> bool {
 /// Why a request's target or Host is refused (400): RFC 9112 3.2 and 3.2.2, and paths that
 /// would route one way here and another way at the relay.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Misread {
+pub enum Misread {
     /// HTTP/1.1 without `Host`.
     NoHost,
     /// More than one `Host` line.
@@ -207,7 +207,7 @@ pub(crate) enum Misread {
 
 impl Misread {
     /// The one-line reason sent with the 400.
-    pub(crate) fn reason(self) -> &'static str {
+    pub fn reason(self) -> &'static str {
         match self {
             Misread::NoHost => "HTTP/1.1 request without a Host header",
             Misread::TwoHosts => "more than one Host header",
@@ -222,21 +222,21 @@ impl Misread {
 /// are matched on, and the target sent upstream. Routing, limits and the upstream request
 /// all read this one result, so no two of them can read the request differently.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) struct Settled<'a> {
+pub struct Settled<'a> {
     /// The absolute-form target's authority, else the one `Host` (absent on HTTP/1.0
     /// without one).
-    pub(crate) host: Option<&'a str>,
+    pub host: Option<&'a str>,
     /// The normalised path ([`normalise_path`]); `/` for `OPTIONS *`.
-    pub(crate) path: Cow<'a, str>,
+    pub path: Cow<'a, str>,
     /// The target sent upstream: the normalised path and the query as sent (origin form).
-    pub(crate) upstream_target: Cow<'a, str>,
+    pub upstream_target: Cow<'a, str>,
     /// Header names with `_`: dropped towards every upstream (CGI-style servers read them
     /// as `-`, so `x_forwarded_for` would pass for `x-forwarded-for`).
-    pub(crate) underscored: usize,
+    pub underscored: usize,
 }
 
 /// Applies the front's request rules to a head, whichever parser read it.
-pub(crate) fn settle<'a>(
+pub fn settle<'a>(
     method: &str,
     http11: bool,
     target: &'a Target<'_>,
@@ -305,7 +305,7 @@ fn settled<'a>(
 /// segments removed (RFC 3986 5.2.4), runs of `/` merged. Escapes of `/`, `\` and NUL are
 /// refused: a relay that decodes them would see other segments than the route did. A path
 /// that needs none of this (the usual case) is returned as it is, without a copy.
-pub(crate) fn normalise_path(path: &str) -> Result<Cow<'_, str>, Misread> {
+pub fn normalise_path(path: &str) -> Result<Cow<'_, str>, Misread> {
     let b = path.as_bytes();
     let clean = b.first() == Some(&b'/')
         && !b.iter().any(|&c| c == b'%' || c == b'\\')

@@ -18,12 +18,14 @@ use mosaic_gateway::relay::mosaic::{self, Direction, HeadVerdict, QueryEvent, Va
 use mosaic_gateway::relay::tracker::{
     Admit, Gate, Limited, MosaicRules, Tracker, HEAD_BYTES, HEAD_REST,
 };
+use mosaic_gateway::request_head::{normalise_path, settle, Misread, Target};
 use mosaic_gateway::route::{self, Route};
 use mosaic_gateway::route_table::{HostPattern, RouteTable};
 
 /// The names of every target, as used for `fuzz/corpus/<name>/` and the fuzz binaries.
-pub const TARGETS: [&str; 6] = [
+pub const TARGETS: [&str; 7] = [
     "upgrade_route",
+    "request_rules",
     "features",
     "frame_tracker",
     "mosaic_head",
@@ -35,6 +37,7 @@ pub const TARGETS: [&str; 6] = [
 pub fn run(name: &str, data: &[u8]) -> bool {
     match name {
         "upgrade_route" => upgrade_route(data),
+        "request_rules" => request_rules(data),
         "features" => features(data),
         "frame_tracker" => frame_tracker(data),
         "mosaic_head" => mosaic_head(data),
@@ -274,6 +277,83 @@ fn route_by_host(req: &Request<()>, pattern: &[u8]) {
         );
         assert_eq!(HostPattern::parse(&text).as_ref(), Ok(&p), "{text}");
     }
+}
+
+/// Target `request_rules`: the front's request rules (RFC 9112 Host and target forms, the
+/// normalised path) on a request line and `Name: value` lines, as either parser would hand
+/// them over, and the route table's choice on the result.
+pub fn request_rules(data: &[u8]) {
+    let (line, rest) = split_once(data, b"\n");
+    let line = String::from_utf8_lossy(line);
+    let mut words = line.split(' ');
+    let method = words.next().unwrap_or("GET");
+    let raw_target = words.next().unwrap_or("/");
+    let http11 = words.next() != Some("HTTP/1.0");
+    let mut headers = HeaderMap::new();
+    header_lines(rest, &mut headers);
+    // The path rules alone, on any text.
+    if let Ok(p) = normalise_path(raw_target) {
+        assert_normalised(&p);
+    }
+    let Some(target) = Target::parse(raw_target) else {
+        return;
+    };
+    let hosts = headers.get_all(hyper::header::HOST).iter().count();
+    match settle(method, http11, &target, &headers) {
+        Ok(s) => {
+            assert!(hosts <= 1, "{hosts} Host lines accepted");
+            assert!(!(http11 && s.host.is_none()), "HTTP/1.1 without a host");
+            assert_normalised(&s.path);
+            if s.upstream_target != "*" {
+                assert!(
+                    s.upstream_target.starts_with(&*s.path),
+                    "{}",
+                    s.upstream_target
+                );
+                let rest = &s.upstream_target[s.path.len()..];
+                assert!(
+                    rest.is_empty() || rest.starts_with('?'),
+                    "{}",
+                    s.upstream_target
+                );
+            } else {
+                assert_eq!(method, "OPTIONS");
+            }
+            let underscored = headers.keys().filter(|n| n.as_str().contains('_')).count();
+            assert!(s.underscored >= underscored);
+            let owned: Vec<(Vec<String>, Option<String>)> = vec![
+                (vec!["relay.example.com".into()], Some("/inbox".into())),
+                (Vec::new(), Some("/paid".into())),
+            ];
+            let table = RouteTable::new(owned.iter().map(|(h, p)| (h.as_slice(), p.as_deref())));
+            // The route is the one the relay's own reading of the path would pick.
+            let again = normalise_path(&s.path).map(|p| p.into_owned());
+            assert_eq!(
+                table.lookup(s.host, &s.path),
+                table.lookup(s.host, again.as_deref().unwrap_or("")),
+            );
+        }
+        Err(Misread::TwoHosts) => assert!(hosts > 1),
+        Err(Misread::NoHost) => assert!(http11 && hosts == 0),
+        Err(Misread::HostMismatch) => assert!(target.authority().is_some() && hosts == 1),
+        Err(m) => assert!(!m.reason().is_empty()),
+    }
+}
+
+/// A normalised path: absolute, no empty, `.` or `..` segment, no escape of `/`, `\\` or
+/// NUL, unchanged by normalising it again.
+fn assert_normalised(p: &str) {
+    assert!(p.starts_with('/'), "{p}");
+    assert!(!p.contains("//"), "{p}");
+    for seg in p.split('/') {
+        assert!(seg != "." && seg != "..", "{p}");
+    }
+    let upper = p.to_ascii_uppercase();
+    for bad in ["%2F", "%5C", "%00"] {
+        assert!(!upper.contains(bad), "{p}");
+    }
+    let again = normalise_path(p).map(|c| c.into_owned());
+    assert_eq!(again.as_deref(), Ok(p), "normalising {p} again changed it");
 }
 
 /// Target `features`: `X-Mosaic-Features` lists (lines starting `c` are client header lines,

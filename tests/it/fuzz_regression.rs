@@ -60,6 +60,11 @@ fn upgrade_route() {
 }
 
 #[test]
+fn request_rules() {
+    replay("request_rules");
+}
+
+#[test]
 fn features() {
     replay("features");
 }

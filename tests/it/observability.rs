@@ -142,9 +142,12 @@ fn expected_zero_series() -> Vec<(String, Labels)> {
         "no_route",
         "no_healthy_backend",
         "upstream_failed",
+        "upstream_refused",
         "upstream_bad_protocol",
         "bad_proxy_header",
         "head_too_large",
+        "bad_host",
+        "bad_target",
         "malformed_request",
         "route_max_connections",
         "unknown_route",
@@ -188,6 +191,7 @@ fn expected_zero_series() -> Vec<(String, Labels)> {
             add("upstream_failures_total", &[("pool", pool), ("kind", kind)]);
         }
     }
+    add("headers_dropped_total", &[("reason", "underscore")]);
     add("draining", &[]);
     out
 }
