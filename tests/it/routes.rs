@@ -663,6 +663,22 @@ async fn a_host_naming_another_route_than_the_sni_is_421_over_tls() {
     )
     .await;
     assert!(resp.starts_with("HTTP/1.1 421"), "{resp}");
+    // An absolute-form target names the host: its authority is what the 421 check reads,
+    // and a Host line that contradicts it is refused outright.
+    let mut s = tls("alpha.example.org").await;
+    let resp = exchange(
+        &mut s,
+        "GET https://beta.example.org/ HTTP/1.1\r\nHost: beta.example.org\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 421"), "{resp}");
+    let mut s = tls("alpha.example.org").await;
+    let resp = exchange(
+        &mut s,
+        "GET https://beta.example.org/ HTTP/1.1\r\nHost: alpha.example.org\r\nAccept: application/nostr+json\r\n\r\n",
+    )
+    .await;
+    assert!(resp.starts_with("HTTP/1.1 400"), "{resp}");
     // A host no route takes is not the SNI's route either.
     let mut s = tls("beta.example.org").await;
     let resp = exchange(&mut s, &plain("elsewhere.example.org")).await;
@@ -679,7 +695,7 @@ async fn a_host_naming_another_route_than_the_sni_is_421_over_tls() {
             &text,
             "mosaic_gateway_handshake_rejections_total{reason=\"misdirected\",route=\"\"}"
         ),
-        1.0,
+        2.0,
         "{text}"
     );
     gw.shutdown().await;
