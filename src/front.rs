@@ -196,9 +196,11 @@ async fn http_passthrough(app: Arc<App>, info: ConnInfo, req: Request<Incoming>)
         tls: info.tls,
         client_key: info.client_key.as_ref().map(crate::keys::user_key_string),
     };
+    let (target, prefix) = route.upstream_target(&meaning.upstream_target);
     let outgoing = Outgoing {
         host: meaning.host.map(str::to_string),
-        target: meaning.upstream_target.into_owned(),
+        target: target.into_owned(),
+        prefix: prefix.map(str::to_string),
         who,
     };
     let response = forward(&nostr.pool, &nostr.config, outgoing, req).await;
@@ -209,8 +211,10 @@ async fn http_passthrough(app: Arc<App>, info: ConnInfo, req: Request<Incoming>)
 struct Outgoing {
     /// The host the client named (sent as `Host` and `X-Forwarded-Host`).
     host: Option<String>,
-    /// The normalised target, in origin form.
+    /// The normalised target, in origin form (without a stripped prefix).
     target: String,
+    /// The prefix `strip_prefix` removed (sent as `X-Forwarded-Prefix`).
+    prefix: Option<String>,
     who: ForwardedClient,
 }
 
@@ -234,6 +238,9 @@ fn rewrite(req: &mut Request<Incoming>, out: &Outgoing, authority: &str) {
     h.insert(hyper::header::HOST, header_value(host));
     if let Some(client_host) = &out.host {
         h.insert("x-forwarded-host", header_value(client_host));
+    }
+    if let Some(prefix) = &out.prefix {
+        h.insert("x-forwarded-prefix", header_value(prefix));
     }
     let who = &out.who;
     h.insert("x-forwarded-for", header_value(&who.forwarded_for()));

@@ -290,29 +290,43 @@ pub enum HostLine<'a> {
     Upstream(&'a str),
 }
 
+/// Where an upstream request goes: its target (origin form), its `Host`, and the path
+/// prefix a route stripped from the target.
+#[derive(Debug, Clone, Copy)]
+pub struct Destination<'a> {
+    /// The path and query sent.
+    pub target: &'a str,
+    /// The `Host` line.
+    pub host: HostLine<'a>,
+    /// Removed by `strip_prefix`: sent as `X-Forwarded-Prefix`.
+    pub prefix: Option<&'a str>,
+}
+
 /// Serializes the upstream upgrade request head.
 ///
 /// `protocols` is what the upstream is offered; `extensions` is passed only on nostr
 /// connections (Mosaic frames must stay inspectable).
 pub fn upstream_request_head(
-    target: &str,
+    to: &Destination<'_>,
     client_headers: &(impl Fields + ?Sized),
     key: &str,
     protocols: &[impl AsRef<str>],
     pass_extensions: bool,
     who: &ForwardedClient,
-    host: HostLine<'_>,
 ) -> Vec<u8> {
     let mut out = Vec::with_capacity(512);
     out.extend_from_slice(b"GET ");
-    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(to.target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    match host {
+    match to.host {
         HostLine::Client(h) => {
             push_header(&mut out, b"Host", h.as_bytes());
             push_header(&mut out, b"X-Forwarded-Host", h.as_bytes());
         }
         HostLine::Upstream(h) => push_header(&mut out, b"Host", h.as_bytes()),
+    }
+    if let Some(p) = to.prefix {
+        push_header(&mut out, b"X-Forwarded-Prefix", p.as_bytes());
     }
     let filter = UpstreamFilter::new(client_headers, false);
     for (name, value) in client_headers.lines() {
@@ -478,14 +492,18 @@ mod tests {
             tls: false,
             client_key: None,
         };
+        let to = Destination {
+            target: "/",
+            host: HostLine::Upstream("x"),
+            prefix: None,
+        };
         let head = upstream_request_head(
-            "/",
+            &to,
             &h,
             "dGhlIHNhbXBsZSBub25jZQ==",
             &s(&["mosaic2024"]),
             false,
             &who,
-            HostLine::Upstream("x"),
         );
         let text = String::from_utf8(head).unwrap();
         assert!(!text.contains("forged"));

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::gateway::App;
-use crate::handshake::{upstream_request_head, ForwardedClient, HostLine};
+use crate::handshake::{upstream_request_head, Destination, ForwardedClient, HostLine};
 use crate::pool::{Backend, Pool};
 use crate::relay::frame::encode_close;
 use crate::routes::{HealthTarget, Probe};
@@ -125,15 +125,13 @@ pub async fn check(
         hyper::header::HeaderValue::from_static("mosaic-gateway-health-check"),
     );
     let protocols: Vec<String> = token.iter().map(|t| t.to_string()).collect();
-    let head = upstream_request_head(
-        &b.url.path,
-        &headers,
-        &key,
-        &protocols,
-        false,
-        &who,
-        HostLine::Upstream(&b.url.authority()),
-    );
+    let authority = b.url.authority();
+    let to = Destination {
+        target: &b.url.path,
+        host: HostLine::Upstream(&authority),
+        prefix: None,
+    };
+    let head = upstream_request_head(&to, &headers, &key, &protocols, false, &who);
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let up = connect_and_upgrade(&b.url, b.tls.as_ref(), &head, &accept, timeout).await?;
     let ok = if token.is_none_or(|t| up.selected(t)) {

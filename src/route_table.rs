@@ -121,6 +121,18 @@ impl PathPrefix {
         &self.0
     }
 
+    /// `target` (a path this prefix matches, and its query) without the prefix: `/inbox/x?q`
+    /// is `/x?q` and `/inbox` is `/` under `/inbox` or `/inbox/`.
+    pub fn strip<'a>(&self, target: &'a str) -> std::borrow::Cow<'a, str> {
+        let p = self.0.trim_end_matches('/');
+        let rest = target.get(p.len()..).unwrap_or("");
+        if rest.starts_with('/') {
+            std::borrow::Cow::Borrowed(rest)
+        } else {
+            std::borrow::Cow::Owned(format!("/{rest}"))
+        }
+    }
+
     /// Whether `path` (without its query) is this prefix or below it.
     pub fn matches(&self, path: &str) -> bool {
         let p = &self.0;
@@ -226,6 +238,21 @@ pub(crate) fn bare_host(host: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_stripped_prefix_leaves_an_absolute_path() {
+        for (prefix, target, want) in [
+            ("/inbox", "/inbox", "/"),
+            ("/inbox", "/inbox/x?q=1", "/x?q=1"),
+            ("/inbox", "/inbox?q", "/?q"),
+            ("/inbox/", "/inbox/x", "/x"),
+            ("/inbox/", "/inbox/", "/"),
+            ("/", "/x", "/x"),
+        ] {
+            let p = PathPrefix::parse(prefix).unwrap();
+            assert_eq!(p.strip(target), want, "{prefix} {target}");
+        }
+    }
 
     fn table(routes: &[(&[&str], Option<&str>)]) -> RouteTable {
         let owned: Vec<(Vec<String>, Option<String>)> = routes

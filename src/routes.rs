@@ -8,6 +8,7 @@
 //! connections, and its connection count carries on. The pools of a route that goes away
 //! drain like removed backends: its open connections keep running, nothing new reaches it.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -17,7 +18,7 @@ use crate::config::{
 use crate::metrics::{Metrics, ProtocolMetrics};
 use crate::pool::Pool;
 use crate::rate_limit::{Policy, Tables};
-use crate::route_table::{RouteTable, RESERVED_NAME};
+use crate::route_table::{PathPrefix, RouteTable, RESERVED_NAME};
 
 /// A route's Mosaic side: its settings and pools.
 pub struct MosaicSide {
@@ -67,6 +68,8 @@ pub struct RouteState {
     open: Arc<AtomicUsize>,
     /// The route's own rate limits (`routes[i].rate_limits`), instead of the global ones.
     pub(crate) rate: Option<RouteRate>,
+    /// The prefix removed from paths sent upstream (`strip_prefix`).
+    strip: Option<PathPrefix>,
 }
 
 /// A route's own rate limits and their buckets; the buckets outlive reloads that keep
@@ -77,6 +80,15 @@ pub(crate) struct RouteRate {
 }
 
 impl RouteState {
+    /// The target sent upstream for `target`, and the prefix removed from it (sent as
+    /// `X-Forwarded-Prefix`), on a route with `strip_prefix`.
+    pub(crate) fn upstream_target<'a>(&self, target: &'a str) -> (Cow<'a, str>, Option<&str>) {
+        match &self.strip {
+            Some(p) if target != "*" => (p.strip(target), Some(p.as_str().trim_end_matches('/'))),
+            _ => (Cow::Borrowed(target), None),
+        }
+    }
+
     /// The connection and traffic series of `nostr` (else Mosaic) connections.
     pub(crate) fn series(&self, nostr: bool) -> &ProtocolMetrics {
         &self.series[usize::from(nostr)]
@@ -185,6 +197,7 @@ impl Routes {
                 nostr,
                 max_connections: None,
                 rate_limits: None,
+                strip: None,
             };
             Arc::new(spec.build(find(RESERVED_NAME).as_deref(), metrics))
         });
@@ -198,6 +211,11 @@ impl Routes {
                     nostr: r.nostr.as_ref().filter(|n| n.serves()),
                     max_connections: r.limits.max_connections,
                     rate_limits: r.rate_limits.as_ref(),
+                    strip: r
+                        .path_prefix
+                        .as_deref()
+                        .filter(|_| r.strip_prefix)
+                        .and_then(|p| PathPrefix::parse(p).ok()),
                 };
                 Arc::new(spec.build(find(&r.name).as_deref(), metrics))
             })
@@ -315,6 +333,7 @@ struct Spec<'a> {
     nostr: Option<&'a NostrConfig>,
     max_connections: Option<usize>,
     rate_limits: Option<&'a RateLimitsConfig>,
+    strip: Option<PathPrefix>,
 }
 
 impl Spec<'_> {
@@ -359,6 +378,7 @@ impl Spec<'_> {
             ),
         });
         RouteState {
+            strip: self.strip,
             rate,
             series: [
                 metrics.protocol_series(&name, "mosaic"),

@@ -19,7 +19,7 @@ use crate::fields::Fields;
 use crate::gateway::{App, ConnInfo, Gateway};
 use crate::handshake::{
     check_upgrade, feature_list, negotiate_features, offered_tokens, upstream_request_head,
-    ForwardedClient, HostLine, X_MOSAIC_FEATURES,
+    Destination, ForwardedClient, HostLine, X_MOSAIC_FEATURES,
 };
 use crate::pool::{Backend, BackendGuard, Pool};
 use crate::rate_limit::{Asked, Refused};
@@ -224,15 +224,13 @@ impl UpgradeContext<'_> {
             Some(h) => HostLine::Client(h),
             None => HostLine::Upstream(authority),
         };
-        upstream_request_head(
-            &self.meaning.upstream_target,
-            self.req.headers,
-            self.key,
-            protocols,
-            nostr,
-            self.who,
+        let (target, prefix) = self.route.upstream_target(&self.meaning.upstream_target);
+        let to = Destination {
+            target: &target,
             host,
-        )
+            prefix,
+        };
+        upstream_request_head(&to, self.req.headers, self.key, protocols, nostr, self.who)
     }
 }
 

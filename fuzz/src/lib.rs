@@ -199,14 +199,18 @@ pub fn upgrade_route(data: &[u8]) {
         .path_and_query()
         .map(|p| p.as_str())
         .unwrap_or("/");
+    let to = handshake::Destination {
+        target: path,
+        host: handshake::HostLine::Upstream("backend.invalid:80"),
+        prefix: None,
+    };
     let out = handshake::upstream_request_head(
-        path,
+        &to,
         headers,
         "dGhlIHNhbXBsZSBub25jZQ==",
         &offered,
         data.first() == Some(&b'G'),
         &who,
-        handshake::HostLine::Upstream("backend.invalid:80"),
     );
     assert!(out.ends_with(b"\r\n\r\n"));
     let body = &out[..out.len() - 2];

@@ -22,6 +22,10 @@ pub struct RouteConfig {
     /// `/inbox/…`, not `/inboxes`).
     #[serde(default)]
     pub path_prefix: Option<String>,
+    /// Remove `path_prefix` from the path sent upstream (sent as `X-Forwarded-Prefix`), for a
+    /// relay that expects to live at `/`.
+    #[serde(default)]
+    pub strip_prefix: bool,
     /// The route's nostr relay or relays.
     #[serde(default)]
     pub nostr: Option<NostrConfig>,
@@ -121,6 +125,9 @@ pub(super) fn validate(routes: &[RouteConfig], errs: &mut Vec<String>) {
             None => None,
         };
         let prefix_text = prefix.as_ref().map_or("", |p| p.as_str()).to_string();
+        if r.strip_prefix && r.path_prefix.is_none() {
+            errs.push(format!("{key}.strip_prefix: needs a path_prefix to strip"));
+        }
         if r.hosts.is_empty() && r.path_prefix.is_none() {
             errs.push(format!(
                 "{key}.hosts: give hosts or a path_prefix (this route would match nothing; the top-level mosaic/nostr sections are the default route)"

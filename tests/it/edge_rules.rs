@@ -344,3 +344,48 @@ async fn held_plain_connections_count_against_the_per_address_limit() {
     let (_again, status) = held_plain_connection(gw.public_addr).await;
     assert_eq!(status, 200);
 }
+
+// ---------- a relay under a path prefix ----------
+
+#[tokio::test]
+async fn a_route_that_strips_its_prefix_hands_the_relay_root_paths_and_says_what_it_removed() {
+    let inbox = Recorder::start(Answer::Serve).await;
+    let main = Recorder::start(Answer::Serve).await;
+    let gw = gateway(&format!(
+        "{UNUSED_MOSAIC}nostr:\n  upstream: ws://{}\nroutes:\n  - name: inbox\n    hosts: [r.test]\n    path_prefix: /inbox\n    strip_prefix: true\n    nostr:\n      upstream: ws://{}\n",
+        main.addr(),
+        inbox.addr()
+    ))
+    .await;
+    let answer = raw_http(gw.public_addr, &upgrade("/inbox", "Host: r.test\r\n")).await;
+    assert_eq!(status_of(&answer), 101, "{answer}");
+    let answer = raw_http(
+        gw.public_addr,
+        &upgrade("/inbox/sub?x=1", "Host: r.test\r\n"),
+    )
+    .await;
+    assert_eq!(status_of(&answer), 101, "{answer}");
+    let plain = raw_http(
+        gw.public_addr,
+        "GET /inbox/.well-known/nostr.json HTTP/1.1\r\nHost: r.test\r\nX-Forwarded-Prefix: /evil\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status_of(&plain), 200, "{plain}");
+    let seen = inbox.seen();
+    let targets: Vec<&str> = seen.iter().map(|s| s.target.as_str()).collect();
+    assert_eq!(targets, ["/", "/sub?x=1", "/.well-known/nostr.json"]);
+    for s in &seen {
+        assert_eq!(
+            s.values("x-forwarded-prefix"),
+            ["/inbox"],
+            "{:?}",
+            s.headers
+        );
+        assert_eq!(s.values("x-forwarded-host"), ["r.test"]);
+    }
+    // The default route keeps its paths as they are.
+    let answer = raw_http(gw.public_addr, &upgrade("/other", "Host: r.test\r\n")).await;
+    assert_eq!(status_of(&answer), 101, "{answer}");
+    assert_eq!(main.only().target, "/other");
+    assert!(!main.only().has("x-forwarded-prefix"));
+}

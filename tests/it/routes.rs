@@ -983,6 +983,7 @@ fn check_config_names_the_key_of_every_route_mistake() {
     mosaic: { backends: [], health_check: { kind: nip11 } }
   - name: twice
     hosts: [a.example.org]
+    strip_prefix: true
     nostr: { upstreams: [ { url: ws://127.0.0.1:1 } ], upstream: ws://127.0.0.1:2, max_tries: 0 }
     limits: { max_connections: 0 }
   - name: bad name!
@@ -1017,6 +1018,7 @@ fn check_config_names_the_key_of_every_route_mistake() {
         "routes[4].nostr.upstreams: give either nostr.upstream (one relay) or nostr.upstreams, not both",
         "routes[4].nostr.max_tries: must be at least 1",
         "routes[4].limits.max_connections: must be at least 1",
+        "routes[4].strip_prefix: needs a path_prefix to strip",
         "routes[5].name: `bad name!` must be 1 to 64 letters",
         "routes[5].nostr.upstreams[0].url: wss:// relays are not supported yet",
         "routes[5].nostr.health_check.interval: must be more than 0",
