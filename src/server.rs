@@ -343,10 +343,17 @@ mod budget {
 
     #[test]
     fn a_connection_task_fits_the_allocator_bin_it_was_measured_in() {
-        // The task cell is this future plus tokio's 128 bytes; at most 1,152 bytes lands in
-        // mimalloc's 1,280-byte bin, one byte more costs 1,536 (README, memory). The bound
-        // holds for the release build the bench measures and for the test build.
+        // tokio's task cell adds 104 bytes (header, scheduler, trailer) and rounds up to its
+        // 128-byte alignment: up to 1,048 bytes here the cell is 1,152 bytes, mimalloc's
+        // 1,280-byte bin; past that it is 1,280 bytes and takes 1,536 (README, memory). The
+        // release build (what runs, and what the bench measures) lays it out in 1,032 bytes
+        // (the relay's part is 1,024), the unoptimised test build in 1,048: each profile
+        // checks its own measured size, so growth in either fails.
+        let bound = if cfg!(debug_assertions) { 1048 } else { 1032 };
         let size = returned_size(super::connection as fn(_, _, _, _) -> _);
-        assert!(size <= 1024, "the connection's future is {size} bytes");
+        assert!(
+            size <= bound,
+            "the connection's future is {size} bytes (at most {bound})"
+        );
     }
 }
