@@ -1,6 +1,6 @@
 //! Peers that cost the gateway without using it: a flood of garbage TLS handshakes (the log
-//! stays short, the metric counts every one) and a client that stops reading while its
-//! backend pushes (cut after `limits.write_timeout`).
+//! stays short, the metric counts every one), and a client, or an upstream, that stops
+//! reading while the other side sends (cut after `limits.write_timeout`).
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -170,4 +170,82 @@ async fn a_client_that_stops_reading_but_trickles_pings_is_cut_after_the_write_t
         backend_close.lock().unwrap().contains(&1001)
     })
     .await;
+}
+
+/// A Mosaic backend that completes the upgrade and then never reads again.
+async fn deaf_backend() -> std::net::SocketAddr {
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+    let l = tokio::net::TcpListener::bind(any_port()).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                #[allow(clippy::result_large_err)] // tungstenite's callback signature
+                let cb = |_: &Request, mut r: Response| {
+                    r.headers_mut()
+                        .insert("sec-websocket-protocol", "mosaic2024".parse().unwrap());
+                    Ok(r)
+                };
+                if let Ok(ws) = tokio_tungstenite::accept_hdr_async(s, cb).await {
+                    // Held, never polled: nothing more is read from the socket.
+                    tokio::time::sleep(Duration::from_secs(120)).await;
+                    drop(ws);
+                }
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn an_upstream_that_stops_reading_is_cut_and_its_client_hears_1001() {
+    let backend = deaf_backend().await;
+    let gw = gateway(&format!(
+        "mosaic:\n  backends:\n    - url: ws://{backend}\n  health_check: {{ interval: 60s }}\nlimits:\n  write_timeout: 1s\n"
+    ))
+    .await;
+    let (mut tx, mut rx) = mosaic_client(gw.public_addr).await.split();
+    // The client submits as fast as the gateway takes it; the backend takes nothing.
+    let pusher = tokio::spawn(async move {
+        let submission = wire::submission(&[5u8; 30_000]);
+        while tx
+            .send(Message::Binary(submission.clone().into()))
+            .await
+            .is_ok()
+        {}
+    });
+    let code = tokio::time::timeout(3 * T, async {
+        loop {
+            match rx.next().await {
+                Some(Ok(Message::Close(c))) => return c.map(|c| u16::from(c.code)),
+                Some(Ok(_)) => continue,
+                other => panic!("the stream ended without a close frame: {other:?}"),
+            }
+        }
+    })
+    .await
+    .expect("an upstream that reads nothing still held the client");
+    assert_eq!(code, Some(1001));
+    pusher.abort();
+    // Counted when the connection ends, after the close linger.
+    let start = Instant::now();
+    loop {
+        let text = admin_get(gw.admin_addr, "/metrics").await.1;
+        if metric(
+            &text,
+            "mosaic_gateway_write_timeouts_total{side=\"upstream\"}",
+        ) == 1.0
+        {
+            assert_eq!(
+                metric(
+                    &text,
+                    "mosaic_gateway_write_timeouts_total{side=\"client\"}"
+                ),
+                0.0
+            );
+            break;
+        }
+        assert!(start.elapsed() < T, "the cut was not counted");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
