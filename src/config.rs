@@ -391,7 +391,7 @@ pub struct LimitsConfig {
     /// Proxied connections with no traffic this long are closed with 1001.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: DurationStr,
-    /// A relayed connection whose write to either side makes no progress this long is
+    /// A relayed connection whose write to either side does not finish this long is
     /// closed (nginx's `send_timeout`): a peer that stops reading cannot hold its buffers.
     #[serde(default = "default_write_timeout")]
     pub write_timeout: DurationStr,
