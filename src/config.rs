@@ -391,6 +391,10 @@ pub struct LimitsConfig {
     /// Proxied connections with no traffic this long are closed with 1001.
     #[serde(default = "default_idle_timeout")]
     pub idle_timeout: DurationStr,
+    /// A relayed connection whose write to either side does not finish this long is
+    /// closed (nginx's `send_timeout`): a peer that stops reading cannot hold its buffers.
+    #[serde(default = "default_write_timeout")]
+    pub write_timeout: DurationStr,
     /// Largest upgrade request head (request line and headers), in bytes.
     #[serde(default = "default_max_header")]
     pub max_request_header_bytes: usize,
@@ -403,6 +407,7 @@ impl Default for LimitsConfig {
             max_connections_per_ip: default_max_conn_ip(),
             handshake_timeout: default_handshake_timeout(),
             idle_timeout: default_idle_timeout(),
+            write_timeout: default_write_timeout(),
             max_request_header_bytes: default_max_header(),
         }
     }
@@ -420,6 +425,12 @@ fn default_handshake_timeout() -> DurationStr {
 fn default_idle_timeout() -> DurationStr {
     DurationStr::from_secs(600)
 }
+fn default_write_timeout() -> DurationStr {
+    DurationStr::from_secs(60)
+}
+/// The longest `limits.write_timeout`: the relay keeps write stalls as 32-bit millisecond
+/// marks.
+pub const MAX_WRITE_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 fn default_max_header() -> usize {
     16 * 1024
 }
@@ -953,6 +964,10 @@ impl LimitsConfig {
         }
         positive(errs, "limits.handshake_timeout", self.handshake_timeout);
         positive(errs, "limits.idle_timeout", self.idle_timeout);
+        positive(errs, "limits.write_timeout", self.write_timeout);
+        if self.write_timeout.0 > MAX_WRITE_TIMEOUT {
+            errs.push("limits.write_timeout: must be at most 24h".into());
+        }
         if self.max_request_header_bytes < 1024 {
             errs.push("limits.max_request_header_bytes: must be at least 1024".into());
         }

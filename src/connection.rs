@@ -209,6 +209,11 @@ impl Open {
                 .with_label_values(&[&code.to_string()])
                 .inc();
         }
+        if let Some(side) = report.stalled {
+            m.write_timeouts_total
+                .with_label_values(&[side.label()])
+                .inc();
+        }
         // Last, so a scrape that sees the connection gone also sees its counters.
         drop(self.active);
         tracing::info!(
@@ -221,6 +226,7 @@ impl Open {
             close_code = report.gateway_close_code.map(i64::from).unwrap_or(-1),
             closed_by = report.closer.map(|c| c.label()).unwrap_or("gateway"),
             violation = report.violation.map(|(v, _)| v.label()).unwrap_or(""),
+            stopped_reading = report.stalled.map(|s| s.label()).unwrap_or(""),
             duration_ms = report.duration.as_millis() as u64,
             bytes_up = report.bytes_up,
             bytes_down = report.bytes_down,
@@ -273,6 +279,11 @@ pub(crate) fn run_connection(
         "connection opened"
     );
     let signal = app.relayed.register();
+    // Built here, not in the relay's future: the timeout it keeps needs no copy there.
+    let shared = Shared::new(
+        limits.is_some(),
+        app.gateway().config.limits.write_timeout.0,
+    );
     let (mut up, mut up_left) = upstream.into_parts();
     let open = Open {
         app,
@@ -293,7 +304,6 @@ pub(crate) fn run_connection(
             drain: &open.signal,
             fold: &fold,
         };
-        let shared = Shared::new(limits.is_some());
         let limits = limits.as_deref_mut();
         let upstream = (&mut up, &mut up_left);
         let leftover = &mut client_leftover;

@@ -169,7 +169,7 @@ fn acme_settings(a: &AcmeConfig) -> AcmeSettings {
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     /// `tls.key_file` could not be loaded (the message names the file).
-    #[error(transparent)]
+    #[error("tls.key_file: {0}")]
     Key(#[from] KeyError),
     /// The TLS terminator could not be set up.
     #[error("tls: {0}")]
@@ -198,6 +198,9 @@ pub enum NotReady {
     },
 }
 
+/// At most one info line per this for failed TLS handshakes; the others go to debug.
+const TLS_FAILURE_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Process-wide state shared by the listeners, the admin endpoints and shutdown.
 pub struct App {
     current: RwLock<Arc<Gateway>>,
@@ -214,6 +217,8 @@ pub struct App {
     pub(crate) next_id: AtomicU64,
     /// The rate limiters' buckets shared between connections (kept across reloads).
     pub(crate) rate_tables: crate::rate_limit::Tables,
+    /// Failed TLS handshakes' log lines (anyone can cause them; the metric counts all).
+    pub(crate) tls_failure_log: crate::logging::LogBudget,
 }
 
 impl App {
@@ -230,6 +235,7 @@ impl App {
             listening: AtomicBool::new(false),
             relayed: Relayed::default(),
             next_id: AtomicU64::new(1),
+            tls_failure_log: crate::logging::LogBudget::new(TLS_FAILURE_LOG_EVERY),
         })
     }
 

@@ -1,11 +1,12 @@
 //! Ed25519 key handling for the gateway: the human encodings of Mosaic keys
 //! (`mosrv0…` / `mopub0…`, z-base-32 of the 32 key bytes), loading the server's
-//! master secret key from a PKCS#8 PEM file, and `keygen`.
+//! master secret key from a PKCS#8 PEM file, `keygen`, and the one permission rule every
+//! private key file the gateway reads must pass ([`check_private`]).
 
 use std::fmt;
 use std::fs;
 use std::io::{self, Write};
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
@@ -173,8 +174,8 @@ pub enum KeyError {
     Missing(PathBuf),
     /// The file exists but could not be read (permissions, I/O error).
     Unreadable(PathBuf, io::Error),
-    /// Others may read the file (mode & 0o004).
-    WorldReadable(PathBuf, u32),
+    /// Someone besides the gateway's user may read or change the file ([`check_private`]).
+    Exposed(ExposedKey),
     /// The file is not a PEM document.
     NotPem(PathBuf),
     /// The file holds a key of another kind (RSA, EC, X25519, encrypted, ...).
@@ -194,13 +195,7 @@ impl fmt::Display for KeyError {
         match self {
             KeyError::Missing(p) => write!(f, "key file {}: no such file", p.display()),
             KeyError::Unreadable(p, e) => write!(f, "key file {}: cannot read: {e}", p.display()),
-            KeyError::WorldReadable(p, mode) => write!(
-                f,
-                "key file {}: readable by everyone (mode {:o}); run `chmod 600 {}`",
-                p.display(),
-                mode & 0o7777,
-                p.display()
-            ),
+            KeyError::Exposed(e) => write!(f, "key file {e}"),
             KeyError::NotPem(p) => write!(
                 f,
                 "key file {}: not a PEM file (expected an ed25519 PKCS#8 \"PRIVATE KEY\")",
@@ -249,7 +244,7 @@ fn algorithm_name(oid: &ObjectIdentifier) -> String {
 }
 
 /// Loads the ed25519 secret key from a PKCS#8 PEM file (v1 as written by
-/// `openssl genpkey -algorithm ed25519`, or v2); refuses world-readable files.
+/// `openssl genpkey -algorithm ed25519`, or v2); refuses a file [`check_private`] refuses.
 pub fn load_signing_key(path: impl AsRef<Path>) -> Result<SigningKey, KeyError> {
     let path = path.as_ref();
     let p = || path.to_path_buf();
@@ -263,10 +258,7 @@ pub fn load_signing_key(path: impl AsRef<Path>) -> Result<SigningKey, KeyError> 
             io::Error::other("not a regular file"),
         ));
     }
-    let mode = meta.permissions().mode();
-    if mode & 0o004 != 0 {
-        return Err(KeyError::WorldReadable(p(), mode));
-    }
+    check_private(path, &meta).map_err(KeyError::Exposed)?;
     let bytes = fs::read(path).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => KeyError::Missing(p()),
         _ => KeyError::Unreadable(p(), e),
@@ -294,6 +286,57 @@ pub fn load_signing_key(path: impl AsRef<Path>) -> Result<SigningKey, KeyError> 
         return Err(KeyError::NotEd25519(p(), algorithm_name(&oid)));
     }
     SigningKey::try_from(info).map_err(|e| KeyError::Malformed(p(), e.to_string()))
+}
+
+/// A private key file someone besides the gateway's user may read or change; `Display`
+/// names the file, what is wrong and the fix.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}: {problem}; run `chmod 600 {}`", path.display(), path.display())]
+pub struct ExposedKey {
+    /// The file.
+    pub path: PathBuf,
+    /// What the rule found.
+    pub problem: KeyAccess,
+}
+
+/// Why [`check_private`] refuses a key file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum KeyAccess {
+    /// Group or others have some access (mode bits `0o077`), beyond a root-owned key's
+    /// group read.
+    #[error("mode {0:03o} gives group or others access (0600 or less, or 0640 if owned by root)")]
+    TooOpen(u32),
+    /// Owned by a user that is neither the gateway's nor root, who could replace it.
+    #[error("owned by uid {0}, neither the gateway's user nor root (`chown` it too)")]
+    ForeignOwner(u32),
+}
+
+/// The one permission rule for every private key file the gateway reads (`tls.key_file`,
+/// `tls.certificates[i].key_file`, the ACME cache's keys), as PostgreSQL has for its TLS
+/// key: owned by the gateway's user with no access for group or others (0600 or less), or
+/// owned by root with at most group read (0640). The second form is how Kubernetes mounts a
+/// Secret for a non-root pod (root, `fsGroup`, 0440) and how Debian shares keys through the
+/// `ssl-cert` group; a key the gateway's own user owns has no reason to be shared.
+pub fn check_private(path: &Path, meta: &fs::Metadata) -> Result<(), ExposedKey> {
+    let euid = rustix::process::geteuid().as_raw();
+    key_access(meta.uid(), euid, meta.mode()).map_err(|problem| ExposedKey {
+        path: path.to_path_buf(),
+        problem,
+    })
+}
+
+/// [`check_private`] on plain numbers: the file's owner, the gateway's user, the mode.
+fn key_access(owner: u32, euid: u32, mode: u32) -> Result<(), KeyAccess> {
+    let perm = mode & 0o7777;
+    let allowed_beyond_owner = match owner {
+        o if o == euid => 0,
+        0 => 0o040,
+        o => return Err(KeyAccess::ForeignOwner(o)),
+    };
+    match perm & 0o077 & !allowed_beyond_owner {
+        0 => Ok(()),
+        _ => Err(KeyAccess::TooOpen(perm)),
+    }
 }
 
 /// PKCS#8 v1 form of `key` (RFC 8410, no public key): readable by OpenSSL 3.0, ring, rcgen.
@@ -339,6 +382,30 @@ pub fn keygen(path: impl AsRef<Path>) -> Result<String, KeyError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn one_rule_for_private_key_files() {
+        let (me, other) = (10001, 10002);
+        // The gateway's own key: nobody else, whatever the bits.
+        assert_eq!(key_access(me, me, 0o100600), Ok(()));
+        assert_eq!(key_access(me, me, 0o400), Ok(()));
+        for open in [0o640, 0o604, 0o620, 0o610, 0o644] {
+            assert_eq!(key_access(me, me, open), Err(KeyAccess::TooOpen(open)));
+        }
+        // Root's key shared with the gateway's group (a Kubernetes Secret with fsGroup).
+        assert_eq!(key_access(0, me, 0o440), Ok(()));
+        assert_eq!(key_access(0, me, 0o640), Ok(()));
+        for open in [0o660, 0o644, 0o650, 0o604] {
+            assert_eq!(key_access(0, me, open), Err(KeyAccess::TooOpen(open)));
+        }
+        // A gateway running as root holds root's key to its own rule.
+        assert_eq!(key_access(0, 0, 0o640), Err(KeyAccess::TooOpen(0o640)));
+        // Someone else's key could be swapped under the gateway.
+        assert_eq!(
+            key_access(other, me, 0o600),
+            Err(KeyAccess::ForeignOwner(other))
+        );
+    }
 
     #[test]
     fn spec_vector() {

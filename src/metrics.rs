@@ -10,7 +10,7 @@ use prometheus::{
 };
 
 use crate::relay::mosaic::{Direction, Violation};
-use crate::relay::pump::SENT_CLOSE_CODES;
+use crate::relay::pump::{Stalled, SENT_CLOSE_CODES};
 use crate::tls::{CLIENT_AUTH_LABELS, FAILURE_REASONS};
 use crate::upstream::UpstreamError;
 
@@ -96,6 +96,9 @@ pub struct Metrics {
     pub tls_certificate_expiry_timestamp_seconds: GaugeVec,
     /// Closes the gateway sent to clients, by code.
     pub closes_sent_total: IntCounterVec,
+    /// Relayed connections cut because a side stopped reading (`limits.write_timeout`),
+    /// by that side.
+    pub write_timeouts_total: IntCounterVec,
     /// Upstream handshake failures, by pool and kind.
     pub upstream_failures_total: IntCounterVec,
     /// Plain HTTP requests forwarded to the nostr relay, by status class.
@@ -287,6 +290,12 @@ impl Metrics {
                 "Close frames the gateway sent to clients",
                 &["code"],
             ),
+            write_timeouts_total: counter(
+                &r,
+                "write_timeouts_total",
+                "Relayed connections cut because a side took nothing for limits.write_timeout",
+                &["side"],
+            ),
             upstream_failures_total: counter(
                 &r,
                 "upstream_failures_total",
@@ -332,6 +341,9 @@ impl Metrics {
         for code in SENT_CLOSE_CODES {
             self.closes_sent_total
                 .with_label_values(&[&code.to_string()]);
+        }
+        for side in [Stalled::Client, Stalled::Upstream] {
+            self.write_timeouts_total.with_label_values(&[side.label()]);
         }
         for l in CLIENT_AUTH_LABELS {
             self.tls_handshakes_total.with_label_values(&[l]);

@@ -40,7 +40,7 @@ use std::collections::hash_map::RandomState;
 use std::collections::HashMap;
 use std::fs;
 use std::hash::{BuildHasher, Hasher};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -136,6 +136,8 @@ pub enum AcmeError {
         #[source]
         source: instant_acme::Error,
     },
+    #[error("cache: refusing a private key file")]
+    ExposedKey(#[source] crate::keys::ExposedKey),
     #[error("account credentials in {path} are unreadable")]
     Credentials {
         path: PathBuf,
@@ -691,8 +693,8 @@ impl AcmeManager {
             return Ok(account.clone());
         }
         let path = self.account_path();
-        let account = match fs::read(&path) {
-            Ok(bytes) => {
+        let account = match read_private(&path)? {
+            Some(bytes) => {
                 let creds: AccountCredentials =
                     serde_json::from_slice(&bytes).map_err(|source| AcmeError::Credentials {
                         path: path.clone(),
@@ -703,7 +705,7 @@ impl AcmeManager {
                     .await
                     .map_err(acme_err("load account"))?
             }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            None => {
                 let contact: Vec<String> = self
                     .settings
                     .contact
@@ -734,7 +736,6 @@ impl AcmeManager {
                 info!(id = account.id(), directory = %self.settings.directory, "ACME: account registered");
                 account
             }
-            Err(e) => return Err(cache_err("read", &path)(e)),
         };
         *slot = Some(account.clone());
         Ok(account)
@@ -780,7 +781,8 @@ impl AcmeManager {
             Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(cache_err("read", &cert_path)(e)),
         };
-        let key_pem = fs::read(&key_path).map_err(cache_err("read", &key_path))?;
+        let key_pem = read_private(&key_path)?
+            .ok_or_else(|| cache_err("read", &key_path)(io::ErrorKind::NotFound.into()))?;
         let what = cert_path.display().to_string();
         let (issued, names) = Issued::parse(&what, &chain_pem, &key_pem, &self.provider)?;
         self.check_names(&names, &what)?;
@@ -937,6 +939,23 @@ fn load_roots(path: &Path) -> Result<RootCertStore, AcmeError> {
         return Err(err("no certificate in file".into()));
     }
     Ok(roots)
+}
+
+/// A cached private file (account credentials, the certificate's key), `None` if there is
+/// none; refused under the rule of every private key file ([`crate::keys::check_private`]).
+/// The mode is read from the open file, so it is the file that is then read.
+fn read_private(path: &Path) -> Result<Option<Vec<u8>>, AcmeError> {
+    let mut file = match fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(cache_err("read", path)(e)),
+    };
+    let meta = file.metadata().map_err(cache_err("read", path))?;
+    crate::keys::check_private(path, &meta).map_err(AcmeError::ExposedKey)?;
+    let mut bytes = Vec::new();
+    file.read_to_end(&mut bytes)
+        .map_err(cache_err("read", path))?;
+    Ok(Some(bytes))
 }
 
 fn create_private_dir(dir: &Path) -> Result<(), AcmeError> {

@@ -120,15 +120,13 @@ pub enum CertError {
         #[source]
         source: std::io::Error,
     },
-    /// The key file is readable by others than its owner.
-    #[error("{key}: {} is readable by group or others (mode {mode:o}); run chmod 600 on it", path.display())]
-    KeyReadable {
+    /// Someone besides the gateway's user may read or change the key file.
+    #[error("{key}: {exposed}")]
+    KeyExposed {
         /// `tls.certificates[i].key_file`.
         key: String,
-        /// The file.
-        path: PathBuf,
-        /// Its permission bits.
-        mode: u32,
+        /// What the rule found (names the file and the fix).
+        exposed: crate::keys::ExposedKey,
     },
     /// The chain file has no certificate, or a certificate does not parse.
     #[error("{key}: {what}")]
@@ -301,13 +299,10 @@ pub fn load(src: &CertificateSource) -> Result<(ServedCertificate, Vec<CertWarni
         path: src.key_file.clone(),
         source,
     })?;
-    if meta.mode() & 0o077 != 0 {
-        return Err(CertError::KeyReadable {
-            key: key_key,
-            path: src.key_file.clone(),
-            mode: meta.mode() & 0o777,
-        });
-    }
+    crate::keys::check_private(&src.key_file, &meta).map_err(|exposed| CertError::KeyExposed {
+        key: key_key.clone(),
+        exposed,
+    })?;
     let key_pem = read(&key_key, &src.key_file)?;
     let private = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| CertError::BadKey {
         key: key_key.clone(),

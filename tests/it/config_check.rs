@@ -105,6 +105,14 @@ fn each_mistake_names_its_key() {
             "limits.max_connections:",
         ),
         (
+            &format!("{GOOD}limits:\n  write_timeout: 0s\n"),
+            "limits.write_timeout:",
+        ),
+        (
+            &format!("{GOOD}limits:\n  write_timeout: 25h\n"),
+            "limits.write_timeout:",
+        ),
+        (
             &format!("{GOOD}forwarded:\n  trusted_proxies: [\"10.0.0.0/33\"]\n"),
             "forwarded.trusted_proxies[0]:",
         ),
@@ -164,7 +172,7 @@ fn several_problems_are_all_listed() {
 }
 
 #[test]
-fn a_missing_or_world_readable_key_fails_the_check() {
+fn a_missing_group_or_world_readable_key_fails_the_check() {
     let dir = tempfile::tempdir().unwrap();
     let key = dir.path().join("master.pem");
     let yaml = format!("{GOOD}tls:\n  key_file: {}\n", key.display());
@@ -181,8 +189,13 @@ fn a_missing_or_world_readable_key_fails_the_check() {
     let (code, _, stderr) = check(&yaml);
     assert_eq!(code, 0, "{stderr}");
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
-    let (code, _, stderr) = check(&yaml);
-    assert_eq!(code, 1);
-    assert!(stderr.contains("chmod"), "{stderr}");
+    for mode in [0o644, 0o640, 0o660, 0o604] {
+        std::fs::set_permissions(&key, std::fs::Permissions::from_mode(mode)).unwrap();
+        let (code, _, stderr) = check(&yaml);
+        assert_eq!(code, 1, "mode {mode:o} passed");
+        assert!(
+            stderr.contains("tls.key_file:") && stderr.contains("chmod 600"),
+            "{stderr}"
+        );
+    }
 }

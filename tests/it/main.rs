@@ -19,6 +19,7 @@ mod dev_stack;
 mod edge_rules;
 mod fuzz_regression;
 mod hardening;
+mod memory_after_spike;
 // Named like the crate: only here at the root does `mosaic_gateway` mean this module, so
 // write `::mosaic_gateway` for the crate in this file; the modules are unaffected.
 mod mosaic_gateway;
@@ -30,6 +31,7 @@ mod pool_discovery_reload;
 mod pool_health;
 mod rate_limits;
 mod routes;
+mod slow_and_noisy_peers;
 mod status_page;
 mod structure;
 mod tls;

@@ -717,10 +717,14 @@ fn bad_key_files_give_clear_errors() {
     let open = write_key_pem(dir.path(), "open.pem", &k);
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o644)).unwrap();
     let err = keys::load_signing_key(&open).unwrap_err();
-    assert!(matches!(err, KeyError::WorldReadable(..)), "{err}");
+    assert!(matches!(err, KeyError::Exposed(..)), "{err}");
     assert!(err.to_string().contains("chmod 600"), "{err}");
     assert!(err.to_string().contains("open.pem"), "{err}");
+    // The gateway's own key may not be shared with its group either.
     std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o640)).unwrap();
+    let err = keys::load_signing_key(&open).unwrap_err();
+    assert!(matches!(err, KeyError::Exposed(..)), "{err}");
+    std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o400)).unwrap();
     assert_eq!(keys::load_signing_key(&open).unwrap(), k);
 
     let junk = dir.path().join("junk.pem");

@@ -1092,9 +1092,10 @@ async fn raw_public_key_mode_serves_rpk_clients_only_and_self_signed_mode_x509_c
 }
 
 #[tokio::test]
-async fn a_world_readable_key_file_stops_the_gateway_and_check_config_says_chmod_600() {
+async fn a_group_readable_key_file_stops_the_gateway_and_check_config_says_chmod_600() {
     let master = master_key();
-    std::fs::set_permissions(&master.path, std::fs::Permissions::from_mode(0o644)).unwrap();
+    // Group-readable, the gateway's own file: refused like a world-readable one.
+    std::fs::set_permissions(&master.path, std::fs::Permissions::from_mode(0o640)).unwrap();
     let yaml = format!(
         "listen: \"127.0.0.1:0\"\nadmin:\n  listen: \"127.0.0.1:0\"\n{}mosaic:\n  backends:\n    - url: ws://127.0.0.1:8081\n",
         master.tls("auto", "optional", "1.2")
@@ -1103,7 +1104,7 @@ async fn a_world_readable_key_file_stops_the_gateway_and_check_config_says_chmod
     let err = mosaic_gateway::runtime::start(cfg, None)
         .await
         .err()
-        .expect("the gateway started with a world-readable key file");
+        .expect("the gateway started with a group-readable key file");
     assert!(
         matches!(
             err,
@@ -1111,7 +1112,12 @@ async fn a_world_readable_key_file_stops_the_gateway_and_check_config_says_chmod
         ),
         "{err:?}"
     );
-    assert!(err.to_string().contains("chmod 600"), "{err}");
+    let text = err.to_string();
+    assert!(
+        text.starts_with("tls.key_file: ") && text.contains("chmod 600") && text.contains("640"),
+        "{text}"
+    );
+    assert!(text.contains(&master.path.display().to_string()), "{text}");
 
     let path = master.path.with_file_name("gateway.yaml");
     std::fs::write(&path, &yaml).unwrap();
@@ -1124,6 +1130,10 @@ async fn a_world_readable_key_file_stops_the_gateway_and_check_config_says_chmod
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(
         stderr.contains("tls.key_file") && stderr.contains("chmod 600"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains(&master.path.display().to_string()),
         "{stderr}"
     );
 }
