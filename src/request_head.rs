@@ -343,7 +343,9 @@ pub fn normalise_path(path: &str) -> Result<Cow<'_, str>, Misread> {
 /// of the others.
 fn decode_unreserved(b: &[u8]) -> Result<String, Misread> {
     let hex = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
-    let mut out = String::with_capacity(b.len());
+    const HEX: &[u8; 16] = b"0123456789ABCDEF";
+    // Bytes are copied as they are (a path may hold UTF-8); escapes add ASCII only.
+    let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
         let c = b[i];
@@ -351,7 +353,7 @@ fn decode_unreserved(b: &[u8]) -> Result<String, Misread> {
             if c == b'\\' {
                 return Err(Misread::BadPath);
             }
-            out.push(c as char);
+            out.push(c);
             i += 1;
             continue;
         }
@@ -364,16 +366,12 @@ fn decode_unreserved(b: &[u8]) -> Result<String, Misread> {
         let v = hi << 4 | lo;
         match v {
             b'/' | b'\\' | 0 => return Err(Misread::BadPath),
-            _ if v.is_ascii_alphanumeric() || b"-._~".contains(&v) => out.push(v as char),
-            _ => {
-                out.push('%');
-                out.push(char::from(b"0123456789ABCDEF"[usize::from(hi)]));
-                out.push(char::from(b"0123456789ABCDEF"[usize::from(lo)]));
-            }
+            _ if v.is_ascii_alphanumeric() || b"-._~".contains(&v) => out.push(v),
+            _ => out.extend_from_slice(&[b'%', HEX[usize::from(hi)], HEX[usize::from(lo)]]),
         }
         i += 3;
     }
-    Ok(out)
+    String::from_utf8(out).map_err(|_| Misread::BadPath)
 }
 
 #[cfg(test)]
@@ -452,6 +450,8 @@ mod tests {
             ("/a%20b", "/a%20b"),
             ("/a%c3%a9", "/a%C3%A9"),
             ("/a%7e", "/a~"),
+            ("/.\u{ef}\u{bf}/x", "/.\u{ef}\u{bf}/x"),
+            ("//caf\u{e9}/./", "/caf\u{e9}/"),
         ] {
             assert_eq!(norm(raw).as_deref(), Ok(want), "{raw}");
             // Normalising twice changes nothing.
