@@ -14,10 +14,11 @@ use tokio::sync::watch;
 use crate::admission::Limits;
 use crate::client_addr::TrustedProxies;
 use crate::config::{AcmeChallenge, AcmeConfig, Config, TlsConfig};
-use crate::drain::{DrainSignal, DrainState};
+use crate::drain::{DrainSignal, DrainState, Kick};
 use crate::keys::KeyError;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
+use crate::rate_limit::{Standing, Verdict};
 use crate::routes::Routes;
 use crate::tls::acme::{AcmeError, AcmeManager, AcmeSettings, Challenge};
 use crate::tls::certs::{CertStore, CertificateSource, NamePattern};
@@ -71,9 +72,14 @@ impl Gateway {
             Some(t) => Some(Arc::new(build_tls(t, old)?)),
             None => None,
         };
-        let routes = Routes::build(&config, old.map(|o| &o.routes), metrics);
+        // The table of standing outlives generations: bans and trips survive a reload.
+        let standing = match old {
+            Some(o) => o.rate.standing.clone(),
+            None => Standing::new(&config, metrics),
+        };
+        let routes = Routes::build(&config, old.map(|o| &o.routes), metrics, &standing);
         Ok(Gateway {
-            rate: crate::rate_limit::Policy::new(&config, metrics),
+            rate: crate::rate_limit::Policy::new(&config, metrics, standing),
             trusted: TrustedProxies::new(&config.forwarded.trusted_proxies),
             tls,
             routes,
@@ -209,6 +215,7 @@ pub struct App {
 impl App {
     /// Wraps a first generation.
     pub fn new(gateway: Gateway, metrics: Arc<Metrics>) -> Arc<App> {
+        gateway.rate.adopt();
         let (drain, _) = watch::channel(DrainState::Running);
         let rate_tables = crate::rate_limit::Tables::new(&metrics);
         Arc::new(App {
@@ -231,11 +238,30 @@ impl App {
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
-    /// Makes `g` the generation for new connections.
+    /// Makes `g` the generation for new connections; its access lists and exemptions
+    /// apply to open connections too (the enforcer closes the ones now refused).
     pub fn swap(&self, g: Gateway) {
         if let Ok(mut cur) = self.current.write() {
+            g.rate.adopt();
             *cur = Arc::new(g);
         }
+    }
+
+    /// The table of standing (access lists, exemptions, bans), shared by every generation.
+    pub(crate) fn standing(&self) -> Arc<Standing> {
+        self.gateway().rate.standing.clone()
+    }
+
+    /// Closes (1008) every relayed connection whose client the standing refuses now;
+    /// how many.
+    pub(crate) fn close_refused(&self) -> usize {
+        let standing = self.standing();
+        self.relayed.kick_where(|ip| match standing.verdict(ip) {
+            Verdict::Served => None,
+            Verdict::Denied => Some(Kick::Denied),
+            Verdict::Banned(crate::rate_limit::BanKind::Temporary) => Some(Kick::TempBanned),
+            Verdict::Banned(crate::rate_limit::BanKind::Permanent) => Some(Kick::PermBanned),
+        })
     }
 
     /// Whether SIGTERM started the drain.
@@ -291,8 +317,8 @@ impl Hash for Registered {
 }
 
 impl Relayed {
-    pub(crate) fn register(&self) -> Arc<DrainSignal> {
-        let signal = Arc::new(DrainSignal::default());
+    pub(crate) fn register(&self, client: std::net::IpAddr) -> Arc<DrainSignal> {
+        let signal = Arc::new(DrainSignal::new(client));
         lock(&self.conns).insert(Registered(signal.clone()));
         // Checked after inserting: a drain that started meanwhile has either seen this
         // connection in the set or is seen here.
@@ -304,6 +330,16 @@ impl Relayed {
 
     pub(crate) fn unregister(&self, signal: &Arc<DrainSignal>) {
         lock(&self.conns).remove(&Registered(signal.clone()));
+    }
+
+    /// Kicks every relayed connection `why` has a reason for (by its client's address);
+    /// how many were kicked now.
+    pub(crate) fn kick_where(&self, why: impl Fn(std::net::IpAddr) -> Option<Kick>) -> usize {
+        let conns = lock(&self.conns);
+        conns
+            .iter()
+            .filter(|s| why(s.0.client()).is_some_and(|k| s.0.kick(k)))
+            .count()
     }
 
     /// Tells every relayed connection, present and future, to drain by `close_by`.
@@ -340,7 +376,8 @@ mod tests {
     #[tokio::test]
     async fn the_drain_reaches_registered_connections_and_later_ones_only() {
         let relayed = Relayed::default();
-        let (kept, gone) = (relayed.register(), relayed.register());
+        let ip = std::net::IpAddr::from([192, 0, 2, 1]);
+        let (kept, gone) = (relayed.register(ip), relayed.register(ip));
         relayed.unregister(&gone);
         assert_eq!(super::lock(&relayed.conns).len(), 1);
         let close_by = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -356,6 +393,6 @@ mod tests {
         assert!(fired(&kept));
         assert!(!fired(&gone), "an unregistered connection is not told");
         // A connection that registers during the drain is told at once.
-        assert!(fired(&relayed.register()));
+        assert!(fired(&relayed.register(ip)));
     }
 }

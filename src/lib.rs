@@ -17,6 +17,7 @@ mod certificates;
 mod client_addr;
 mod connection;
 mod drain;
+mod enforcer;
 mod front;
 mod gateway;
 mod health;
