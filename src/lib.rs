@@ -23,6 +23,7 @@ mod gateway;
 mod health;
 mod logging;
 mod metrics;
+mod nip86;
 mod pool;
 mod rate_limit;
 mod request_head;

@@ -26,7 +26,7 @@ mod standing;
 mod table;
 
 pub(crate) use bans_file::save as save_bans;
-pub(crate) use standing::{Ban, BanKind, BlockError, Rules, Standing, Verdict};
+pub(crate) use standing::{net_text, Ban, BanKind, BlockError, Rules, Standing, Verdict};
 
 use std::net::IpAddr;
 use std::sync::Arc;

@@ -379,6 +379,15 @@ impl Standing {
     }
 }
 
+/// A banned network as people write it: the address alone for one address, else CIDR.
+pub(crate) fn net_text(net: IpNet) -> String {
+    if net.prefix_len() == net.max_prefix_len() {
+        net.addr().to_string()
+    } else {
+        net.to_string()
+    }
+}
+
 /// The network a ban on `ip` covers: the address for IPv4, its `prefix` for IPv6 (one
 /// client holds a whole /64 and can rotate through it).
 fn ban_net(ip: IpAddr, prefix: u8) -> IpNet {
