@@ -164,7 +164,8 @@ pub struct BansConfig {
     /// Bans (and addresses with trips counted) remembered at most.
     #[serde(default = "default_ban_entries")]
     pub max_entries: usize,
-    /// Where bans and NIP-86 blocks are kept across restarts; absent: in memory only.
+    /// Where bans and NIP-86 blocks are kept across restarts; absent or empty: in memory
+    /// only.
     #[serde(default)]
     pub file: Option<std::path::PathBuf>,
 }
@@ -194,6 +195,11 @@ fn default_ban_entries() -> usize {
 }
 
 impl BansConfig {
+    /// `file`, unless absent or empty (`file: ""` as in the contract's example).
+    pub fn file(&self) -> Option<&std::path::Path> {
+        self.file.as_deref().filter(|f| !f.as_os_str().is_empty())
+    }
+
     pub(crate) fn validate(&self, errs: &mut Vec<String>) {
         if self.after == Some(0) {
             errs.push("bans.after: must be at least 1 (omit it for no automatic bans)".into());
@@ -207,12 +213,12 @@ impl BansConfig {
         if !(16..=10_000_000).contains(&self.max_entries) {
             errs.push("bans.max_entries: must be from 16 to 10000000".into());
         }
-        if let Some(f) = &self.file {
+        if let Some(f) = self.file() {
             let dir = match f.parent() {
                 Some(d) if !d.as_os_str().is_empty() => d,
                 _ => std::path::Path::new("."),
             };
-            if f.as_os_str().is_empty() || f.file_name().is_none() {
+            if f.file_name().is_none() {
                 errs.push("bans.file: must name a file".into());
             } else if !dir.is_dir() {
                 errs.push(format!(

@@ -80,7 +80,7 @@ impl Rules {
             }),
             ipv6_prefix: config.rate_limits.ipv6_prefix,
             max_entries: b.max_entries,
-            file: b.file.clone(),
+            file: b.file().map(Path::to_path_buf),
         }
     }
 }
@@ -185,7 +185,7 @@ impl Standing {
             bans_active: metrics.bans_active.clone(),
             banned: [banned("mosaic"), banned("nostr"), banned("unknown")],
         };
-        if let Some(path) = &config.bans.file {
+        if let Some(path) = config.bans.file() {
             let now = now_ms();
             let mut book = s.lock();
             for (net, ban) in super::bans_file::load(path) {

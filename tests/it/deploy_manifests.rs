@@ -1109,14 +1109,34 @@ fn image_exposes_the_ports_and_config_the_manifests_use_in(all: &[Manifest]) {
     let entrypoint = args("ENTRYPOINT");
     let entrypoint = json_array(entrypoint.last().expect("ENTRYPOINT"), "ENTRYPOINT");
     assert_eq!(entrypoint, ["mosaic-gateway"]);
+    // With no arguments the image serves the `dev` stack (it needs no files) on every
+    // interface; the manifests run their mounted config explicitly.
     let cmd = json_array(args("CMD").last().expect("CMD"), "CMD");
-    let sidecar_args: Vec<String> = array(&gateway_container(all)["args"], "args")
+    assert_eq!(cmd.first().map(String::as_str), Some("dev"), "{cmd:?}");
+    for flag in ["--listen", "--tls-listen", "--admin"] {
+        let at = cmd.iter().position(|a| a == flag).expect(flag);
+        let addr: std::net::SocketAddr = cmd[at + 1].parse().expect("an address");
+        assert!(
+            addr.ip().is_unspecified(),
+            "{flag} {addr}: reachable from outside"
+        );
+        assert!(
+            exposed.contains(&addr.port()),
+            "{flag} {addr} is not EXPOSEd"
+        );
+    }
+    let container_args: Vec<String> = array(&gateway_container(all)["args"], "args")
         .iter()
         .map(|a| string(a, "args[]").to_owned())
         .collect();
     assert_eq!(
-        cmd, sidecar_args,
-        "the image's default command and the sidecar's args should agree"
+        container_args[..2],
+        ["run", "--config"],
+        "{container_args:?}"
+    );
+    assert!(
+        mount_for(gateway_container(all), &container_args[2]).is_some(),
+        "the gateway container runs a config it mounts: {container_args:?}"
     );
     assert_eq!(args("STOPSIGNAL"), ["SIGTERM"]);
 }
