@@ -120,32 +120,30 @@ impl DrainSignal {
 
     /// Ready with the reason once the connection was kicked.
     pub(crate) fn poll_kicked(&self, cx: &mut Context<'_>) -> Poll<Kick> {
-        let get = || Kick::from_bits(self.close_by_ms.load(Ordering::Acquire) >> KICK_SHIFT);
-        if let Some(k) = get() {
-            return Poll::Ready(k);
+        self.poll_word(cx, |w| Kick::from_bits(w >> KICK_SHIFT))
+    }
+
+    /// Ready once `read` finds something in the signal's word; registers the waker
+    /// otherwise (and reads again, so a signal sent meanwhile is not missed).
+    fn poll_word<T>(&self, cx: &mut Context<'_>, read: impl Fn(u64) -> Option<T>) -> Poll<T> {
+        let get = || read(self.close_by_ms.load(Ordering::Acquire));
+        if let Some(v) = get() {
+            return Poll::Ready(v);
         }
         self.waker.register(cx.waker());
         match get() {
-            Some(k) => Poll::Ready(k),
+            Some(v) => Poll::Ready(v),
             None => Poll::Pending,
         }
     }
 
     /// Ready with the close-by instant once the drain started.
     pub(crate) fn poll_fired(&self, cx: &mut Context<'_>) -> Poll<tokio::time::Instant> {
-        let get = || match self.close_by_ms.load(Ordering::Acquire) & DRAIN_MASK {
+        self.poll_word(cx, |w| match w & DRAIN_MASK {
             0 => None,
             ms => Some(tokio::time::Instant::from_std(
                 *EPOCH + Duration::from_millis(ms - 1),
             )),
-        };
-        if let Some(at) = get() {
-            return Poll::Ready(at);
-        }
-        self.waker.register(cx.waker());
-        match get() {
-            Some(at) => Poll::Ready(at),
-            None => Poll::Pending,
-        }
+        })
     }
 }

@@ -266,7 +266,12 @@ impl Policy {
     /// Whether the standing refuses `client`, counted under protocol `label` (mosaic,
     /// nostr, unknown).
     fn refused(&self, client: IpAddr, label: usize) -> bool {
-        match self.standing.verdict(client) {
+        self.counted(client, self.standing.verdict(client), label)
+    }
+
+    /// Counts `verdict` on `client` under protocol `label`; whether it refuses.
+    fn counted(&self, client: IpAddr, verdict: Verdict, label: usize) -> bool {
+        match verdict {
             Verdict::Served => false,
             Verdict::Denied => {
                 self.series.denied[label].inc();
@@ -302,8 +307,14 @@ impl Policy {
         client: IpAddr,
         asked: impl FnOnce() -> Asked,
     ) -> Result<(), Refused> {
-        let asked = asked();
-        if self.refuses_forwarded(peer, client, asked) {
+        // What the request asked for is worked out only for a refusal's label.
+        let verdict = if canonical(peer) == client {
+            Verdict::Served
+        } else {
+            self.standing.verdict(client)
+        };
+        if verdict != Verdict::Served {
+            self.counted(client, verdict, asked() as usize);
             return Err(Refused::Denied);
         }
         let Some(spec) = self.connections.as_ref().filter(|_| !self.exempt(client)) else {
@@ -317,7 +328,7 @@ impl Policy {
             Ok(()) => return Ok(()),
             Err(wait) => wait,
         };
-        self.series.connections[asked as usize].inc();
+        self.series.connections[asked() as usize].inc();
         self.standing.trip(client);
         tracing::debug!(%client, "connections_per_ip: over the rate, 429");
         Err(Refused::TooManyConnections(wait))

@@ -339,19 +339,10 @@ impl Standing {
 
     /// Forgets the bans that ended; true if any did.
     pub(crate) fn expire(&self) -> bool {
-        let now = now_ms();
         let mut book = self.lock();
-        let ended: Vec<IpNet> = book
-            .bans
-            .iter()
-            .filter(|(_, b)| !b.active(now))
-            .map(|(n, _)| *n)
-            .collect();
-        for n in &ended {
-            book.remove(n);
-        }
+        let ended = book.drop_ended(now_ms());
         self.settle(&book);
-        !ended.is_empty()
+        ended > 0
     }
 
     /// The file to write and what to write in it, if the bans changed since last time.
@@ -495,12 +486,8 @@ impl Book {
         }
     }
 
-    /// Makes room for one more ban under `cap`: ended bans go, then the temporary bans
-    /// that end soonest (an eighth of the table). False when only blocks are left.
-    fn make_room(&mut self, cap: usize, now: u64) -> bool {
-        if self.bans.len() < cap {
-            return true;
-        }
+    /// Forgets the bans that ended by `now`; how many.
+    fn drop_ended(&mut self, now: u64) -> usize {
         let ended: Vec<IpNet> = self
             .bans
             .iter()
@@ -510,6 +497,16 @@ impl Book {
         for n in &ended {
             self.remove(n);
         }
+        ended.len()
+    }
+
+    /// Makes room for one more ban under `cap`: ended bans go, then the temporary bans
+    /// that end soonest (an eighth of the table). False when only blocks are left.
+    fn make_room(&mut self, cap: usize, now: u64) -> bool {
+        if self.bans.len() < cap {
+            return true;
+        }
+        self.drop_ended(now);
         if self.bans.len() < cap {
             return true;
         }

@@ -225,6 +225,12 @@ async fn rpc(addr: SocketAddr, auth: Option<&str>, body: &str) -> (u16, String) 
     status_and_body(&text)
 }
 
+/// A NIP-86 call to the admin listener at `admin`, authorised now by `keys`.
+async fn signed_rpc(admin: SocketAddr, keys: &Keys, body: &str) -> (u16, String) {
+    let auth = nip98(keys, &format!("http://{admin}/"), body.as_bytes(), 0);
+    rpc(admin, Some(&auth), body).await
+}
+
 #[tokio::test]
 async fn nip86_blockip_with_a_real_nip98_event_closes_the_address_and_only_the_right_key_may() {
     let operator = Keys::generate();
@@ -267,31 +273,16 @@ async fn nip86_blockip_with_a_real_nip98_event_closes_the_address_and_only_the_r
     }
     echoes(&mut victim, "still served").await;
     // Accepted: the address's open connection is closed with 1008, new ones after accept.
-    let (status, body) = rpc(
-        admin,
-        Some(&nip98(&operator, &url, block.as_bytes(), 0)),
-        block,
-    )
-    .await;
+    let (status, body) = signed_rpc(admin, &operator, block).await;
     assert_eq!((status, body.as_str()), (200, r#"{"result":true}"#));
     assert_eq!(close_code(&mut victim).await, Some(1008));
     assert!(closed_at_accept("127.0.0.6", gw.public_addr).await);
     echoes(&mut bystander, "unaffected").await;
     let list = r#"{"method":"listblockedips","params":[]}"#;
-    let (_, body) = rpc(
-        admin,
-        Some(&nip98(&operator, &url, list.as_bytes(), 0)),
-        list,
-    )
-    .await;
+    let (_, body) = signed_rpc(admin, &operator, list).await;
     assert_eq!(body, r#"{"result":[{"ip":"127.0.0.6","reason":"spam"}]}"#);
     let methods = r#"{"method":"supportedmethods","params":[]}"#;
-    let (_, body) = rpc(
-        admin,
-        Some(&nip98(&operator, &url, methods.as_bytes(), 0)),
-        methods,
-    )
-    .await;
+    let (_, body) = signed_rpc(admin, &operator, methods).await;
     assert!(
         body.contains("\"blockip\"") && body.contains("\"unblockip\""),
         "{body}"
@@ -302,12 +293,7 @@ async fn nip86_blockip_with_a_real_nip98_event_closes_the_address_and_only_the_r
     })
     .await;
     let unblock = r#"{"method":"unblockip","params":["127.0.0.6"]}"#;
-    let (status, _) = rpc(
-        admin,
-        Some(&nip98(&operator, &url, unblock.as_bytes(), 0)),
-        unblock,
-    )
-    .await;
+    let (status, _) = signed_rpc(admin, &operator, unblock).await;
     assert_eq!(status, 200);
     let mut back = ws_from("127.0.0.6", gw.public_addr).await.unwrap();
     echoes(&mut back, "welcome back").await;
