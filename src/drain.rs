@@ -147,3 +147,26 @@ impl DrainSignal {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_kick_and_the_drain_share_the_word_without_hiding_each_other() {
+        let s = DrainSignal::new("::ffff:192.0.2.7".parse().unwrap());
+        assert_eq!(s.client(), "192.0.2.7".parse::<IpAddr>().unwrap());
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(s.poll_kicked(&mut cx).is_pending() && s.poll_fired(&mut cx).is_pending());
+        let close_by = tokio::time::Instant::now() + Duration::from_secs(5);
+        s.fire(close_by);
+        assert!(s.poll_kicked(&mut cx).is_pending(), "a drain is not a kick");
+        assert!(s.kick(Kick::TempBanned));
+        assert!(!s.kick(Kick::PermBanned), "the first reason stays");
+        assert_eq!(s.poll_kicked(&mut cx), Poll::Ready(Kick::TempBanned));
+        match s.poll_fired(&mut cx) {
+            Poll::Ready(at) => assert!(close_by.duration_since(at) < Duration::from_millis(2)),
+            Poll::Pending => panic!("the drain was lost"),
+        }
+    }
+}

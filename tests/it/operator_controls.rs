@@ -36,8 +36,17 @@ async fn tcp_from(from: &str, to: SocketAddr) -> TcpStream {
 /// A nostr WebSocket from `from`; `Err` carries what went wrong (an HTTP status as
 /// `http NNN`, anything else as the connection ending).
 async fn ws_from(from: &str, to: SocketAddr) -> Result<Ws, String> {
+    ws_as(from, to, None).await
+}
+
+/// A WebSocket from `from`, offering `subprotocol`.
+async fn ws_as(from: &str, to: SocketAddr, subprotocol: Option<&str>) -> Result<Ws, String> {
     let stream = tcp_from(from, to).await;
-    let req = format!("ws://{to}/").into_client_request().unwrap();
+    let mut req = format!("ws://{to}/").into_client_request().unwrap();
+    if let Some(p) = subprotocol {
+        req.headers_mut()
+            .insert("Sec-WebSocket-Protocol", p.parse().unwrap());
+    }
     let r = tokio::time::timeout(
         T,
         tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream)),
@@ -193,6 +202,30 @@ async fn a_ban_is_kept_across_a_restart_in_the_bans_file_and_ends_on_time() {
         std::fs::read_to_string(&file).is_ok_and(|t| !t.contains("127.0.0.5"))
     })
     .await;
+}
+
+#[tokio::test]
+async fn a_clients_protocol_violations_count_towards_a_ban() {
+    let gw = echo_gateway("bans: { after: 2, within: 1m, for: 10m }\n").await;
+    for _ in 0..2 {
+        // A text message on a Mosaic connection: 1003, a violation by the client.
+        let mut ws = ws_as("127.0.0.10", gw.public_addr, Some("mosaic2024"))
+            .await
+            .unwrap();
+        ws.send(Message::Text("not binary".into())).await.unwrap();
+        assert_eq!(close_code(&mut ws).await, Some(1003));
+    }
+    let start = Instant::now();
+    while !closed_at_accept("127.0.0.10", gw.public_addr).await {
+        // The trip is counted when the closed connection's task ends.
+        assert!(
+            start.elapsed() < T,
+            "two violations never banned the address"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut other = ws_from("127.0.0.11", gw.public_addr).await.unwrap();
+    echoes(&mut other, "served").await;
 }
 
 /// A NIP-86 call signed by `keys`, `created_at` moved by `age` seconds into the past, with
@@ -355,7 +388,7 @@ fn reload(gw: &Running, path: &std::path::Path, yaml: &str) {
 }
 
 #[tokio::test]
-async fn a_reload_that_denies_an_address_closes_its_open_websocket_while_another_keeps_relaying() {
+async fn a_reload_that_denies_an_address_closes_its_open_websockets_while_another_keeps_relaying() {
     let backend = mosaic_backend().await;
     let relay = deflate_server(|t| Some(t.to_string())).await;
     let base = format!(
@@ -366,6 +399,9 @@ async fn a_reload_that_denies_an_address_closes_its_open_websocket_while_another
     let path = dir.path().join("proxy.yaml");
     let gw = gateway(&base).await;
     let mut denied = ws_from("127.0.0.8", gw.public_addr).await.unwrap();
+    let mut denied_mosaic = ws_as("127.0.0.8", gw.public_addr, Some("mosaic2024"))
+        .await
+        .unwrap();
     let mut kept = ws_from("127.0.0.9", gw.public_addr).await.unwrap();
     echoes(&mut denied, "one").await;
     echoes(&mut kept, "one").await;
@@ -375,6 +411,7 @@ async fn a_reload_that_denies_an_address_closes_its_open_websocket_while_another
         &format!("{base}access:\n  deny: [127.0.0.8/32]\n"),
     );
     assert_eq!(close_code(&mut denied).await, Some(1008));
+    assert_eq!(close_code(&mut denied_mosaic).await, Some(1008));
     echoes(&mut kept, "two").await;
     assert!(closed_at_accept("127.0.0.8", gw.public_addr).await);
     // Counted once the closed connection's task ends.
@@ -382,7 +419,7 @@ async fn a_reload_that_denies_an_address_closes_its_open_websocket_while_another
     while metric(
         &metrics(&gw).await,
         "mosaic_gateway_closes_sent_total{code=\"1008\"}",
-    ) < 1.0
+    ) < 2.0
     {
         assert!(
             start.elapsed() < T,
