@@ -204,7 +204,12 @@ impl Standing {
 
     /// Makes `rules` current (a reload); open connections are checked against them next.
     pub(crate) fn adopt(&self, rules: Arc<Rules>) {
+        let moved = self.rules.load().file != rules.file;
         self.rules.store(rules);
+        if moved {
+            // A new `bans.file` gets the bans at once, not at the next change.
+            self.lock().dirty = true;
+        }
         self.changed.notify_one();
     }
 
@@ -274,7 +279,7 @@ impl Standing {
         book.insert(net, ban);
         self.settle(&book);
         drop(book);
-        tracing::warn!(client = %ip, banned = %net, for_s = auto.for_ms / 1000, "address banned");
+        tracing::info!(client = %ip, banned = %net, for_s = auto.for_ms / 1000, "address banned");
         self.changed.notify_one();
         true
     }

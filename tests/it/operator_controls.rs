@@ -125,8 +125,13 @@ async fn exempt_addresses_are_never_limited_nor_banned_while_others_are_banned_a
         ws_from("127.0.0.3", gw.public_addr).await.unwrap_err(),
         "http 429"
     );
+    let banned_at = Instant::now();
     // The ban closes the connection it already had (1008), and new ones right after accept.
     assert_eq!(close_code(&mut open).await, Some(1008));
+    eprintln!(
+        "ban → open connection closed 1008 in {:?}",
+        banned_at.elapsed()
+    );
     assert!(closed_at_accept("127.0.0.3", gw.public_addr).await);
     // The trusted client was never touched, and another client is served as before.
     for ws in &mut trusted {
@@ -307,8 +312,13 @@ async fn nip86_blockip_with_a_real_nip98_event_closes_the_address_and_only_the_r
     echoes(&mut victim, "still served").await;
     // Accepted: the address's open connection is closed with 1008, new ones after accept.
     let (status, body) = signed_rpc(admin, &operator, block).await;
+    let blocked_at = Instant::now();
     assert_eq!((status, body.as_str()), (200, r#"{"result":true}"#));
     assert_eq!(close_code(&mut victim).await, Some(1008));
+    eprintln!(
+        "blockip answered → open connection closed 1008 in {:?}",
+        blocked_at.elapsed()
+    );
     assert!(closed_at_accept("127.0.0.6", gw.public_addr).await);
     echoes(&mut bystander, "unaffected").await;
     let list = r#"{"method":"listblockedips","params":[]}"#;
@@ -405,12 +415,17 @@ async fn a_reload_that_denies_an_address_closes_its_open_websockets_while_anothe
     let mut kept = ws_from("127.0.0.9", gw.public_addr).await.unwrap();
     echoes(&mut denied, "one").await;
     echoes(&mut kept, "one").await;
+    let reloaded_at = Instant::now();
     reload(
         &gw,
         &path,
         &format!("{base}access:\n  deny: [127.0.0.8/32]\n"),
     );
     assert_eq!(close_code(&mut denied).await, Some(1008));
+    eprintln!(
+        "reload → denied connection closed 1008 in {:?}",
+        reloaded_at.elapsed()
+    );
     assert_eq!(close_code(&mut denied_mosaic).await, Some(1008));
     echoes(&mut kept, "two").await;
     assert!(closed_at_accept("127.0.0.8", gw.public_addr).await);
