@@ -277,7 +277,7 @@ pub(crate) fn run_connection(
         authenticated = who.client_key.is_some(),
         "connection opened"
     );
-    let signal = app.relayed.register(who.addr);
+    let signal = app.register(who.addr);
     let (mut up, mut up_left) = upstream.into_parts();
     let open = Open {
         app,

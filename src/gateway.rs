@@ -18,7 +18,7 @@ use crate::drain::{DrainSignal, DrainState, Kick};
 use crate::keys::KeyError;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
-use crate::rate_limit::{Standing, Verdict};
+use crate::rate_limit::{BanKind, Standing, Verdict};
 use crate::routes::Routes;
 use crate::tls::acme::{AcmeError, AcmeManager, AcmeSettings, Challenge};
 use crate::tls::certs::{CertStore, CertificateSource, NamePattern};
@@ -256,12 +256,19 @@ impl App {
     /// how many.
     pub(crate) fn close_refused(&self) -> usize {
         let standing = self.standing();
-        self.relayed.kick_where(|ip| match standing.verdict(ip) {
-            Verdict::Served => None,
-            Verdict::Denied => Some(Kick::Denied),
-            Verdict::Banned(crate::rate_limit::BanKind::Temporary) => Some(Kick::TempBanned),
-            Verdict::Banned(crate::rate_limit::BanKind::Permanent) => Some(Kick::PermBanned),
-        })
+        self.relayed.kick_where(|ip| kick_for(standing.verdict(ip)))
+    }
+
+    /// Registers a relayed connection of `client`, closing it at once if its address was
+    /// refused while its upgrade was under way (after accept, before this): a sweep that
+    /// ran meanwhile did not see it, and none may come.
+    pub(crate) fn register(&self, client: std::net::IpAddr) -> Arc<DrainSignal> {
+        let signal = self.relayed.register(client);
+        // After inserting: a change from here on is seen by its sweep.
+        if let Some(k) = kick_for(self.standing().verdict(client)) {
+            signal.kick(k);
+        }
+        signal
     }
 
     /// Whether SIGTERM started the drain.
@@ -286,6 +293,16 @@ impl App {
             }
         }
         Ok(())
+    }
+}
+
+/// Why an open connection with this standing is closed, if it is.
+fn kick_for(verdict: Verdict) -> Option<Kick> {
+    match verdict {
+        Verdict::Served => None,
+        Verdict::Denied => Some(Kick::Denied),
+        Verdict::Banned(BanKind::Temporary) => Some(Kick::TempBanned),
+        Verdict::Banned(BanKind::Permanent) => Some(Kick::PermBanned),
     }
 }
 

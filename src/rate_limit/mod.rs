@@ -34,9 +34,9 @@ use std::time::Duration;
 
 use prometheus::IntCounter;
 
-use crate::client_addr::{canonical, TrustedProxies};
 use ipnet::IpNet;
 
+use crate::client_addr::{canonical, TrustedProxies};
 use crate::config::LimitAction;
 use crate::config::{ByteDirection, Config, RateConfig, RateLimitsConfig, SubmissionScope};
 use crate::metrics::{Metrics, RATE_LIMITER_TABLES};
@@ -181,7 +181,7 @@ pub(crate) struct Policy {
     /// The top-level policy's rules about addresses, which the standing adopts when this
     /// generation becomes current; `None` for a route's own limits.
     rules: Option<Arc<Rules>>,
-    /// `rate_limits.exempt` of this policy (a route's own, or the top level's).
+    /// A route's own `rate_limits.exempt` (the top level's lives in the standing).
     exempt: Vec<IpNet>,
     connections: Option<Spec>,
     messages: Option<(Spec, LimitAction)>,
@@ -203,6 +203,8 @@ impl Policy {
     pub(crate) fn new(config: &Config, metrics: &Metrics, standing: Arc<Standing>) -> Policy {
         Policy {
             rules: Some(Arc::new(Rules::new(config))),
+            // The top-level `exempt` is the standing's (it also exempts from bans).
+            exempt: Vec::new(),
             ..Policy::limits_only(&config.rate_limits, metrics, standing)
         }
     }
