@@ -1058,6 +1058,29 @@ fn systemd_unit_runs_the_gateway_and_outlasts_its_drain() {
 }
 
 #[test]
+fn every_hadolint_ignore_in_the_dockerfile_says_why_beside_it() {
+    let text = dockerfile();
+    let lines: Vec<&str> = text.lines().map(str::trim).collect();
+    let mut pragmas = 0;
+    for (i, line) in lines.iter().enumerate() {
+        if !line.contains("hadolint ignore") {
+            continue;
+        }
+        pragmas += 1;
+        let reason = lines[..i]
+            .last()
+            .and_then(|l| l.strip_prefix('#'))
+            .map(str::trim)
+            .unwrap_or_default();
+        assert!(
+            reason.len() > 20 && !reason.contains("hadolint"),
+            "`{line}` needs a comment just above it saying why"
+        );
+    }
+    eprintln!("{pragmas} hadolint ignore pragma(s), each with its reason");
+}
+
+#[test]
 fn image_runs_as_a_non_root_user() {
     for_each_layout(image_runs_as_a_non_root_user_in);
 }
