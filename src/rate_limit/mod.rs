@@ -294,10 +294,22 @@ impl Policy {
         standing::within(&self.exempt, client) || self.standing.exempt(client)
     }
 
-    /// Whether a request whose client address `client` a trusted proxy forwarded (the
-    /// connection came from `peer`) is refused by the access lists.
+    /// Whether the standing refuses the client of a request: an address a trusted proxy
+    /// forwarded (the connection came from `peer`), or, for a direct client, a ban since
+    /// its connection was accepted (a keep-alive connection's next request gets 403). A
+    /// direct client's access lists were read at accept; a trusted proxy's own requests
+    /// (no X-Forwarded-For) are not held to them.
     pub(crate) fn refuses_forwarded(&self, peer: IpAddr, client: IpAddr, asked: Asked) -> bool {
-        canonical(peer) != client && self.refused(client, asked as usize)
+        self.counted(client, self.request_verdict(peer, client), asked as usize)
+    }
+
+    /// The standing of a request's `client` that came through `peer`.
+    fn request_verdict(&self, peer: IpAddr, client: IpAddr) -> Verdict {
+        if canonical(peer) == client {
+            self.standing.ban_verdict(client)
+        } else {
+            self.standing.verdict(client)
+        }
     }
 
     /// The limits on a new WebSocket connection from `client` (through `peer`), before
@@ -310,13 +322,10 @@ impl Policy {
         asked: impl FnOnce() -> Asked,
     ) -> Result<(), Refused> {
         // What the request asked for is worked out only for a refusal's label.
-        let verdict = if canonical(peer) == client {
-            Verdict::Served
-        } else {
-            self.standing.verdict(client)
-        };
+        let verdict = self.request_verdict(peer, client);
         if verdict != Verdict::Served {
             self.counted(client, verdict, asked() as usize);
+            tracing::debug!(%client, %peer, "upgrade refused by the standing");
             return Err(Refused::Denied);
         }
         let Some(spec) = self.connections.as_ref().filter(|_| !self.exempt(client)) else {

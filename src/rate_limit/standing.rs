@@ -236,6 +236,15 @@ impl Standing {
         if rules.access.as_ref().is_some_and(|a| !a.permits(ip)) {
             return Verdict::Denied;
         }
+        self.bans_against(ip, &rules)
+    }
+
+    /// The bans and blocks on `ip` only, not the access lists.
+    pub(crate) fn ban_verdict(&self, ip: IpAddr) -> Verdict {
+        self.bans_against(canonical(ip), &self.rules.load())
+    }
+
+    fn bans_against(&self, ip: IpAddr, rules: &Rules) -> Verdict {
         if self.count.load(Ordering::Acquire) == 0 {
             return Verdict::Served;
         }

@@ -342,9 +342,9 @@ async fn nip86_blockip_with_a_real_nip98_event_closes_the_address_and_only_the_r
     echoes(&mut back, "welcome back").await;
 }
 
-#[tokio::test]
-async fn nip86_is_off_without_keys_and_the_public_port_passes_the_relays_own_nip86_on() {
-    // A relay front that logs plain requests and answers them itself.
+/// A relay front that logs the plain requests it gets and answers each with a small JSON
+/// document of its own; (its address, what it saw).
+async fn http_relay() -> (SocketAddr, Arc<Mutex<Vec<String>>>) {
     let seen = Arc::new(Mutex::new(Vec::<String>::new()));
     let l = TcpListener::bind(any_port()).await.unwrap();
     let relay = l.local_addr().unwrap();
@@ -360,7 +360,7 @@ async fn nip86_is_off_without_keys_and_the_public_port_passes_the_relays_own_nip
             let _ = s
                 .write_all(
                     format!(
-                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
                         body.len()
                     )
                     .as_bytes(),
@@ -368,6 +368,70 @@ async fn nip86_is_off_without_keys_and_the_public_port_passes_the_relays_own_nip
                 .await;
         }
     });
+    (relay, seen)
+}
+
+/// One plain request on an open connection `s`; the status of its answer.
+async fn keep_alive_get(s: &mut TcpStream) -> u16 {
+    s.write_all(b"GET / HTTP/1.1\r\nHost: relay\r\nAccept: application/nostr+json\r\n\r\n")
+        .await
+        .unwrap();
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        let n = tokio::time::timeout(T, s.read(&mut byte))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            n,
+            1,
+            "the connection ended: {}",
+            String::from_utf8_lossy(&head)
+        );
+        head.push(byte[0]);
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map_or(0, |v| v.trim().parse().unwrap());
+    let mut body = vec![0u8; length];
+    s.read_exact(&mut body).await.unwrap();
+    status_and_body(&head).0
+}
+
+#[tokio::test]
+async fn a_blocked_clients_open_keep_alive_connection_gets_403_on_its_next_request() {
+    let operator = Keys::generate();
+    let (relay, _) = http_relay().await;
+    let backend = mosaic_backend().await;
+    let gw = gateway(&format!(
+        "mosaic:\n  backends:\n    - url: ws://{}\nnostr:\n  upstream: ws://{relay}\n\
+         admin:\n  listen: 127.0.0.1:0\n  nip86_pubkeys: [{}]\n",
+        backend.local_addr(),
+        operator.public_key().to_hex()
+    ))
+    .await;
+    let mut plain = tcp_from("127.0.0.12", gw.public_addr).await;
+    assert_eq!(keep_alive_get(&mut plain).await, 200);
+    let block = r#"{"method":"blockip","params":["127.0.0.12"]}"#;
+    assert_eq!(signed_rpc(gw.admin_addr, &operator, block).await.0, 200);
+    assert_eq!(keep_alive_get(&mut plain).await, 403);
+    let m = metrics(&gw).await;
+    assert_eq!(
+        metric(
+            &m,
+            "mosaic_gateway_rate_limited_total{limit=\"banned\",protocol=\"nostr\"}"
+        ),
+        1.0,
+        "{m}"
+    );
+}
+
+#[tokio::test]
+async fn nip86_is_off_without_keys_and_the_public_port_passes_the_relays_own_nip86_on() {
+    let (relay, seen) = http_relay().await;
     let backend = mosaic_backend().await;
     let gw = gateway(&format!(
         "mosaic:\n  backends:\n    - url: ws://{}\nnostr:\n  upstream: ws://{relay}\n",
