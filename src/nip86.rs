@@ -209,3 +209,45 @@ fn dispatch(app: &App, call: &Call, key: &PublicKey) -> Result<Value, Nip86Error
         ))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use base64::Engine as _;
+    use nostr::hashes::Hash as _;
+    use nostr::nips::nip98::HttpData;
+    use nostr::{EventBuilder, JsonUtil, Keys};
+
+    use super::*;
+
+    fn header(keys: &Keys, url: &str, body: &[u8]) -> String {
+        let data = HttpData::new(url.parse().unwrap(), HttpMethod::POST)
+            .payload(nostr::hashes::sha256::Hash::hash(body));
+        let event = EventBuilder::http_auth(data).sign_with_keys(keys).unwrap();
+        format!(
+            "Nostr {}",
+            base64::engine::general_purpose::STANDARD.encode(event.as_json())
+        )
+    }
+
+    #[test]
+    fn the_event_must_name_this_url_over_http_or_https_and_the_body() {
+        let keys = Keys::generate();
+        let body = br#"{"method":"supportedmethods","params":[]}"#;
+        for url in ["http://admin.example:9090/", "https://admin.example:9090/"] {
+            let auth = header(&keys, url, body);
+            let key = authorize(&auth, "admin.example:9090", "/", body).unwrap();
+            assert_eq!(key, keys.public_key());
+        }
+        let elsewhere = header(&keys, "https://other.example/", body);
+        let e = authorize(&elsewhere, "admin.example:9090", "/", body).unwrap_err();
+        assert!(e.to_string().contains("other.example"), "{e}");
+        let auth = header(&keys, "http://admin.example:9090/", body);
+        let e = authorize(&auth, "admin.example:9090", "/", b"{}").unwrap_err();
+        assert_eq!(e.status(), StatusCode::UNAUTHORIZED);
+        assert!(e.to_string().contains("payload"), "{e}");
+        assert!(matches!(
+            authorize("Basic abc", "admin.example:9090", "/", body),
+            Err(Nip86Error::Unauthorized(_))
+        ));
+    }
+}
