@@ -1,5 +1,5 @@
-//! The admin listener: `/metrics`, `/livez`, `/readyz`, `/healthz`, and the status page
-//! (`/`, `/status`, `/status.json`).
+//! The admin listener: `/metrics`, `/livez`, `/readyz`, `/healthz`, the status page
+//! (`/`, `/status`, `/status.json`), and NIP-86 management (`POST /`, see `nip86`).
 //!
 //! Kept apart from the public listener so probes and scrapes never compete with client
 //! limits, and so it can stay on a private address.
@@ -37,10 +37,13 @@ async fn handle(
     status: Arc<Status>,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() == Method::POST && req.uri().path() == "/" {
+        return Ok(crate::nip86::handle(&app, req).await);
+    }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(text(
             StatusCode::METHOD_NOT_ALLOWED,
-            "GET only\n",
+            "GET only (and POST / for NIP-86)\n",
             "text/plain",
         ));
     }

@@ -17,7 +17,10 @@ use crate::tls::{CertificateMode, ClientAuth, MinVersion};
 mod routes;
 pub use routes::{NostrProbe, RouteConfig, RouteLimitsConfig};
 mod rate_limits;
-pub use rate_limits::{AccessConfig, LimitAction, RateConfig, RateLimitsConfig, SubmissionScope};
+pub use rate_limits::{
+    AccessConfig, BansConfig, ByteDirection, LimitAction, RateConfig, RateLimitsConfig,
+    SubmissionScope,
+};
 
 /// Everything wrong with a config file, one `key.path: what is wrong` line each.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,6 +70,9 @@ pub struct Config {
     /// Client addresses served or refused.
     #[serde(default)]
     pub access: AccessConfig,
+    /// Temporary bans, and where bans are kept across restarts.
+    #[serde(default)]
+    pub bans: BansConfig,
     /// Which proxies' client-address claims are believed.
     #[serde(default)]
     pub forwarded: ForwardedConfig,
@@ -181,12 +187,17 @@ pub struct AdminConfig {
     /// Address of /metrics, /livez, /readyz, /healthz.
     #[serde(default = "default_admin_listen")]
     pub listen: String,
+    /// Nostr keys (npub or hex) allowed to manage the gateway over NIP-86 at `POST /`;
+    /// empty: NIP-86 is off.
+    #[serde(default)]
+    pub nip86_pubkeys: Vec<String>,
 }
 
 impl Default for AdminConfig {
     fn default() -> Self {
         AdminConfig {
             listen: default_admin_listen(),
+            nip86_pubkeys: Vec::new(),
         }
     }
 }
@@ -729,6 +740,14 @@ impl Config {
         self.rate_limits
             .validate("rate_limits", self.mosaic.validate, &mut errs);
         self.access.validate(&mut errs);
+        self.bans.validate(&mut errs);
+        for (i, k) in self.admin.nip86_pubkeys.iter().enumerate() {
+            if let Err(e) = nostr::PublicKey::parse(k) {
+                errs.push(format!(
+                    "admin.nip86_pubkeys[{i}]: `{k}` is not a nostr public key (npub1… or 64 hex digits): {e}"
+                ));
+            }
+        }
         for (i, c) in self.forwarded.trusted_proxies.iter().enumerate() {
             if parse_cidr(c).is_err() {
                 errs.push(format!(

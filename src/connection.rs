@@ -16,6 +16,7 @@ use crate::handshake::ForwardedClient;
 use crate::metrics::ProtocolMetrics;
 use crate::pool::BackendGuard;
 use crate::relay::limiter::LimitState;
+use crate::relay::mosaic::Direction;
 use crate::relay::pump::{
     relay, Buffered, Pump, PumpOptions, RelayReport, Shared, Side, Source, Traffic,
 };
@@ -63,7 +64,7 @@ pub(crate) struct Prepared {
     pub(crate) who: ForwardedClient,
     pub(crate) accepted: Accepted,
     pub(crate) opts: PumpOptions,
-    /// The connection's rate limits, client to upstream; `None`: no limiter work at all.
+    /// The connection's rate limits, per direction; `None`: no limiter work at all.
     pub(crate) limits: Option<Box<LimitState>>,
     pub(crate) permit: Permit,
     /// The route's place (and series) for this connection.
@@ -199,10 +200,14 @@ impl Open {
 
     fn close(self, report: RelayReport) {
         let m = &self.app.metrics;
-        if let Some((v, _)) = report.violation {
+        if let Some((v, dir)) = report.violation {
             m.protocol_violations_total
                 .with_label_values(&[v.label()])
                 .inc();
+            // The client's violations count towards a ban; the upstream's are not its doing.
+            if dir == Direction::ClientToUpstream {
+                self.app.standing().trip(self.permit.ip());
+            }
         }
         if let Some(code) = report.gateway_close_code {
             m.closes_sent_total
@@ -278,10 +283,11 @@ pub(crate) fn run_connection(
         authenticated = who.client_key.is_some(),
         "connection opened"
     );
-    let signal = app.relayed.register();
+    let signal = app.register(who.addr);
     // Built here, not in the relay's future: the timeout it keeps needs no copy there.
+    // Answers are queued only for a client whose messages are limited.
     let shared = Shared::new(
-        limits.is_some(),
+        limits.as_ref().is_some_and(|l| l.up.is_some()),
         app.gateway().config.limits.write_timeout.0,
     );
     let (mut up, mut up_left) = upstream.into_parts();

@@ -14,10 +14,11 @@ use tokio::sync::watch;
 use crate::admission::{Caps, LimitHit, Limits, Permit};
 use crate::client_addr::TrustedProxies;
 use crate::config::{AcmeChallenge, AcmeConfig, Config, TlsConfig};
-use crate::drain::{DrainSignal, DrainState};
+use crate::drain::{DrainSignal, DrainState, Kick};
 use crate::keys::KeyError;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
+use crate::rate_limit::{BanKind, Standing, Verdict};
 use crate::routes::Routes;
 use crate::tls::acme::{AcmeError, AcmeManager, AcmeSettings, Challenge};
 use crate::tls::certs::{CertStore, CertificateSource, NamePattern};
@@ -81,9 +82,14 @@ impl Gateway {
             Some(t) => Some(Arc::new(build_tls(t, old)?)),
             None => None,
         };
-        let routes = Routes::build(&config, old.map(|o| &o.routes), metrics);
+        // The table of standing outlives generations: bans and trips survive a reload.
+        let standing = match old {
+            Some(o) => o.rate.standing.clone(),
+            None => Standing::new(&config, metrics),
+        };
+        let routes = Routes::build(&config, old.map(|o| &o.routes), metrics, &standing);
         Ok(Gateway {
-            rate: crate::rate_limit::Policy::new(&config, metrics),
+            rate: crate::rate_limit::Policy::new(&config, metrics, standing),
             trusted: TrustedProxies::new(&config.forwarded.trusted_proxies),
             tls,
             routes,
@@ -224,6 +230,7 @@ pub struct App {
 impl App {
     /// Wraps a first generation.
     pub fn new(gateway: Gateway, metrics: Arc<Metrics>) -> Arc<App> {
+        gateway.rate.adopt();
         let (drain, _) = watch::channel(DrainState::Running);
         let rate_tables = crate::rate_limit::Tables::new(&metrics);
         Arc::new(App {
@@ -255,11 +262,37 @@ impl App {
             .unwrap_or_else(|p| p.into_inner().clone())
     }
 
-    /// Makes `g` the generation for new connections.
+    /// Makes `g` the generation for new connections; its access lists and exemptions
+    /// apply to open connections too (the enforcer closes the ones now refused).
     pub fn swap(&self, g: Gateway) {
         if let Ok(mut cur) = self.current.write() {
+            g.rate.adopt();
             *cur = Arc::new(g);
         }
+    }
+
+    /// The table of standing (access lists, exemptions, bans), shared by every generation.
+    pub(crate) fn standing(&self) -> Arc<Standing> {
+        self.gateway().rate.standing.clone()
+    }
+
+    /// Closes (1008) every relayed connection whose client the standing refuses now;
+    /// how many.
+    pub(crate) fn close_refused(&self) -> usize {
+        let standing = self.standing();
+        self.relayed.kick_where(|ip| kick_for(standing.verdict(ip)))
+    }
+
+    /// Registers a relayed connection of `client`, closing it at once if its address was
+    /// refused while its upgrade was under way (after accept, before this): a sweep that
+    /// ran meanwhile did not see it, and none may come.
+    pub(crate) fn register(&self, client: std::net::IpAddr) -> Arc<DrainSignal> {
+        let signal = self.relayed.register(client);
+        // After inserting: a change from here on is seen by its sweep.
+        if let Some(k) = kick_for(self.standing().verdict(client)) {
+            signal.kick(k);
+        }
+        signal
     }
 
     /// Whether SIGTERM started the drain.
@@ -284,6 +317,16 @@ impl App {
             }
         }
         Ok(())
+    }
+}
+
+/// Why an open connection with this standing is closed, if it is.
+fn kick_for(verdict: Verdict) -> Option<Kick> {
+    match verdict {
+        Verdict::Served => None,
+        Verdict::Denied => Some(Kick::Denied),
+        Verdict::Banned(BanKind::Temporary) => Some(Kick::TempBanned),
+        Verdict::Banned(BanKind::Permanent) => Some(Kick::PermBanned),
     }
 }
 
@@ -315,8 +358,8 @@ impl Hash for Registered {
 }
 
 impl Relayed {
-    pub(crate) fn register(&self) -> Arc<DrainSignal> {
-        let signal = Arc::new(DrainSignal::default());
+    pub(crate) fn register(&self, client: std::net::IpAddr) -> Arc<DrainSignal> {
+        let signal = Arc::new(DrainSignal::new(client));
         lock(&self.conns).insert(Registered(signal.clone()));
         // Checked after inserting: a drain that started meanwhile has either seen this
         // connection in the set or is seen here.
@@ -328,6 +371,16 @@ impl Relayed {
 
     pub(crate) fn unregister(&self, signal: &Arc<DrainSignal>) {
         lock(&self.conns).remove(&Registered(signal.clone()));
+    }
+
+    /// Kicks every relayed connection `why` has a reason for (by its client's address);
+    /// how many were kicked now.
+    pub(crate) fn kick_where(&self, why: impl Fn(std::net::IpAddr) -> Option<Kick>) -> usize {
+        let conns = lock(&self.conns);
+        conns
+            .iter()
+            .filter(|s| why(s.0.client()).is_some_and(|k| s.0.kick(k)))
+            .count()
     }
 
     /// Tells every relayed connection, present and future, to drain by `close_by`.
@@ -364,7 +417,8 @@ mod tests {
     #[tokio::test]
     async fn the_drain_reaches_registered_connections_and_later_ones_only() {
         let relayed = Relayed::default();
-        let (kept, gone) = (relayed.register(), relayed.register());
+        let ip = std::net::IpAddr::from([192, 0, 2, 1]);
+        let (kept, gone) = (relayed.register(ip), relayed.register(ip));
         relayed.unregister(&gone);
         assert_eq!(super::lock(&relayed.conns).len(), 1);
         let close_by = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
@@ -380,6 +434,6 @@ mod tests {
         assert!(fired(&kept));
         assert!(!fired(&gone), "an unregistered connection is not told");
         // A connection that registers during the drain is told at once.
-        assert!(fired(&relayed.register()));
+        assert!(fired(&relayed.register(ip)));
     }
 }

@@ -113,6 +113,8 @@ pub struct Metrics {
     pub rate_limited_total: IntCounterVec,
     /// Clients remembered by the rate limiters' shared tables, by table.
     pub rate_limiter_entries: IntGaugeVec,
+    /// Bans and NIP-86 blocks in force.
+    pub bans_active: IntGauge,
 }
 
 /// Registers a metric built from a fixed definition. Names and labels are compile-time
@@ -145,7 +147,7 @@ fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
 /// `rate_limited_total{protocol,limit}` series known in advance: both protocols for every
 /// limit that applies to them, and `unknown` for connections refused before their request
 /// said which protocol they speak.
-pub const RATE_LIMITED_SERIES: [(&str, &str); 11] = [
+pub const RATE_LIMITED_SERIES: [(&str, &str); 14] = [
     ("mosaic", "connections"),
     ("mosaic", "messages"),
     ("mosaic", "bytes"),
@@ -157,6 +159,9 @@ pub const RATE_LIMITED_SERIES: [(&str, &str); 11] = [
     ("nostr", "bytes"),
     ("nostr", "denied"),
     ("unknown", "denied"),
+    ("mosaic", "banned"),
+    ("nostr", "banned"),
+    ("unknown", "banned"),
 ];
 
 /// The `table` label values of `rate_limiter_entries`.
@@ -240,7 +245,16 @@ impl Metrics {
             "Clients (addresses or keys) the rate limiters' shared tables remember",
             &["table"],
         );
+        let bans_active = register(
+            &r,
+            "bans_active",
+            IntGauge::with_opts(opts(
+                "bans_active",
+                "Client addresses banned now (temporary bans and NIP-86 blocks)",
+            )),
+        );
         let m = Metrics {
+            bans_active,
             rate_limited_total,
             rate_limiter_entries,
             connections_active,

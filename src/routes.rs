@@ -17,7 +17,7 @@ use crate::config::{
 };
 use crate::metrics::{Metrics, ProtocolMetrics};
 use crate::pool::Pool;
-use crate::rate_limit::{Policy, Tables};
+use crate::rate_limit::{Policy, Standing, Tables};
 use crate::route_table::{PathPrefix, RouteTable, RESERVED_NAME};
 
 /// A route's Mosaic side: its settings and pools.
@@ -186,7 +186,12 @@ impl Routes {
     /// Builds the routes of `config`. With `old` (a reload), routes that stay by name keep
     /// their pools (reconfigured) and connection counts; the pools of removed routes, and
     /// of removed sections, drain.
-    pub fn build(config: &Config, old: Option<&Routes>, metrics: &Arc<Metrics>) -> Routes {
+    pub(crate) fn build(
+        config: &Config,
+        old: Option<&Routes>,
+        metrics: &Arc<Metrics>,
+        standing: &Arc<Standing>,
+    ) -> Routes {
         let find = |name: &str| old.and_then(|o| o.all().find(|r| &*r.name == name).cloned());
         let nostr = config.nostr.as_ref().filter(|n| n.serves());
         let mosaic = (!config.mosaic.backends.is_empty()).then_some(&config.mosaic);
@@ -199,7 +204,7 @@ impl Routes {
                 rate_limits: None,
                 strip: None,
             };
-            Arc::new(spec.build(find(RESERVED_NAME).as_deref(), metrics))
+            Arc::new(spec.build(find(RESERVED_NAME).as_deref(), metrics, standing))
         });
         let routes: Vec<Arc<RouteState>> = config
             .routes
@@ -217,7 +222,7 @@ impl Routes {
                         .filter(|_| r.strip_prefix)
                         .and_then(|p| PathPrefix::parse(p).ok()),
                 };
-                Arc::new(spec.build(find(&r.name).as_deref(), metrics))
+                Arc::new(spec.build(find(&r.name).as_deref(), metrics, standing))
             })
             .collect();
         let table = RouteTable::new(
@@ -337,7 +342,12 @@ struct Spec<'a> {
 }
 
 impl Spec<'_> {
-    fn build(self, old: Option<&RouteState>, metrics: &Arc<Metrics>) -> RouteState {
+    fn build(
+        self,
+        old: Option<&RouteState>,
+        metrics: &Arc<Metrics>,
+        standing: &Arc<Standing>,
+    ) -> RouteState {
         let name: Arc<str> = old.map_or_else(|| Arc::from(self.name), |o| o.name.clone());
         crate::answer::preset_metrics(metrics, &name);
         let old_mosaic = old.and_then(|o| o.mosaic.as_ref());
@@ -371,7 +381,7 @@ impl Spec<'_> {
             }
         };
         let rate = self.rate_limits.map(|r| RouteRate {
-            policy: Policy::limits_only(r, metrics),
+            policy: Policy::limits_only(r, metrics, standing.clone()),
             tables: old.and_then(|o| o.rate.as_ref()).map_or_else(
                 || Arc::new(Tables::for_route(metrics)),
                 |o| o.tables.clone(),
@@ -472,6 +482,10 @@ mod tests {
 
     const ROUTES: &str = "routes:\n  - name: a\n    hosts: [a.test]\n    nostr: { upstream: ws://127.0.0.1:1 }\n  - name: b\n    hosts: [b.test]\n    mosaic: { backends: [ { url: ws://127.0.0.1:2 } ] }\n";
 
+    fn build(c: &Config, old: Option<&Routes>, m: &Arc<Metrics>) -> Routes {
+        Routes::build(c, old, m, &Standing::new(c, m))
+    }
+
     #[test]
     fn routes_are_chosen_by_host_with_or_without_a_default() {
         let m = Arc::new(Metrics::new());
@@ -479,7 +493,7 @@ mod tests {
             "mosaic:\n  backends: [ {{ url: ws://127.0.0.1:3 }} ]\n{ROUTES}"
         ))
         .unwrap();
-        let r = Routes::build(&with_default, None, &m);
+        let r = build(&with_default, None, &m);
         assert_eq!(select(&r, None, "A.test:443", "/").unwrap(), "a");
         assert_eq!(select(&r, None, "b.test", "/x?y").unwrap(), "b");
         assert_eq!(select(&r, None, "c.test", "/").unwrap(), "default");
@@ -489,7 +503,7 @@ mod tests {
         );
         assert_eq!(select(&r, Some("a.test"), "a.test", "/").unwrap(), "a");
         let without = crate::config::parse(ROUTES).unwrap();
-        let r = Routes::build(&without, None, &m);
+        let r = build(&without, None, &m);
         assert_eq!(select(&r, None, "c.test", "/"), Err(NoRoute::Unknown));
         assert_eq!(r.pools().len(), 2);
         assert!(r.get("a").unwrap().serves_nostr());
@@ -499,12 +513,12 @@ mod tests {
     #[test]
     fn a_reload_keeps_routes_that_stay_and_drains_removed_ones() {
         let m = Arc::new(Metrics::new());
-        let first = Routes::build(&crate::config::parse(ROUTES).unwrap(), None, &m);
+        let first = build(&crate::config::parse(ROUTES).unwrap(), None, &m);
         let a = first.get("a").unwrap().clone();
         let b = first.get("b").unwrap().clone();
         let slot = a.enter().unwrap();
         let second_cfg = "routes:\n  - name: a\n    hosts: [a.test, www.a.test]\n    nostr: { upstream: ws://127.0.0.1:1 }\n    limits: { max_connections: 1 }\n";
-        let second = Routes::build(&crate::config::parse(second_cfg).unwrap(), Some(&first), &m);
+        let second = build(&crate::config::parse(second_cfg).unwrap(), Some(&first), &m);
         let a2 = second.get("a").unwrap();
         assert!(Arc::ptr_eq(
             &a.nostr.as_ref().unwrap().pool,

@@ -260,6 +260,7 @@ pub async fn start_with(
         tokio::spawn(crate::health::run(app.clone())),
         tokio::spawn(crate::discovery::run(app.clone(), resolver)),
         tokio::spawn(crate::certificates::run(app.clone())),
+        tokio::spawn(crate::enforcer::run(app.clone())),
     ];
     if let Some(l) = acme_http_l {
         tasks.push(tokio::spawn(crate::acme_http::serve(app.clone(), l)));

@@ -268,7 +268,16 @@ impl Status {
                 .collect()
         };
         let readiness = app.readiness();
+        let all_bans = app.standing().list();
+        let bans_active = all_bans.len();
+        let bans = all_bans
+            .into_iter()
+            .take(MAX_BANS_SHOWN)
+            .map(|(net, ban)| BanRow::new(net, ban, unix(wall) * 1000))
+            .collect();
         Report {
+            bans_active,
+            bans,
             version: env!("CARGO_PKG_VERSION"),
             started_at: unix(self.started_at),
             now: unix(wall),
@@ -386,6 +395,43 @@ pub struct Report {
     pub tls_handshakes: BTreeMap<String, u64>,
     /// `tls_handshake_failures_total` by reason.
     pub tls_handshake_failures: BTreeMap<String, u64>,
+    /// Bans and NIP-86 blocks in force.
+    pub bans_active: usize,
+    /// The first [`MAX_BANS_SHOWN`] of them, soonest to end first, blocks last.
+    pub bans: Vec<BanRow>,
+}
+
+/// Bans listed on the page at most (the table may hold `bans.max_entries`).
+pub const MAX_BANS_SHOWN: usize = 1000;
+
+/// One ban in force.
+#[derive(Serialize)]
+pub struct BanRow {
+    /// The address, or the network (IPv6 bans cover `rate_limits.ipv6_prefix`).
+    pub address: String,
+    /// `temporary` (limit trips, violations) or `blocked` (NIP-86, until unblocked).
+    pub kind: &'static str,
+    /// Seconds until a temporary ban ends.
+    pub seconds_left: Option<u64>,
+    /// Why.
+    pub reason: String,
+}
+
+impl BanRow {
+    fn new(net: ipnet::IpNet, ban: crate::rate_limit::Ban, now_ms: u64) -> BanRow {
+        BanRow {
+            address: crate::rate_limit::net_text(net),
+            kind: if ban.until_ms.is_some() {
+                "temporary"
+            } else {
+                "blocked"
+            },
+            seconds_left: ban
+                .until_ms
+                .map(|u| u.saturating_sub(now_ms).div_ceil(1000)),
+            reason: ban.reason,
+        }
+    }
 }
 
 /// Connections of one label set (protocol, and route where routes exist).
@@ -705,6 +751,7 @@ pub fn html(r: &Report) -> String {
     }
     o.push_str("</table></div></section>");
 
+    bans_html(&mut o, r);
     o.push_str("<section><h2>TLS</h2>");
     if r.tls {
         let count = |m: &BTreeMap<String, u64>| m.values().sum::<u64>();
@@ -751,6 +798,35 @@ pub fn html(r: &Report) -> String {
     }
     o.push_str("</section></main></body></html>\n");
     o
+}
+
+/// The bans section: what the table of standing holds against addresses now.
+fn bans_html(o: &mut String, r: &Report) {
+    let _ = write!(
+        o,
+        "<section><h2>Bans <span class=\"muted\">({} in force)</span></h2><div class=\"scroll\"><table id=\"bans\">\
+<tr><th>address</th><th>kind</th><th class=\"n\">ends in</th><th>reason</th></tr>",
+        r.bans_active
+    );
+    for b in &r.bans {
+        let _ = write!(
+            o,
+            "<tr data-ban=\"{}\"><td class=\"wrap\">{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"wrap\">{}</td></tr>",
+            escape(&b.address),
+            escape(&b.address),
+            b.kind,
+            b.seconds_left.map_or_else(|| "unblocked by hand".into(), duration_text),
+            escape(&b.reason),
+        );
+    }
+    if r.bans.is_empty() {
+        o.push_str("<tr><td colspan=\"4\" class=\"muted\">none</td></tr>");
+    }
+    o.push_str("</table></div>");
+    if r.bans_active > r.bans.len() {
+        let _ = write!(o, "<p class=\"muted\">the first {} shown</p>", r.bans.len());
+    }
+    o.push_str("</section>");
 }
 
 #[cfg(test)]

@@ -16,7 +16,8 @@ pub struct RateLimitsConfig {
     /// WebSocket messages per connection, client to upstream (`action`: throttle or close).
     #[serde(default)]
     pub messages_per_connection: Option<RateConfig>,
-    /// Bytes per connection, client to upstream (throttled).
+    /// Bytes per connection (throttled); `direction` says which way (default: client to
+    /// upstream).
     #[serde(default)]
     pub bytes_per_connection: Option<RateConfig>,
     /// Mosaic Submissions (`scope`: connection, ip or client_key); over the rate the
@@ -33,6 +34,9 @@ pub struct RateLimitsConfig {
     /// longest ago are forgotten first.
     #[serde(default = "default_table_size")]
     pub table_size: usize,
+    /// CIDRs never rate limited nor banned (trusted indexers, the operator's monitoring).
+    #[serde(default)]
+    pub exempt: Vec<String>,
 }
 
 impl Default for RateLimitsConfig {
@@ -45,6 +49,7 @@ impl Default for RateLimitsConfig {
             mosaic_open_queries: None,
             ipv6_prefix: default_ipv6_prefix(),
             table_size: default_table_size(),
+            exempt: Vec::new(),
         }
     }
 }
@@ -75,6 +80,9 @@ pub struct RateConfig {
     /// `mosaic_submissions` only: whose Submissions share a bucket.
     #[serde(default)]
     pub scope: Option<SubmissionScope>,
+    /// `bytes_per_connection` only: which way the bytes are counted.
+    #[serde(default)]
+    pub direction: Option<ByteDirection>,
 }
 
 fn one_second() -> DurationStr {
@@ -110,6 +118,116 @@ pub enum SubmissionScope {
     Ip,
     /// Every connection of one TLS-authenticated key; anonymous clients by address.
     ClientKey,
+}
+
+/// Which way `bytes_per_connection` counts and throttles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ByteDirection {
+    /// Client to upstream: the client's socket stops being read.
+    #[default]
+    Client,
+    /// Upstream to client: the upstream's socket stops being read (large answers,
+    /// downloads), so the upstream is slowed by TCP backpressure.
+    Upstream,
+    /// Both ways, each with its own bucket of this size.
+    Both,
+}
+
+impl ByteDirection {
+    /// Whether client-to-upstream bytes are counted.
+    pub fn client(self) -> bool {
+        matches!(self, ByteDirection::Client | ByteDirection::Both)
+    }
+
+    /// Whether upstream-to-client bytes are counted.
+    pub fn upstream(self) -> bool {
+        matches!(self, ByteDirection::Upstream | ByteDirection::Both)
+    }
+}
+
+/// `bans:`: temporary bans of addresses that keep tripping limits or breaking the protocol,
+/// and where bans (NIP-86 blocks too) are kept across restarts.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BansConfig {
+    /// Limit trips and protocol violations by one address (IPv6: `rate_limits.ipv6_prefix`)
+    /// within `within` that ban it; absent: no automatic bans.
+    #[serde(default)]
+    pub after: Option<u32>,
+    /// The window trips are counted in.
+    #[serde(default = "default_ban_within")]
+    pub within: DurationStr,
+    /// How long an automatic ban lasts.
+    #[serde(default = "default_ban_for", rename = "for")]
+    pub duration: DurationStr,
+    /// Bans (and addresses with trips counted) remembered at most.
+    #[serde(default = "default_ban_entries")]
+    pub max_entries: usize,
+    /// Where bans and NIP-86 blocks are kept across restarts; absent or empty: in memory
+    /// only.
+    #[serde(default)]
+    pub file: Option<std::path::PathBuf>,
+}
+
+impl Default for BansConfig {
+    fn default() -> Self {
+        BansConfig {
+            after: None,
+            within: default_ban_within(),
+            duration: default_ban_for(),
+            max_entries: default_ban_entries(),
+            file: None,
+        }
+    }
+}
+
+fn default_ban_within() -> DurationStr {
+    DurationStr::from_secs(60)
+}
+
+fn default_ban_for() -> DurationStr {
+    DurationStr::from_secs(600)
+}
+
+fn default_ban_entries() -> usize {
+    100_000
+}
+
+impl BansConfig {
+    /// `file`, unless absent or empty (`file: ""` as in the contract's example).
+    pub fn file(&self) -> Option<&std::path::Path> {
+        self.file.as_deref().filter(|f| !f.as_os_str().is_empty())
+    }
+
+    pub(crate) fn validate(&self, errs: &mut Vec<String>) {
+        if self.after == Some(0) {
+            errs.push("bans.after: must be at least 1 (omit it for no automatic bans)".into());
+        }
+        if self.within.0.is_zero() {
+            errs.push("bans.within: must be more than 0".into());
+        }
+        if self.duration.0.is_zero() {
+            errs.push("bans.for: must be more than 0".into());
+        }
+        if !(16..=10_000_000).contains(&self.max_entries) {
+            errs.push("bans.max_entries: must be from 16 to 10000000".into());
+        }
+        if let Some(f) = self.file() {
+            let dir = match f.parent() {
+                Some(d) if !d.as_os_str().is_empty() => d,
+                _ => std::path::Path::new("."),
+            };
+            if f.file_name().is_none() {
+                errs.push("bans.file: must name a file".into());
+            } else if !dir.is_dir() {
+                errs.push(format!(
+                    "bans.file: the directory {} does not exist",
+                    dir.display()
+                ));
+            }
+        }
+    }
 }
 
 /// `access:`: client addresses served or refused (after PROXY / trusted X-Forwarded-For).
@@ -165,6 +283,7 @@ impl RateLimitsConfig {
         if self.table_size < 16 {
             errs.push(format!("{key}.table_size: must be at least 16"));
         }
+        check_cidrs(&format!("{key}.exempt"), &self.exempt, errs);
     }
 }
 
@@ -189,19 +308,28 @@ impl RateConfig {
         if self.scope.is_some() && name != "mosaic_submissions" {
             errs.push(format!("{key}.scope: only mosaic_submissions has a scope"));
         }
+        if self.direction.is_some() && name != "bytes_per_connection" {
+            errs.push(format!(
+                "{key}.direction: only bytes_per_connection has a direction"
+            ));
+        }
     }
 }
 
 impl AccessConfig {
     pub(crate) fn validate(&self, errs: &mut Vec<String>) {
-        for (name, list) in [("allow", &self.allow), ("deny", &self.deny)] {
-            for (i, c) in list.iter().enumerate() {
-                if let Err(e) = parse_cidr(c) {
-                    errs.push(format!(
-                        "access.{name}[{i}]: `{c}` is not a CIDR like 203.0.113.0/24 or 2001:db8::/32 ({e})"
-                    ));
-                }
-            }
+        check_cidrs("access.allow", &self.allow, errs);
+        check_cidrs("access.deny", &self.deny, errs);
+    }
+}
+
+/// One line per entry of `list` (at `key`) that is not a CIDR or an address.
+fn check_cidrs(key: &str, list: &[String], errs: &mut Vec<String>) {
+    for (i, c) in list.iter().enumerate() {
+        if let Err(e) = parse_cidr(c) {
+            errs.push(format!(
+                "{key}[{i}]: `{c}` is not a CIDR like 203.0.113.0/24 or 2001:db8::/32 ({e})"
+            ));
         }
     }
 }

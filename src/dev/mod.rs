@@ -143,7 +143,15 @@ pub async fn run(opts: DevOptions) -> Result<(), DevError> {
     println!("\n  server key (ephemeral): {server_key}");
     println!("  embedded nostr relay:   ws://{}", relay.local_addr());
     println!("  embedded Mosaic backend: ws://{}\n", backend.local_addr());
-    println!("Ctrl-C drains and stops.");
+    println!("Ctrl-C drains and stops.\n");
+    // The container image runs this stack by default: say how to serve real relays.
+    println!(
+        "  To serve your own relays, write a config (every key: proxy.yaml.example, in the\n  \
+         image at /usr/share/doc/mosaic-gateway/) and run\n    \
+         mosaic-gateway run --config FILE\n  \
+         in a container: mount it at /etc/mosaic-gateway/proxy.yaml and pass\n    \
+         run --config /etc/mosaic-gateway/proxy.yaml"
+    );
     let _ = crate::shutdown::wait_for_stop(running.app.clone(), None)
         .await
         .map_err(DevError::Signals)?;

@@ -133,7 +133,11 @@ impl Limiter for ConnLimiter {
             Err(wait) => {
                 if !self.message_held {
                     self.message_held = true;
-                    self.plan.counters.messages.inc();
+                    match action {
+                        // Closing is a refusal; throttling only paces the client.
+                        LimitAction::Close => self.plan.refused(&self.plan.counters.messages),
+                        LimitAction::Throttle => self.plan.counters.messages.inc(),
+                    }
                     tracing::debug!(action = ?action, "messages_per_connection: over the rate");
                 }
                 match action {
@@ -159,7 +163,7 @@ impl Limiter for ConnLimiter {
                 return Admit::NeedMore;
             }
             if !self.submission_passes() {
-                self.plan.counters.submissions.inc();
+                self.plan.refused(&self.plan.counters.submissions);
                 tracing::debug!("mosaic_submissions: answered 0x12 (too fast)");
                 return Admit::Skip(GatewayMessage::submission_result(SUBMISSION_TOO_FAST, head));
             }
@@ -172,7 +176,7 @@ impl Limiter for ConnLimiter {
             // and `apply`.
             let open = queries.with(|open| (!open.contains(&id)).then_some(open.len()));
             if let Some(open) = open.filter(|&n| n >= max) {
-                self.plan.counters.open_queries.inc();
+                self.plan.refused(&self.plan.counters.open_queries);
                 tracing::debug!(open, "mosaic_open_queries: answered 0x11 (too open)");
                 return Admit::Skip(GatewayMessage::query_closed(id, QUERY_CLOSED_TOO_OPEN));
             }

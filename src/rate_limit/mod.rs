@@ -7,17 +7,26 @@
 //!
 //! | limit | decided by | applied in | answer |
 //! |---|---|---|---|
-//! | `access.allow` / `deny` | [`Policy::refuses_at_accept`], [`Policy::refuses_forwarded`] | `server` (right after accept and the PROXY header, before TLS); `upgrade`, `front` per request behind a trusted X-Forwarded-For proxy | connection closed; 403 per request |
+//! | `access.allow` / `deny`, bans, NIP-86 blocks | [`Policy::refuses_at_accept`], [`Policy::refuses_forwarded`], reading the [`Standing`] | `server` (right after accept and the PROXY header, before TLS); `upgrade`, `front` per request behind a trusted X-Forwarded-For proxy; open connections after a change (`enforcer`) | connection closed; 403 per request; close 1008 |
 //! | `connections_per_ip` | [`Policy::admit_connection`] | `upgrade`, before routing | 429 with `Retry-After` |
 //! | `messages_per_connection`, `bytes_per_connection`, `mosaic_submissions`, `mosaic_open_queries` | the connection's [`ConnLimiter`] | the relay, through its `Limiter` interface, at the tracker's message boundaries | throttle (stop reading), close 1008, Submission Result 0x12, Query Closed 0x11 |
 //!
 //! Buckets shared between connections (per address, per client key) live in [`Tables`],
-//! which outlive configuration reloads and stay bounded (see `table`).
+//! which outlive configuration reloads and stay bounded (see `table`). Beside them, the
+//! table of standing ([`Standing`]) holds what the gateway has against an address: access
+//! lists, exemptions, bans and their expiry. `rate_limits.exempt` addresses skip every limit
+//! here; refusals (429, Submission and query answers, `action: close`) and client protocol
+//! violations count as trips towards a ban. Throttling is pacing, not a trip.
 
 mod access;
+mod bans_file;
 mod bucket;
 mod conn;
+mod standing;
 mod table;
+
+pub(crate) use bans_file::save as save_bans;
+pub(crate) use standing::{net_text, Ban, BanKind, BlockError, Rules, Standing, Verdict};
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -25,13 +34,14 @@ use std::time::Duration;
 
 use prometheus::IntCounter;
 
+use ipnet::IpNet;
+
 use crate::client_addr::{canonical, TrustedProxies};
 use crate::config::LimitAction;
-use crate::config::{Config, RateConfig, RateLimitsConfig, SubmissionScope};
+use crate::config::{ByteDirection, Config, RateConfig, RateLimitsConfig, SubmissionScope};
 use crate::metrics::{Metrics, RATE_LIMITER_TABLES};
 
-use crate::relay::limiter::Limiter;
-use access::AccessList;
+use crate::relay::limiter::{Limiter, Limiters};
 use bucket::{now_ns, Spec};
 use conn::ConnLimiter;
 use table::{Key, Table};
@@ -89,14 +99,32 @@ enum Submissions {
     },
 }
 
-/// The limits one relayed connection applies, client to upstream, decided when it is set
-/// up ([`ConnLimiter`] keeps their buckets).
+/// The limits one direction of a relayed connection applies, decided when it is set up
+/// ([`ConnLimiter`] keeps their buckets).
 struct ConnPlan {
     messages: Option<(Spec, LimitAction)>,
     bytes: Option<Spec>,
     submissions: Option<Submissions>,
     open_queries: Option<usize>,
     counters: LimitCounters,
+    /// Where refusals count towards a ban of the client; `None`: automatic bans are off.
+    trips: Option<Tripper>,
+}
+
+/// Counts one connection's refusals against its client's standing.
+struct Tripper {
+    standing: Arc<Standing>,
+    client: IpAddr,
+}
+
+impl ConnPlan {
+    /// A refusal: counted, and a trip towards a ban.
+    fn refused(&self, counter: &IntCounter) {
+        counter.inc();
+        if let Some(t) = &self.trips {
+            t.standing.trip(t.client);
+        }
+    }
 }
 
 /// Why a client is refused before its connection is routed.
@@ -148,10 +176,16 @@ impl Series {
 
 /// One generation's limits, built from the validated config.
 pub(crate) struct Policy {
-    access: Option<AccessList>,
+    /// The table of standing, shared by every generation.
+    pub(crate) standing: Arc<Standing>,
+    /// The top-level policy's rules about addresses, which the standing adopts when this
+    /// generation becomes current; `None` for a route's own limits.
+    rules: Option<Arc<Rules>>,
+    /// A route's own `rate_limits.exempt` (the top level's lives in the standing).
+    exempt: Vec<IpNet>,
     connections: Option<Spec>,
     messages: Option<(Spec, LimitAction)>,
-    bytes: Option<Spec>,
+    bytes: Option<(Spec, ByteDirection)>,
     submissions: Option<(Spec, SubmissionScope)>,
     open_queries: Option<usize>,
     ipv6_prefix: u8,
@@ -164,25 +198,37 @@ fn spec(r: &RateConfig) -> Spec {
 }
 
 impl Policy {
-    /// The limits `config` sets (validated), counting into `metrics`.
-    pub(crate) fn new(config: &Config, metrics: &Metrics) -> Policy {
+    /// The limits `config` sets (validated), counting into `metrics`; `standing` is the
+    /// process's table of standing.
+    pub(crate) fn new(config: &Config, metrics: &Metrics, standing: Arc<Standing>) -> Policy {
         Policy {
-            access: AccessList::new(&config.access.allow, &config.access.deny),
-            ..Policy::limits_only(&config.rate_limits, metrics)
+            rules: Some(Arc::new(Rules::new(config))),
+            // The top-level `exempt` is the standing's (it also exempts from bans).
+            exempt: Vec::new(),
+            ..Policy::limits_only(&config.rate_limits, metrics, standing)
         }
     }
 
-    /// A route's own rate limits (`routes[i].rate_limits`): no access lists, which stay
-    /// global.
-    pub(crate) fn limits_only(r: &RateLimitsConfig, metrics: &Metrics) -> Policy {
+    /// A route's own rate limits (`routes[i].rate_limits`): the access lists and bans stay
+    /// global (in the standing).
+    pub(crate) fn limits_only(
+        r: &RateLimitsConfig,
+        metrics: &Metrics,
+        standing: Arc<Standing>,
+    ) -> Policy {
         Policy {
-            access: None,
+            standing,
+            rules: None,
+            exempt: standing::cidrs(&r.exempt),
             connections: r.connections_per_ip.as_ref().map(spec),
             messages: r
                 .messages_per_connection
                 .as_ref()
                 .map(|m| (spec(m), m.action.unwrap_or_default())),
-            bytes: r.bytes_per_connection.as_ref().map(spec),
+            bytes: r
+                .bytes_per_connection
+                .as_ref()
+                .map(|b| (spec(b), b.direction.unwrap_or_default())),
             submissions: r
                 .mosaic_submissions
                 .as_ref()
@@ -205,30 +251,65 @@ impl Policy {
         accepted: IpAddr,
         real: IpAddr,
     ) -> bool {
-        let Some(access) = &self.access else {
-            return false;
-        };
         let forwarded_later = !proxy_protocol && trusted.contains(accepted);
-        if forwarded_later || access.permits(real) {
+        if forwarded_later {
             return false;
         }
-        self.series.denied[2].inc();
-        tracing::debug!(client = %real, "access: address refused, connection closed");
-        true
+        self.refused(real, 2)
     }
 
-    /// Whether a request whose client address `client` a trusted proxy forwarded (the
-    /// connection came from `peer`) is refused by the access lists.
-    pub(crate) fn refuses_forwarded(&self, peer: IpAddr, client: IpAddr, asked: Asked) -> bool {
-        let Some(access) = &self.access else {
-            return false;
-        };
-        if canonical(peer) == client || access.permits(client) {
-            return false;
+    /// Makes this generation's rules about addresses the standing's (it became current).
+    pub(crate) fn adopt(&self) {
+        if let Some(r) = &self.rules {
+            self.standing.adopt(r.clone());
         }
-        self.series.denied[asked as usize].inc();
-        tracing::debug!(%client, "access: forwarded address refused");
-        true
+    }
+
+    /// Whether the standing refuses `client`, counted under protocol `label` (mosaic,
+    /// nostr, unknown).
+    fn refused(&self, client: IpAddr, label: usize) -> bool {
+        self.counted(client, self.standing.verdict(client), label)
+    }
+
+    /// Counts `verdict` on `client` under protocol `label`; whether it refuses.
+    fn counted(&self, client: IpAddr, verdict: Verdict, label: usize) -> bool {
+        match verdict {
+            Verdict::Served => false,
+            Verdict::Denied => {
+                self.series.denied[label].inc();
+                tracing::debug!(%client, "access: address refused");
+                true
+            }
+            Verdict::Banned(kind) => {
+                self.standing.banned[label].inc();
+                tracing::debug!(%client, ?kind, "bans: banned address refused");
+                true
+            }
+        }
+    }
+
+    /// Whether `client` is exempt from this policy's limits (its own list or the top
+    /// level's).
+    fn exempt(&self, client: IpAddr) -> bool {
+        standing::within(&self.exempt, client) || self.standing.exempt(client)
+    }
+
+    /// Whether the standing refuses the client of a request: an address a trusted proxy
+    /// forwarded (the connection came from `peer`), or, for a direct client, a ban since
+    /// its connection was accepted (a keep-alive connection's next request gets 403). A
+    /// direct client's access lists were read at accept; a trusted proxy's own requests
+    /// (no X-Forwarded-For) are not held to them.
+    pub(crate) fn refuses_forwarded(&self, peer: IpAddr, client: IpAddr, asked: Asked) -> bool {
+        self.counted(client, self.request_verdict(peer, client), asked as usize)
+    }
+
+    /// The standing of a request's `client` that came through `peer`.
+    fn request_verdict(&self, peer: IpAddr, client: IpAddr) -> Verdict {
+        if canonical(peer) == client {
+            self.standing.ban_verdict(client)
+        } else {
+            self.standing.verdict(client)
+        }
     }
 
     /// The limits on a new WebSocket connection from `client` (through `peer`), before
@@ -240,14 +321,14 @@ impl Policy {
         client: IpAddr,
         asked: impl FnOnce() -> Asked,
     ) -> Result<(), Refused> {
-        if self.access.is_none() && self.connections.is_none() {
-            return Ok(());
-        }
-        let asked = asked();
-        if self.refuses_forwarded(peer, client, asked) {
+        // What the request asked for is worked out only for a refusal's label.
+        let verdict = self.request_verdict(peer, client);
+        if verdict != Verdict::Served {
+            self.counted(client, verdict, asked() as usize);
+            tracing::debug!(%client, %peer, "upgrade refused by the standing");
             return Err(Refused::Denied);
         }
-        let Some(spec) = &self.connections else {
+        let Some(spec) = self.connections.as_ref().filter(|_| !self.exempt(client)) else {
             return Ok(());
         };
         let key = Key::ip(client, self.ipv6_prefix);
@@ -258,7 +339,8 @@ impl Policy {
             Ok(()) => return Ok(()),
             Err(wait) => wait,
         };
-        self.series.connections[asked as usize].inc();
+        self.series.connections[asked() as usize].inc();
+        self.standing.trip(client);
         tracing::debug!(%client, "connections_per_ip: over the rate, 429");
         Err(Refused::TooManyConnections(wait))
     }
@@ -271,7 +353,10 @@ impl Policy {
         mosaic: bool,
         client: IpAddr,
         client_key: Option<&[u8; 32]>,
-    ) -> Option<Box<dyn Limiter>> {
+    ) -> Option<Limiters> {
+        if self.exempt(client) {
+            return None;
+        }
         let submissions = self.submissions.filter(|_| mosaic).map(|(spec, scope)| {
             let shared = |key| Submissions::Shared {
                 table: tables.submissions.clone(),
@@ -288,24 +373,47 @@ impl Policy {
             }
         });
         let open_queries = self.open_queries.filter(|_| mosaic);
-        if self.messages.is_none()
-            && self.bytes.is_none()
-            && submissions.is_none()
-            && open_queries.is_none()
-        {
-            return None;
-        }
+        let (bytes_up, bytes_down) = match self.bytes {
+            Some((spec, d)) => (d.client().then_some(spec), d.upstream().then_some(spec)),
+            None => (None, None),
+        };
         let counters = if mosaic {
             &self.series.mosaic
         } else {
             &self.series.nostr
         };
-        Some(Box::new(ConnLimiter::new(ConnPlan {
-            messages: self.messages,
-            bytes: self.bytes,
-            submissions,
-            open_queries,
-            counters: counters.clone(),
-        })))
+        let trips = || {
+            self.standing.bans_on().then(|| Tripper {
+                standing: self.standing.clone(),
+                client,
+            })
+        };
+        let up = (self.messages.is_some()
+            || bytes_up.is_some()
+            || submissions.is_some()
+            || open_queries.is_some())
+        .then(|| {
+            Box::new(ConnLimiter::new(ConnPlan {
+                messages: self.messages,
+                bytes: bytes_up,
+                submissions,
+                open_queries,
+                counters: counters.clone(),
+                trips: trips(),
+            })) as Box<dyn Limiter>
+        });
+        // The upstream's direction has only a byte budget: throttling it stops reading the
+        // upstream, which is never a trip against the client.
+        let down = bytes_down.map(|bytes| {
+            Box::new(ConnLimiter::new(ConnPlan {
+                messages: None,
+                bytes: Some(bytes),
+                submissions: None,
+                open_queries: None,
+                counters: counters.clone(),
+                trips: None,
+            })) as Box<dyn Limiter>
+        });
+        (up.is_some() || down.is_some()).then_some(Limiters { up, down })
     }
 }

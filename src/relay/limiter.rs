@@ -1,4 +1,5 @@
-//! What the pump asks of a connection's rate limits (the client-to-upstream direction), and
+//! What the pump asks of a connection's rate limits (the client-to-upstream direction, and
+//! the upstream's bytes when `bytes_per_connection` says so), and
 //! the [`Gate`] the tracker consults at message boundaries on their behalf.
 //!
 //! The limits themselves (buckets, shared tables) live outside the relay, which only knows
@@ -34,20 +35,39 @@ pub(crate) trait Limiter: Send {
     ) -> Admit;
 }
 
-/// The client direction's rate limits and their throttle timer, behind one pointer in the
-/// relay (connections without limits have none).
+/// A connection's limiters: the client's direction (every limit) and the upstream's
+/// (`bytes_per_connection` with `direction: upstream` or `both`).
+pub(crate) struct Limiters {
+    pub(crate) up: Option<Box<dyn Limiter>>,
+    pub(crate) down: Option<Box<dyn Limiter>>,
+}
+
+/// Both directions' rate limits, behind one pointer in the connection (connections without
+/// limits have none); each direction borrows its own half.
 pub(crate) struct LimitState {
+    /// Client to upstream.
+    pub(crate) up: Option<DirLimits>,
+    /// Upstream to client.
+    pub(crate) down: Option<DirLimits>,
+}
+
+/// One direction's limiter and its throttle timer.
+pub(crate) struct DirLimits {
     pub(crate) limiter: Box<dyn Limiter>,
-    /// Made the first time the limits throttle the client.
+    /// Made the first time the limits throttle the direction.
     pub(crate) throttle: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
 }
 
 impl LimitState {
-    /// The state of a connection relayed with `limiter`.
-    pub(crate) fn new(limiter: Box<dyn Limiter>) -> Box<LimitState> {
-        Box::new(LimitState {
+    /// The state of a connection relayed with `limiters`.
+    pub(crate) fn new(limiters: Limiters) -> Box<LimitState> {
+        let dir = |limiter| DirLimits {
             limiter,
             throttle: None,
+        };
+        Box::new(LimitState {
+            up: limiters.up.map(dir),
+            down: limiters.down.map(dir),
         })
     }
 }

@@ -24,9 +24,9 @@ use std::time::{Duration, Instant};
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use crate::drain::DrainSignal;
+use crate::drain::{DrainSignal, Kick};
 use crate::relay::frame::{encode_close, encode_frame};
-use crate::relay::limiter::{ConnGate, LimitState};
+use crate::relay::limiter::{ConnGate, DirLimits, LimitState};
 use crate::relay::mosaic::{
     query_closed, Direction, GatewayMessage, OpenQueries, Violation, QUERY_CLOSED_SHUTTING_DOWN,
 };
@@ -563,7 +563,7 @@ enum Held {
 }
 
 /// One direction: `src` → `dst`, starting with the bytes already read from `src`.
-/// `limits` are the client's rate limits, on the client-to-upstream direction only.
+/// `limits` are this direction's rate limits: the client's, or the upstream's byte budget.
 ///
 /// A plain fn returning an `async move` block, not an `async fn`: an async fn moves its
 /// arguments into locals, and the future keeps both copies (measured: 104 bytes per
@@ -575,7 +575,7 @@ fn forward<'a, R: Source + 'a, W: AsyncWrite + Unpin + 'a>(
     pending: &'a mut BytesMut,
     rules: Option<MosaicRules>,
     lane: Lane<'a>,
-    mut limits: Option<&'a mut LimitState>,
+    mut limits: Option<&'a mut DirLimits>,
 ) -> impl std::future::Future<Output = DirReport> + 'a {
     // Set up outside the block, so the block captures each value once; the lane is one
     // pointer and a byte, everything else is derived from it.
@@ -844,12 +844,12 @@ fn plain_scan(tracker: &mut Tracker, pending: &BytesMut, shared: &Shared, closin
 /// gateway's answer queued. Synchronous, so a connection's future carries no state for it
 /// (the caller writes).
 fn limited_scan(
-    limits: &mut LimitState,
+    limits: &mut DirLimits,
     tracker: &mut Tracker,
     pending: &mut BytesMut,
     lane: Lane<'_>,
 ) -> Pass {
-    let LimitState { limiter, throttle } = limits;
+    let DirLimits { limiter, throttle } = limits;
     let mut throttle_for = |d: Duration| {
         let at = tokio::time::Instant::now() + d;
         match throttle.as_mut() {
@@ -858,7 +858,8 @@ fn limited_scan(
         }
         Held::Throttled
     };
-    let answers = lane.shared.answers.as_deref();
+    // Only the client's direction queues answers; the upstream's writes them.
+    let answers = lane.shared.answers.as_deref().filter(|_| !lane.to_client());
     if answers.is_some_and(|a| a.waiting() >= MAX_QUEUED_ANSWERS) {
         return Pass::hold(Held::Answers);
     }
@@ -959,6 +960,10 @@ where
 {
     let rules = pump.opts.mosaic;
     let lane = |dir| Lane { dir, shared };
+    let (up_limits, down_limits) = match limits {
+        Some(LimitState { up, down }) => (up.as_mut(), down.as_mut()),
+        None => (None, None),
+    };
     Relay {
         up: forward(
             client.read,
@@ -966,7 +971,7 @@ where
             client.leftover,
             rules,
             lane(Direction::ClientToUpstream),
-            limits,
+            up_limits,
         ),
         down: forward(
             upstream.read,
@@ -974,7 +979,7 @@ where
             upstream.leftover,
             rules,
             lane(Direction::UpstreamToClient),
-            None,
+            down_limits,
         ),
         // One timer for every deadline (idle, keepalive, fold, linger, drain close): it is
         // re-armed only when it fires or a deadline appears, never per message.
@@ -1042,6 +1047,12 @@ where
             if over(shared, this.up_rep.is_some(), this.down_rep.is_some()) {
                 return Poll::Ready(clock.report(shared, pump.fold));
             }
+            if !clock.kicked {
+                if let Poll::Ready(why) = pump.drain.poll_kicked(cx) {
+                    clock.kicked(shared, why);
+                    continue;
+                }
+            }
             if !clock.drain_seen {
                 if let Poll::Ready(close_by) = pump.drain.poll_fired(cx) {
                     if pump.opts.mosaic.is_some() {
@@ -1090,6 +1101,8 @@ fn over(shared: &Shared, up_done: bool, down_done: bool) -> bool {
 struct Clock {
     closer: Option<Closer>,
     drain_seen: bool,
+    /// The client's address was refused while connected (a kick was acted on).
+    kicked: bool,
     linger_until: u64,
     drain_close_at: u64,
     next_fold: u64,
@@ -1161,6 +1174,7 @@ impl Clock {
         Clock {
             closer: None,
             drain_seen: false,
+            kicked: false,
             linger_until: NEVER,
             drain_close_at: NEVER,
             next_fold: millis(FOLD_EVERY),
@@ -1216,6 +1230,19 @@ impl Clock {
         if self.linger_until == NEVER {
             self.linger_until = now + millis(CLOSE_LINGER);
         }
+    }
+
+    /// The client's address is refused now (denied by a reload, banned, blocked over
+    /// NIP-86): 1008 to the client, 1001 to the upstream, at once.
+    // The Mosaic 2025 profile is to precede the client's close with Closing 0xFE, code 48
+    // for `Kick::TempBanned`, 49 otherwise.
+    fn kicked(&mut self, shared: &Shared, why: Kick) {
+        self.kicked = true;
+        tracing::debug!(?why, "client refused while connected: closing 1008");
+        self.closer.get_or_insert(Closer::Gateway);
+        shared.send(&shared.to_client, Command::Close(1008));
+        shared.send(&shared.to_upstream, Command::Close(1001));
+        self.linger(shared.now_ms());
     }
 
     /// Picks this connection's own point in the drain window, so clients do not reconnect

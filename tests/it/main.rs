@@ -26,6 +26,7 @@ mod mosaic_gateway;
 mod nostr_gateway;
 mod observability;
 mod operations;
+mod operator_controls;
 mod pool_balancing;
 mod pool_discovery_reload;
 mod pool_health;
