@@ -531,3 +531,33 @@ pub fn sigterm(child: &Child) {
         .success();
     assert!(ok);
 }
+
+/// A Mosaic backend on loopback that accepts `mosaic2024` upgrades and runs `serve` on each
+/// connection: for backends that misbehave on purpose.
+pub async fn scripted_mosaic_backend<F, Fut>(serve: F) -> SocketAddr
+where
+    F: Fn(WebSocketStream<TcpStream>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+    let l = tokio::net::TcpListener::bind(any_port()).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let serve = std::sync::Arc::new(serve);
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let serve = serve.clone();
+            tokio::spawn(async move {
+                #[allow(clippy::result_large_err)] // tungstenite's callback signature
+                let cb = |_: &Request, mut r: Response| {
+                    r.headers_mut()
+                        .insert("sec-websocket-protocol", "mosaic2024".parse().unwrap());
+                    Ok(r)
+                };
+                if let Ok(ws) = tokio_tungstenite::accept_hdr_async(s, cb).await {
+                    serve(ws).await;
+                }
+            });
+        }
+    });
+    addr
+}

@@ -165,35 +165,19 @@ async fn quiet_clients_that_answer_pings_stay_and_dead_ones_idle_out_with_1001()
 
 #[tokio::test]
 async fn a_client_that_stops_reading_gets_backpressure_not_buffering() {
-    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
     // A backend that pushes records as fast as the gateway takes them, counting bytes.
-    let l = tokio::net::TcpListener::bind(any_port()).await.unwrap();
-    let backend_addr = l.local_addr().unwrap();
     let pushed = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     let counter = pushed.clone();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            let counter = counter.clone();
-            tokio::spawn(async move {
-                #[allow(clippy::result_large_err)] // tungstenite's callback signature
-                let cb = |_: &Request, mut r: Response| {
-                    r.headers_mut()
-                        .insert("sec-websocket-protocol", "mosaic2024".parse().unwrap());
-                    Ok(r)
-                };
-                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(s, cb).await else {
-                    return;
-                };
-                let rec = wire::record([0, 1], &[7u8; 60_000]);
-                loop {
-                    if ws.send(Message::Binary(rec.clone().into())).await.is_err() {
-                        return;
-                    }
-                    counter.fetch_add(rec.len() as u64, std::sync::atomic::Ordering::Relaxed);
-                }
-            });
+    let backend_addr = scripted_mosaic_backend(move |mut ws| {
+        let counter = counter.clone();
+        async move {
+            let rec = wire::record([0, 1], &[7u8; 60_000]);
+            while ws.send(Message::Binary(rec.clone().into())).await.is_ok() {
+                counter.fetch_add(rec.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
         }
-    });
+    })
+    .await;
     let gw = gateway(&format!("mosaic:\n  backends:\n    - url: ws://{backend_addr}\n  health_check: {{ interval: 60s }}\n")).await;
     let stalled = RawWs::connect(gw.public_addr, &["Sec-WebSocket-Protocol: mosaic2024"])
         .await

@@ -10,6 +10,7 @@ use mosaic_gateway::dev::mosaic_backend::wire;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
 
 use crate::common::*;
 
@@ -87,29 +88,13 @@ async fn readyz_or_listening(admin: std::net::SocketAddr) {
 /// A Mosaic backend that pushes records as fast as it may on every connection, and keeps
 /// the close codes the gateway sent it.
 async fn pushing_backend() -> (std::net::SocketAddr, Arc<Mutex<Vec<u16>>>) {
-    let l = tokio::net::TcpListener::bind(any_port()).await.unwrap();
-    let addr = l.local_addr().unwrap();
     let closes = Arc::new(Mutex::new(Vec::new()));
     let seen = closes.clone();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(push(s, seen.clone()));
-        }
-    });
+    let addr = scripted_mosaic_backend(move |ws| push(ws, seen.clone())).await;
     (addr, closes)
 }
 
-async fn push(s: TcpStream, closes: Arc<Mutex<Vec<u16>>>) {
-    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
-    #[allow(clippy::result_large_err)] // tungstenite's callback signature
-    let cb = |_: &Request, mut r: Response| {
-        r.headers_mut()
-            .insert("sec-websocket-protocol", "mosaic2024".parse().unwrap());
-        Ok(r)
-    };
-    let Ok(ws) = tokio_tungstenite::accept_hdr_async(s, cb).await else {
-        return;
-    };
+async fn push(ws: WebSocketStream<TcpStream>, closes: Arc<Mutex<Vec<u16>>>) {
     let (mut tx, mut rx) = ws.split();
     tokio::spawn(async move {
         while let Some(Ok(m)) = rx.next().await {
@@ -174,27 +159,12 @@ async fn a_client_that_stops_reading_but_trickles_pings_is_cut_after_the_write_t
 
 /// A Mosaic backend that completes the upgrade and then never reads again.
 async fn deaf_backend() -> std::net::SocketAddr {
-    use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
-    let l = tokio::net::TcpListener::bind(any_port()).await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                #[allow(clippy::result_large_err)] // tungstenite's callback signature
-                let cb = |_: &Request, mut r: Response| {
-                    r.headers_mut()
-                        .insert("sec-websocket-protocol", "mosaic2024".parse().unwrap());
-                    Ok(r)
-                };
-                if let Ok(ws) = tokio_tungstenite::accept_hdr_async(s, cb).await {
-                    // Held, never polled: nothing more is read from the socket.
-                    tokio::time::sleep(Duration::from_secs(120)).await;
-                    drop(ws);
-                }
-            });
-        }
-    });
-    addr
+    scripted_mosaic_backend(|ws| async move {
+        // Held, never polled: nothing more is read from the socket.
+        tokio::time::sleep(Duration::from_secs(120)).await;
+        drop(ws);
+    })
+    .await
 }
 
 #[tokio::test]
