@@ -129,7 +129,7 @@ async fn handle_request(
     }
 }
 
-async fn http_passthrough(
+pub(crate) async fn http_passthrough(
     app: Arc<App>,
     info: ConnInfo,
     mut req: Request<Incoming>,
@@ -338,7 +338,7 @@ pub(crate) async fn upgrade(
 }
 
 /// The 101 the upgrade built as bytes for the fast path, as a hyper response.
-fn switching_protocols(answer: &[u8]) -> Response<Body> {
+pub(crate) fn switching_protocols(answer: &[u8]) -> Response<Body> {
     let mut response = Response::new(full(""));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let mut lines = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS + 8];

@@ -18,6 +18,7 @@ mod client_addr;
 mod connection;
 mod drain;
 mod front;
+mod front_h2;
 mod gateway;
 mod health;
 mod logging;

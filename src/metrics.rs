@@ -108,6 +108,9 @@ pub struct Metrics {
     pub rate_limited_total: IntCounterVec,
     /// Clients remembered by the rate limiters' shared tables, by table.
     pub rate_limiter_entries: IntGaugeVec,
+    /// WebSockets opened as HTTP/2 streams (RFC 8441), by protocol; each is also counted
+    /// in `connections_total`.
+    pub http2_websockets_total: IntCounterVec,
 }
 
 /// Registers a metric built from a fixed definition. Names and labels are compile-time
@@ -153,6 +156,9 @@ pub const RATE_LIMITED_SERIES: [(&str, &str); 11] = [
     ("nostr", "denied"),
     ("unknown", "denied"),
 ];
+
+/// The `protocol` label values of the WebSocket series.
+pub const WEBSOCKET_PROTOCOLS: [&str; 2] = ["mosaic", "nostr"];
 
 /// The `table` label values of `rate_limiter_entries`.
 pub const RATE_LIMITER_TABLES: [&str; 2] = ["connections", "submissions"];
@@ -297,6 +303,12 @@ impl Metrics {
                 "Plain HTTP requests forwarded to the nostr relay",
                 &["status"],
             ),
+            http2_websockets_total: counter(
+                &r,
+                "http2_websockets_total",
+                "WebSockets opened as HTTP/2 streams (RFC 8441 extended CONNECT)",
+                &["protocol"],
+            ),
             draining,
             ready,
             registry: r,
@@ -333,6 +345,9 @@ impl Metrics {
         }
         for c in STATUS_CLASSES {
             self.http_requests_total.with_label_values(&[c]);
+        }
+        for p in WEBSOCKET_PROTOCOLS {
+            self.http2_websockets_total.with_label_values(&[p]);
         }
     }
 
