@@ -210,7 +210,11 @@ fn accepted(answer: &[u8]) -> Response<Body> {
     let mut response = switching_protocols(answer);
     *response.status_mut() = StatusCode::OK;
     let h = response.headers_mut();
-    for name in [header::UPGRADE, header::CONNECTION, header::SEC_WEBSOCKET_ACCEPT] {
+    for name in [
+        header::UPGRADE,
+        header::CONNECTION,
+        header::SEC_WEBSOCKET_ACCEPT,
+    ] {
         h.remove(name);
     }
     response

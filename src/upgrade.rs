@@ -18,8 +18,8 @@ use crate::connection::{Accepted, ActiveConnection, Prepared, Protocol};
 use crate::fields::Fields;
 use crate::gateway::{App, ConnInfo, Gateway};
 use crate::handshake::{
-    check_extended_connect, check_upgrade, feature_list, negotiate_features, offered_tokens, upstream_request_head,
-    ForwardedClient, X_MOSAIC_FEATURES,
+    check_extended_connect, check_upgrade, feature_list, negotiate_features, offered_tokens,
+    upstream_request_head, ForwardedClient, X_MOSAIC_FEATURES,
 };
 use crate::pool::{affinity, Backend, BackendGuard, Pool};
 use crate::rate_limit::{Asked, Refused};

@@ -18,6 +18,7 @@ mod dev_servers;
 mod dev_stack;
 mod fuzz_regression;
 mod hardening;
+mod http2;
 // Named like the crate: only here at the root does `mosaic_gateway` mean this module, so
 // write `::mosaic_gateway` for the crate in this file; the modules are unaffected.
 mod mosaic_gateway;
