@@ -298,8 +298,7 @@ async fn nip11_and_refusals_over_h2_and_http11_unchanged_on_the_same_port() {
     // The HTTP/1.1 refusals, as HTTP/2 statuses.
     let (status, body) = h2_websocket(&mut h2, "/", &[("sec-websocket-version", "8")])
         .await
-        .err()
-        .expect("refused");
+        .expect_err("refused");
     assert_eq!(status, StatusCode::UPGRADE_REQUIRED, "{body}");
     let mut plain_connect = Request::builder()
         .method(Method::CONNECT)
@@ -347,8 +346,7 @@ async fn each_h2_websocket_is_a_connection_for_the_limits_and_streams_are_capped
     let (_b, _) = h2_websocket(&mut h2, "/", &[]).await.unwrap();
     let (status, body) = h2_websocket(&mut h2, "/", &[])
         .await
-        .err()
-        .expect("a third is over the limit");
+        .expect_err("a third is over the limit");
     assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
 }
 
