@@ -367,3 +367,55 @@ async fn with_http2_off_the_gateway_speaks_http11_only() {
     .await;
     submit(&mut ws, 5).await;
 }
+
+#[tokio::test]
+async fn a_drain_closes_h2_websockets_as_on_http11_and_refuses_new_ones() {
+    let master = master_key();
+    let backend = mosaic_backend().await;
+    let relay = nostr_relay().await;
+    let gw = h2_gateway(
+        &master,
+        &backend,
+        &relay,
+        "shutdown:\n  drain_timeout: 8s\n",
+    )
+    .await;
+    let (mut h2, _) = h2_connect(gw.public_addr, anonymous_client(master.public, false)).await;
+
+    // An open Mosaic query and a live nostr subscription, on one connection.
+    let mosaic = [("sec-websocket-protocol", "mosaic2024")];
+    let (mut m, _) = h2_websocket(&mut h2, "/", &mosaic).await.unwrap();
+    send(&mut m, wire::query([0, 1], b"")).await;
+    assert_eq!(recv(&mut m).await, wire::query_complete([0, 1]));
+    let (mut n, _) = h2_websocket(&mut h2, "/", &[]).await.unwrap();
+    n.send(Message::Text(r#"["REQ","live",{"kinds":[1]}]"#.into()))
+        .await
+        .unwrap();
+    assert!(String::from_utf8(recv(&mut n).await)
+        .unwrap()
+        .contains("EOSE"));
+
+    let app = gw.app.clone();
+    let drained = tokio::spawn(gw.shutdown());
+    // Query Closed 0x30 (shutting down), then 1001, as over HTTP/1.1.
+    assert_eq!(recv(&mut m).await, wire::query_closed([0, 1], 0x30));
+    assert_eq!(close_code(&mut m).await, Some(1001));
+    assert_eq!(close_code(&mut n).await, Some(1001));
+    drop((m, n));
+    tokio::time::timeout(T, drained)
+        .await
+        .expect("the drain ends once both streams closed")
+        .unwrap();
+    let text = app.metrics.render();
+    assert_eq!(
+        metric(&text, "mosaic_gateway_closes_sent_total{code=\"1001\"}"),
+        2.0
+    );
+
+    // The connection was told GOAWAY: it is closed (or, were it open, would refuse).
+    let closed = h2.ready().await.is_err();
+    assert!(
+        closed || h2_websocket(&mut h2, "/", &mosaic).await.is_err(),
+        "a WebSocket opened after the drain"
+    );
+}
