@@ -48,3 +48,33 @@ impl HttpConfig {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::parse;
+
+    const BASE: &str = "mosaic:\n  backends:\n    - url: ws://127.0.0.1:8081\n";
+
+    #[test]
+    fn http2_is_on_by_default_with_100_streams() {
+        let c = parse(BASE).unwrap();
+        assert!(c.http.http2);
+        assert_eq!(c.http.http2_max_streams, 100);
+        let c = parse(&format!("{BASE}http:\n  http2: false\n")).unwrap();
+        assert!(!c.http.http2);
+    }
+
+    #[test]
+    fn a_bad_stream_cap_names_its_key() {
+        for bad in ["0", "10001"] {
+            let e = parse(&format!("{BASE}http:\n  http2_max_streams: {bad}\n")).unwrap_err();
+            assert!(
+                e.0.iter()
+                    .any(|l| l.starts_with("http.http2_max_streams: ")),
+                "{e}"
+            );
+        }
+        let e = parse(&format!("{BASE}http:\n  http2: maybe\n")).unwrap_err();
+        assert!(e.to_string().contains("http2"), "{e}");
+    }
+}
