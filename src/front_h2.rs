@@ -32,6 +32,9 @@ use crate::gateway::{App, ConnInfo, Gateway};
 use crate::request_head::{Head, Target};
 use crate::upgrade::prepare_extended_connect;
 
+/// Bytes one stream may have queued for the client beyond what its socket took.
+const MAX_SEND_BUF: usize = 64 * 1024;
+
 /// Serves one TLS connection that chose `h2` until the client closes it, it idles, or the
 /// gateway drains (then in-flight requests are answered, and WebSocket streams close as
 /// their relays drain).
@@ -50,6 +53,9 @@ where
         .enable_connect_protocol()
         .max_concurrent_streams(gw.config.http.http2_max_streams)
         .max_header_list_size(u32::try_from(limits.max_request_header_bytes).unwrap_or(u32::MAX))
+        // What a stream may queue towards a client that grants window but does not read:
+        // hyper's 400 KiB, times every stream, would be tens of MiB per connection.
+        .max_send_buf_size(MAX_SEND_BUF)
         .serve_connection(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let mut drain = app.drain.subscribe();
@@ -91,7 +97,7 @@ impl Streams {
     /// Resolves once no stream was open nor opened for a whole `period` (between one and
     /// two periods of quiet).
     async fn idle(&self, period: Duration) {
-        let mut tick = tokio::time::interval(period);
+        let mut tick = tokio::time::interval(period.max(Duration::from_millis(1)));
         tick.tick().await;
         let mut last = u64::MAX;
         loop {
@@ -302,6 +308,19 @@ mod tests {
         };
         assert!(as_http11_headers(&mut req("A.example")));
         assert!(!as_http11_headers(&mut req("b.example")));
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_idle_only_with_no_stream_open_for_a_whole_period() {
+        let streams = Arc::new(Streams::default());
+        let period = Duration::from_millis(20);
+        let open = Streams::open(&streams);
+        let waited = tokio::time::timeout(period * 10, streams.idle(period)).await;
+        assert!(waited.is_err(), "idle while a stream was open");
+        drop(open);
+        tokio::time::timeout(Duration::from_secs(10), streams.idle(period))
+            .await
+            .expect("idle once the stream closed");
     }
 
     #[test]

@@ -419,3 +419,33 @@ async fn a_drain_closes_h2_websockets_as_on_http11_and_refuses_new_ones() {
         "a WebSocket opened after the drain"
     );
 }
+
+#[tokio::test]
+async fn an_h2_connection_without_streams_is_closed_and_one_with_a_websocket_is_kept() {
+    let master = master_key();
+    let backend = mosaic_backend().await;
+    let relay = nostr_relay().await;
+    let extra = "limits:\n  handshake_timeout: 1s\n";
+    let gw = h2_gateway(&master, &backend, &relay, extra).await;
+    let client = || anonymous_client(master.public, false);
+    let (mut idle, _) = h2_connect(gw.public_addr, client()).await;
+    let (mut busy, _) = h2_connect(gw.public_addr, client()).await;
+    let (mut ws, _) = h2_websocket(&mut busy, "/", &[("sec-websocket-protocol", "mosaic2024")])
+        .await
+        .unwrap();
+
+    // The idle one is closed after a quiet period or two (GOAWAY, then the socket).
+    let closed = tokio::time::timeout(T, async {
+        loop {
+            if idle.ready().await.is_err() {
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "an h2 connection with no stream stayed open");
+    // The one carrying a WebSocket outlived it, and its WebSocket still works.
+    submit(&mut ws, 6).await;
+    assert!(busy.ready().await.is_ok(), "the connection with a WebSocket was closed");
+}
