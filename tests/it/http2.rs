@@ -444,8 +444,14 @@ async fn an_h2_connection_without_streams_is_closed_and_one_with_a_websocket_is_
         }
     })
     .await;
-    assert!(closed.is_ok(), "an h2 connection with no stream stayed open");
+    assert!(
+        closed.is_ok(),
+        "an h2 connection with no stream stayed open"
+    );
     // The one carrying a WebSocket outlived it, and its WebSocket still works.
     submit(&mut ws, 6).await;
-    assert!(busy.ready().await.is_ok(), "the connection with a WebSocket was closed");
+    assert!(
+        busy.ready().await.is_ok(),
+        "the connection with a WebSocket was closed"
+    );
 }

@@ -23,7 +23,9 @@ impl Run<'_> {
     pub fn h2(&mut self, running: &[RunningPath]) {
         let set = self.set;
         let served: Vec<&RunningPath> = running.iter().filter(|s| serves_h2(s.kind)).collect();
-        let with_h1 = running.iter().all(|s| self.figs[s.kind.index()].tls_throughput.is_none());
+        let with_h1 = running
+            .iter()
+            .all(|s| self.figs[s.kind.index()].tls_throughput.is_none());
         println!(
             "\n[WebSockets over h2: {} streams ({} per TLS connection) × {} in flight, {}-byte Submissions, {} round(s) of {} s after {} s warm-up{}]",
             set.conns,

@@ -109,7 +109,10 @@ fn h2_connections(
             let n = per.min(conns - i * per);
             let (dial, sh) = (dial.clone(), shared.clone());
             rt.spawn(async move {
-                let tls = dial.tls.as_ref().ok_or_else(|| io::Error::other("h2 needs TLS"))?;
+                let tls = dial
+                    .tls
+                    .as_ref()
+                    .ok_or_else(|| io::Error::other("h2 needs TLS"))?;
                 let streams = connect_h2_streams(dial.addr, tls, n).await?;
                 let tasks: Vec<_> = streams
                     .into_iter()
