@@ -28,7 +28,7 @@ use crate::gateway::{App, ConnInfo, Gateway};
 use crate::handshake::{header_value, wants_websocket, ForwardedClient};
 use crate::pool::{affinity, Backend, Pool};
 use crate::rate_limit::{Asked, Refused};
-use crate::request_head::{Head, Target};
+use crate::request_head::{header_lines, Head, Target};
 use crate::routes::{NoRoute, RouteState};
 use crate::upgrade::prepare_upgrade;
 use crate::upstream::MAX_RESPONSE_HEADERS;
@@ -304,14 +304,7 @@ pub(crate) async fn upgrade(
 ) -> Response<Body> {
     let on_upgrade = hyper::upgrade::on(&mut req);
     let (parts, _body) = req.into_parts();
-    let lines: Vec<httparse::Header<'_>> = parts
-        .headers
-        .iter()
-        .map(|(n, v)| httparse::Header {
-            name: n.as_str(),
-            value: v.as_bytes(),
-        })
-        .collect();
+    let lines = header_lines(&parts.headers);
     let head = Head {
         method: parts.method.as_str(),
         http11: parts.version == hyper::Version::HTTP_11,

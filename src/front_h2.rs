@@ -29,7 +29,7 @@ use crate::connection::{run_connection, ClientIo, Prepared};
 use crate::drain::DrainState;
 use crate::front::{http_passthrough, switching_protocols};
 use crate::gateway::{App, ConnInfo, Gateway};
-use crate::request_head::{Head, Target};
+use crate::request_head::{header_lines, Head, Target};
 use crate::upgrade::prepare_extended_connect;
 
 /// Bytes one stream may have queued for the client beyond what its socket took.
@@ -162,14 +162,7 @@ async fn websocket_stream(
 ) -> Response<Body> {
     let on_upgrade = hyper::upgrade::on(&mut req);
     let (parts, _body) = req.into_parts();
-    let lines: Vec<httparse::Header<'_>> = parts
-        .headers
-        .iter()
-        .map(|(n, v)| httparse::Header {
-            name: n.as_str(),
-            value: v.as_bytes(),
-        })
-        .collect();
+    let lines = header_lines(&parts.headers);
     let head = Head {
         method: parts.method.as_str(),
         http11: false,

@@ -38,21 +38,32 @@ type H2Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 const H2_MOSAIC: &str = "mosaic_gateway_http2_websockets_total{protocol=\"mosaic\"}";
 const H2_NOSTR: &str = "mosaic_gateway_http2_websockets_total{protocol=\"nostr\"}";
 
-/// A TLS gateway (self-signed certificate on the master key, client keys optional) in
-/// front of a Mosaic backend and a nostr relay.
-async fn h2_gateway(
-    master: &MasterKey,
-    backend: &MosaicBackend,
-    relay: &NostrRelayServer,
-    extra: &str,
-) -> Running {
-    gateway(&format!(
+/// The operator's key, and a TLS gateway (self-signed certificate on it, client keys
+/// optional) in front of a Mosaic backend and a nostr relay.
+struct Edge {
+    master: MasterKey,
+    backend: MosaicBackend,
+    relay: NostrRelayServer,
+    gw: Running,
+}
+
+async fn edge(extra: &str) -> Edge {
+    let master = master_key();
+    let backend = mosaic_backend().await;
+    let relay = nostr_relay().await;
+    let gw = gateway(&format!(
         "{}{}nostr:\n  upstream: ws://{}\n{extra}",
         master.tls("self-signed", "optional", "1.2"),
-        mosaic_section(&[backend], &[]),
+        mosaic_section(&[&backend], &[]),
         relay.local_addr()
     ))
-    .await
+    .await;
+    Edge {
+        master,
+        backend,
+        relay,
+        gw,
+    }
 }
 
 /// One client TLS connection offering `h2` and `http/1.1`; the protocol the gateway chose.
@@ -167,10 +178,12 @@ fn header<'a, B>(resp: &'a Response<B>, name: &str) -> Option<&'a str> {
 
 #[tokio::test]
 async fn nostr_and_mosaic_websockets_share_one_h2_connection_with_the_clients_key() {
-    let master = master_key();
-    let backend = mosaic_backend().await;
-    let relay = nostr_relay().await;
-    let gw = h2_gateway(&master, &backend, &relay, "").await;
+    let Edge {
+        master,
+        backend,
+        relay: _relay,
+        gw,
+    } = edge("").await;
     let key = client_key(7);
     let (mut h2, _) = h2_connect(gw.public_addr, x509_client(master.public, &key)).await;
 
@@ -247,10 +260,12 @@ async fn nostr_and_mosaic_websockets_share_one_h2_connection_with_the_clients_ke
 
 #[tokio::test]
 async fn a_mosaic_rule_violation_on_an_h2_stream_is_closed_with_1002_and_the_connection_stays() {
-    let master = master_key();
-    let backend = mosaic_backend().await;
-    let relay = nostr_relay().await;
-    let gw = h2_gateway(&master, &backend, &relay, "").await;
+    let Edge {
+        master,
+        backend,
+        relay: _relay,
+        gw,
+    } = edge("").await;
     let (mut h2, _) = h2_connect(gw.public_addr, anonymous_client(master.public, false)).await;
     let mosaic = [("sec-websocket-protocol", "mosaic2024")];
 
@@ -283,10 +298,12 @@ async fn a_mosaic_rule_violation_on_an_h2_stream_is_closed_with_1002_and_the_con
 
 #[tokio::test]
 async fn nip11_and_refusals_over_h2_and_http11_unchanged_on_the_same_port() {
-    let master = master_key();
-    let backend = mosaic_backend().await;
-    let relay = nostr_relay().await;
-    let gw = h2_gateway(&master, &backend, &relay, "").await;
+    let Edge {
+        master,
+        backend: _backend,
+        relay: _relay,
+        gw,
+    } = edge("").await;
     let (mut h2, _) = h2_connect(gw.public_addr, anonymous_client(master.public, false)).await;
 
     // NIP-11 from the relay, over h2 to the gateway and HTTP/1.1 behind it.
@@ -333,11 +350,13 @@ async fn nip11_and_refusals_over_h2_and_http11_unchanged_on_the_same_port() {
 
 #[tokio::test]
 async fn each_h2_websocket_is_a_connection_for_the_limits_and_streams_are_capped() {
-    let master = master_key();
-    let backend = mosaic_backend().await;
-    let relay = nostr_relay().await;
     let extra = "limits:\n  max_connections_per_ip: 2\nhttp:\n  http2_max_streams: 3\n";
-    let gw = h2_gateway(&master, &backend, &relay, extra).await;
+    let Edge {
+        master,
+        backend: _backend,
+        relay: _relay,
+        gw,
+    } = edge(extra).await;
     let (mut h2, settings) =
         h2_connect(gw.public_addr, anonymous_client(master.public, false)).await;
     assert_eq!(settings.borrow().1, 3, "SETTINGS_MAX_CONCURRENT_STREAMS");
@@ -352,10 +371,12 @@ async fn each_h2_websocket_is_a_connection_for_the_limits_and_streams_are_capped
 
 #[tokio::test]
 async fn with_http2_off_the_gateway_speaks_http11_only() {
-    let master = master_key();
-    let backend = mosaic_backend().await;
-    let relay = nostr_relay().await;
-    let gw = h2_gateway(&master, &backend, &relay, "http:\n  http2: false\n").await;
+    let Edge {
+        master,
+        backend: _backend,
+        relay: _relay,
+        gw,
+    } = edge("http:\n  http2: false\n").await;
     let (_, alpn) = tls_connect(gw.public_addr, anonymous_client(master.public, false)).await;
     assert_eq!(alpn, b"http/1.1");
     let mut ws = tls_mosaic(
@@ -370,16 +391,12 @@ async fn with_http2_off_the_gateway_speaks_http11_only() {
 
 #[tokio::test]
 async fn a_drain_closes_h2_websockets_as_on_http11_and_refuses_new_ones() {
-    let master = master_key();
-    let backend = mosaic_backend().await;
-    let relay = nostr_relay().await;
-    let gw = h2_gateway(
-        &master,
-        &backend,
-        &relay,
-        "shutdown:\n  drain_timeout: 8s\n",
-    )
-    .await;
+    let Edge {
+        master,
+        backend: _backend,
+        relay: _relay,
+        gw,
+    } = edge("shutdown:\n  drain_timeout: 8s\n").await;
     let (mut h2, _) = h2_connect(gw.public_addr, anonymous_client(master.public, false)).await;
 
     // An open Mosaic query and a live nostr subscription, on one connection.
@@ -422,11 +439,13 @@ async fn a_drain_closes_h2_websockets_as_on_http11_and_refuses_new_ones() {
 
 #[tokio::test]
 async fn an_h2_connection_without_streams_is_closed_and_one_with_a_websocket_is_kept() {
-    let master = master_key();
-    let backend = mosaic_backend().await;
-    let relay = nostr_relay().await;
     let extra = "limits:\n  handshake_timeout: 1s\n";
-    let gw = h2_gateway(&master, &backend, &relay, extra).await;
+    let Edge {
+        master,
+        backend: _backend,
+        relay: _relay,
+        gw,
+    } = edge(extra).await;
     let client = || anonymous_client(master.public, false);
     let (mut idle, _) = h2_connect(gw.public_addr, client()).await;
     let (mut busy, _) = h2_connect(gw.public_addr, client()).await;
