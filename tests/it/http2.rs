@@ -474,3 +474,40 @@ async fn an_h2_connection_without_streams_is_closed_and_one_with_a_websocket_is_
         "the connection with a WebSocket was closed"
     );
 }
+
+#[tokio::test]
+async fn mosaic_hello_headers_pass_both_ways_on_an_h2_stream() {
+    let backend = MosaicBackend::spawn(
+        any_port(),
+        mosaic_gateway::dev::mosaic_backend::MosaicBackendOptions {
+            features: vec!["alpha".into()],
+            subprotocol: "mosaic2025".into(),
+        },
+    )
+    .await
+    .unwrap();
+    let master = master_key();
+    let gw = gateway(&format!(
+        "{}{}  subprotocols: [mosaic2024, mosaic2025]\n",
+        master.tls("self-signed", "optional", "1.2"),
+        mosaic_section(&[&backend], &[])
+    ))
+    .await;
+    let (mut h2, _) = h2_connect(gw.public_addr, anonymous_client(master.public, false)).await;
+    let (_ws, resp) = h2_websocket(
+        &mut h2,
+        "/",
+        &[
+            ("sec-websocket-protocol", "mosaic2025"),
+            ("x-mosaic-versions", "2025"),
+            ("x-mosaic-features", "alpha;beta"),
+        ],
+    )
+    .await
+    .expect("mosaic2025 over h2 accepted");
+    assert_eq!(header(&resp, "sec-websocket-protocol"), Some("mosaic2025"));
+    assert_eq!(header(&resp, "x-mosaic-features"), Some("alpha"));
+    let h = backend.last_request_headers().unwrap();
+    assert_eq!(h["x-mosaic-versions"], "2025");
+    assert_eq!(h["x-mosaic-features"], "alpha;beta");
+}
