@@ -16,6 +16,8 @@ use crate::tls::{CertificateMode, ClientAuth, MinVersion};
 
 mod routes;
 pub use routes::{NostrProbe, RouteConfig, RouteLimitsConfig};
+mod http;
+pub use http::HttpConfig;
 mod rate_limits;
 pub use rate_limits::{
     AccessConfig, BansConfig, ByteDirection, LimitAction, RateConfig, RateLimitsConfig,
@@ -61,6 +63,9 @@ pub struct Config {
     /// and `nostr` sections are the default route.
     #[serde(default)]
     pub routes: Vec<RouteConfig>,
+    /// Plain requests and HTTP/2 on the public port.
+    #[serde(default)]
+    pub http: HttpConfig,
     /// Connection limits and timeouts.
     #[serde(default)]
     pub limits: LimitsConfig,
@@ -736,6 +741,7 @@ impl Config {
             n.validate(&mut errs);
         }
         routes::validate(&self.routes, &mut errs);
+        self.http.validate(&mut errs);
         self.limits.validate(&mut errs);
         self.rate_limits
             .validate("rate_limits", self.mosaic.validate, &mut errs);

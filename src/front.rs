@@ -22,15 +22,16 @@ use tokio::net::TcpStream;
 
 use crate::admission::Permit;
 use crate::answer::{full, refusal, reject, Body, Rejection};
+use crate::body::Watched;
 use crate::client_addr::real_client;
-use crate::config::NostrConfig;
+use crate::config::{HttpConfig, NostrConfig};
 use crate::connection::{run_connection, unwrap_client};
 use crate::drain::DrainState;
 use crate::gateway::{App, ConnInfo, Gateway};
 use crate::handshake::{header_value, wants_websocket, ForwardedClient, UpstreamFilter};
 use crate::pool::{Backend, Pool};
 use crate::rate_limit::{Asked, Refused};
-use crate::request_head::{settle, Head, Target};
+use crate::request_head::{header_lines, settle, Head, Target};
 use crate::retry::{self, across_pool, Blame, Exhausted};
 use crate::routes::{NoRoute, RouteState};
 use crate::upgrade::{misread, prepare_upgrade, Admission};
@@ -82,9 +83,26 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
     }
 }
 
-/// The connection's place in the limits while hyper serves it: an upgrade takes it along
-/// into the relay; otherwise it is let go when the connection ends.
-type PermitSlot = Arc<Mutex<Option<Permit>>>;
+/// The connection's place in the limits while hyper serves it: the first WebSocket takes
+/// it along into its relay (a keep-alive connection's upgrade, an HTTP/2 connection's
+/// first stream); otherwise it is let go when the connection ends.
+pub(crate) struct PermitSlot(Mutex<Option<Permit>>);
+
+impl PermitSlot {
+    pub(crate) fn new(permit: Option<Permit>) -> Arc<Self> {
+        Arc::new(PermitSlot(Mutex::new(permit)))
+    }
+
+    /// The connection's place for a WebSocket, or a new one (each further WebSocket of an
+    /// HTTP/2 connection is a connection of its own for the limits).
+    pub(crate) fn take(&self, app: &App, info: &ConnInfo) -> Admission {
+        let permit = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match permit {
+            Some(p) => Ok(p),
+            None => app.admit(&app.gateway(), info.peer.ip()),
+        }
+    }
+}
 
 pub(crate) async fn serve_http<I>(
     app: Arc<App>,
@@ -97,7 +115,7 @@ pub(crate) async fn serve_http<I>(
 {
     let limits = &gw.config.limits;
     let over = admission.as_ref().err().copied();
-    let slot: PermitSlot = Arc::new(Mutex::new(admission.ok()));
+    let slot = PermitSlot::new(admission.ok());
     let svc_app = app.clone();
     let svc_info = info.clone();
     let svc = service_fn(move |req| {
@@ -144,23 +162,22 @@ pub(crate) async fn serve_http<I>(
 async fn handle_request(
     app: Arc<App>,
     info: ConnInfo,
-    slot: PermitSlot,
+    slot: Arc<PermitSlot>,
     req: Request<Incoming>,
 ) -> Response<Body> {
     if wants_websocket(req.headers()) {
-        let permit = slot.lock().unwrap_or_else(|p| p.into_inner()).take();
-        let admission = match permit {
-            Some(p) => Ok(p),
-            // Only one upgrade ends a connection; a place for another is taken anew.
-            None => app.admit(&app.gateway(), info.peer.ip()),
-        };
+        let admission = slot.take(&app, &info);
         upgrade(app, info, req, admission).await
     } else {
         http_passthrough(app, info, req).await
     }
 }
 
-async fn http_passthrough(app: Arc<App>, info: ConnInfo, req: Request<Incoming>) -> Response<Body> {
+pub(crate) async fn http_passthrough(
+    app: Arc<App>,
+    info: ConnInfo,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let gw = app.gateway();
     // Identity and origin are the gateway's to assert, on plain HTTP as on upgrades.
     let (client_ip, chain) = real_client(info.peer.ip(), req.headers(), &gw.trusted);
@@ -203,7 +220,7 @@ async fn http_passthrough(app: Arc<App>, info: ConnInfo, req: Request<Incoming>)
         prefix: prefix.map(str::to_string),
         who,
     };
-    let response = forward(&nostr.pool, &nostr.config, outgoing, req).await;
+    let response = forward(&nostr.pool, &nostr.config, &gw.config.http, outgoing, req).await;
     relay_answer(&app, &route, response)
 }
 
@@ -220,7 +237,7 @@ struct Outgoing {
 
 /// Rewrites a plain request for the relay `authority`: the front's target, the client's
 /// end-to-end headers only, and the gateway's own identity and forwarding headers.
-fn rewrite(req: &mut Request<Incoming>, out: &Outgoing, authority: &str) {
+fn rewrite<B>(req: &mut Request<B>, out: &Outgoing, authority: &str) {
     if let Ok(uri) = out.target.parse() {
         *req.uri_mut() = uri;
     }
@@ -306,18 +323,30 @@ enum RelayError {
     Failed(String, String),
     /// No response head in time: 504.
     TimedOut,
+    /// The body is over `http.max_body_bytes`: 413.
+    TooLarge,
 }
 
 /// Passes a plain request to a healthy relay of the pool: the connection is made through
-/// the one retry loop ([`across_pool`]; a relay that cannot be connected to is marked down
-/// and the next is tried), then the request is sent (once: its body streams and cannot be
-/// sent twice).
+/// the one retry loop ([`across_pool`]; a relay that cannot be connected to within the
+/// connect timeout is marked down and the next is tried), then the request is sent once
+/// (its body streams, [`Watched`], and cannot be sent twice), and the response head is
+/// awaited for `http.response_timeout` from the end of the body.
 async fn forward(
     pool: &Pool,
     config: &NostrConfig,
+    http: &HttpConfig,
     out: Outgoing,
-    mut req: Request<Incoming>,
+    req: Request<Incoming>,
 ) -> Result<Response<Incoming>, RelayError> {
+    let announced = req
+        .headers()
+        .get(hyper::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if announced.is_some_and(|n| n > http.max_body_bytes) {
+        return Err(RelayError::TooLarge);
+    }
     let timeout = config.connect_timeout.0;
     let tries = retry::Tries {
         pool,
@@ -342,19 +371,30 @@ async fn forward(
                 RelayError::Failed(relay, e)
             }
         })?;
+    let (parts, body) = req.into_parts();
+    let (body, watch) = Watched::new(body, http.max_body_bytes);
+    let mut req = Request::from_parts(parts, body);
     rewrite(&mut req, &out, &relay.url.authority());
-    match tokio::time::timeout(timeout, sender.send_request(req)).await {
-        Ok(Ok(mut resp)) => {
+    let answered = async {
+        watch.ended().await;
+        tokio::time::sleep(http.response_timeout.0).await;
+    };
+    let result = tokio::select! {
+        r = sender.send_request(req) => r,
+        () = answered => return Err(RelayError::TimedOut),
+    };
+    match result {
+        Ok(mut resp) => {
             strip_hop_by_hop(&mut resp);
             Ok(resp)
         }
-        Ok(Err(e)) => Err(RelayError::Failed(relay.label.clone(), e.to_string())),
-        Err(_) => Err(RelayError::TimedOut),
+        Err(_) if watch.over_limit() => Err(RelayError::TooLarge),
+        Err(e) => Err(RelayError::Failed(relay.label.clone(), e.to_string())),
     }
 }
 
 /// A connection to the relay `b`, ready for one request.
-async fn open_relay(b: &Backend) -> Result<SendRequest<Incoming>, String> {
+async fn open_relay(b: &Backend) -> Result<SendRequest<Watched>, String> {
     let tcp = TcpStream::connect((b.url.host.as_str(), b.url.port))
         .await
         .map_err(|e| e.to_string())?;
@@ -390,6 +430,15 @@ fn relay_answer(
         Err(RelayError::TimedOut) => {
             status_text(StatusCode::GATEWAY_TIMEOUT, "nostr relay timed out\n")
         }
+        Err(RelayError::TooLarge) => {
+            let mut r = status_text(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "request body larger than this endpoint takes\n",
+            );
+            r.headers_mut()
+                .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+            r
+        }
     };
     let class = crate::metrics::status_class(response.status().as_u16());
     app.metrics
@@ -408,14 +457,7 @@ pub(crate) async fn upgrade(
 ) -> Response<Body> {
     let on_upgrade = hyper::upgrade::on(&mut req);
     let (parts, _body) = req.into_parts();
-    let lines: Vec<httparse::Header<'_>> = parts
-        .headers
-        .iter()
-        .map(|(n, v)| httparse::Header {
-            name: n.as_str(),
-            value: v.as_bytes(),
-        })
-        .collect();
+    let lines = header_lines(&parts.headers);
     let head = Head {
         method: parts.method.as_str(),
         http11: parts.version == hyper::Version::HTTP_11,
@@ -442,7 +484,7 @@ pub(crate) async fn upgrade(
 }
 
 /// The 101 the upgrade built as bytes for the fast path, as a hyper response.
-fn switching_protocols(answer: &[u8]) -> Response<Body> {
+pub(crate) fn switching_protocols(answer: &[u8]) -> Response<Body> {
     let mut response = Response::new(full(""));
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
     let mut lines = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS + 8];

@@ -79,7 +79,7 @@ impl Gateway {
         // Everything that can fail comes first: the old generation must stay untouched
         // when a reload is refused.
         let tls = match &config.tls {
-            Some(t) => Some(Arc::new(build_tls(t, old)?)),
+            Some(t) => Some(Arc::new(build_tls(t, config.http.http2, old)?)),
             None => None,
         };
         // The table of standing outlives generations: bans and trips survive a reload.
@@ -105,7 +105,11 @@ impl Gateway {
 
 /// The terminator for `tls:`. An ACME manager whose settings did not change is carried
 /// over from the old generation, so a reload neither re-orders nor drops its certificate.
-fn build_tls(t: &TlsConfig, old: Option<&Gateway>) -> Result<TlsTerminator, BuildError> {
+fn build_tls(
+    t: &TlsConfig,
+    http2: bool,
+    old: Option<&Gateway>,
+) -> Result<TlsTerminator, BuildError> {
     let master = match &t.key_file {
         Some(path) => Some(crate::keys::load_signing_key(path)?),
         None => None,
@@ -140,6 +144,7 @@ fn build_tls(t: &TlsConfig, old: Option<&Gateway>) -> Result<TlsTerminator, Buil
         min_version: t.min_version,
         certs: Arc::new(certs),
         acme,
+        http2,
     })?)
 }
 

@@ -70,13 +70,7 @@ pub fn check_upgrade(
             Reason::NO_CONNECTION_UPGRADE,
         ));
     }
-    if h.text("sec-websocket-version").map(str::trim) != Some("13") {
-        return Err(Rejection::new(
-            StatusCode::UPGRADE_REQUIRED,
-            "Sec-WebSocket-Version must be 13",
-            Reason::BAD_WS_VERSION,
-        ));
-    }
+    check_version(h)?;
     let mut keys = h.values("sec-websocket-key");
     let key = match (keys.next(), keys.next()) {
         (Some(k), None) => visible_ascii(k).unwrap_or("").trim(),
@@ -89,6 +83,23 @@ pub fn check_upgrade(
         ));
     }
     Ok(key)
+}
+
+/// Checks an HTTP/2 extended CONNECT (RFC 8441 §5) whose `:protocol` is `websocket`:
+/// RFC 6455's rules less the ones HTTP/2 replaces (no key, no `Connection: Upgrade`).
+pub fn check_extended_connect(h: &(impl Fields + ?Sized)) -> Result<(), Rejection> {
+    check_version(h)
+}
+
+fn check_version(h: &(impl Fields + ?Sized)) -> Result<(), Rejection> {
+    if h.text("sec-websocket-version").map(str::trim) != Some("13") {
+        return Err(Rejection::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "Sec-WebSocket-Version must be 13",
+            Reason::BAD_WS_VERSION,
+        ));
+    }
+    Ok(())
 }
 
 /// A key is the base64 of 16 bytes: 22 base64 characters and `==`.

@@ -115,6 +115,9 @@ pub struct Metrics {
     pub rate_limiter_entries: IntGaugeVec,
     /// Bans and NIP-86 blocks in force.
     pub bans_active: IntGauge,
+    /// WebSockets opened as HTTP/2 streams (RFC 8441), by protocol; each is also counted
+    /// in `connections_total`.
+    pub http2_websockets_total: IntCounterVec,
 }
 
 /// Registers a metric built from a fixed definition. Names and labels are compile-time
@@ -163,6 +166,9 @@ pub const RATE_LIMITED_SERIES: [(&str, &str); 14] = [
     ("nostr", "banned"),
     ("unknown", "banned"),
 ];
+
+/// The `protocol` label values of the WebSocket series.
+pub const WEBSOCKET_PROTOCOLS: [&str; 2] = ["mosaic", "nostr"];
 
 /// The `table` label values of `rate_limiter_entries`.
 pub const RATE_LIMITER_TABLES: [&str; 2] = ["connections", "submissions"];
@@ -328,6 +334,12 @@ impl Metrics {
                 "Client header lines never passed upstream, by reason",
                 &["reason"],
             ),
+            http2_websockets_total: counter(
+                &r,
+                "http2_websockets_total",
+                "WebSockets opened as HTTP/2 streams (RFC 8441 extended CONNECT)",
+                &["protocol"],
+            ),
             draining,
             ready,
             registry: r,
@@ -370,6 +382,9 @@ impl Metrics {
         }
         self.headers_dropped_total
             .with_label_values(&["underscore"]);
+        for p in WEBSOCKET_PROTOCOLS {
+            self.http2_websockets_total.with_label_values(&[p]);
+        }
     }
 
     /// Counts the header lines with `_` in their names that a request carried: they are

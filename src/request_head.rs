@@ -101,6 +101,17 @@ pub(crate) struct Head<'a> {
     pub(crate) headers: &'a [httparse::Header<'a>],
 }
 
+/// A hyper request's header lines, in the form the upgrade reads (the hyper doors: a
+/// keep-alive connection's later upgrade, an HTTP/2 extended CONNECT).
+pub(crate) fn header_lines(h: &hyper::HeaderMap) -> Vec<httparse::Header<'_>> {
+    h.iter()
+        .map(|(n, v)| httparse::Header {
+            name: n.as_str(),
+            value: v.as_bytes(),
+        })
+        .collect()
+}
+
 /// The head `index` found in `buf`, its lines put in `lines`. Refuses what hyper's types
 /// would refuse: a method token they reject, or a target that is not a URI.
 pub(crate) fn parse_head<'a>(

@@ -8,7 +8,9 @@
 //!    is closed here, before TLS;
 //! 2. TLS ([`crate::tls`]), which also yields the client's ed25519 key;
 //! 3. the first request head ([`crate::request_head`]): a plain request goes to the hyper
-//!    path ([`crate::front`]), an upgrade stays on the fast path below;
+//!    path ([`crate::front`]), an upgrade stays on the fast path below; a TLS client that
+//!    chose HTTP/2 by ALPN goes to [`crate::front_h2`], whose WebSocket streams take
+//!    stages 4 and 5 as an upgrade does;
 //! 4. the upgrade ([`crate::upgrade`]): checks, limits, routing, and the upstream's side of
 //!    the handshake, all before the client hears 101, so every failure is an HTTP status
 //!    and retries stay invisible;
@@ -33,6 +35,7 @@ use crate::answer::{reject, Answer, Reason, Rejection};
 use crate::connection::{run_connection, ClientIo, ClientStream, Prepared};
 use crate::drain::DrainState;
 use crate::front::{serve_http, Rewind};
+use crate::front_h2::serve_h2;
 use crate::gateway::{App, ConnInfo, Gateway};
 use crate::handshake::wants_websocket;
 use crate::request_head::{parse_head, read_request_head, HeadError, MAX_HEADERS};
@@ -236,6 +239,11 @@ async fn serve_tls(
                 // Requests on this connection must belong to the route this name leads to.
                 sni: stream.get_ref().1.server_name().map(Arc::from),
             };
+            if stream.get_ref().1.alpn_protocol() == Some(crate::tls::ALPN_H2) {
+                // Stage 3 over HTTP/2: its own door, through hyper, into stages 4 and 5.
+                Box::pin(serve_h2(app, gw, stream, info, admission)).await;
+                return None;
+            }
             return serve_first_request(app, gw, stream, info, deadline, admission).await;
         }
         Ok(Err(HandshakeError::AcmeChallengeServed)) => {

@@ -18,8 +18,8 @@ use crate::connection::{Accepted, ActiveConnection, Prepared, Protocol};
 use crate::fields::Fields;
 use crate::gateway::{App, ConnInfo, Gateway};
 use crate::handshake::{
-    check_upgrade, feature_list, negotiate_features, offered_tokens, upstream_request_head,
-    Destination, ForwardedClient, HostLine, X_MOSAIC_FEATURES,
+    check_extended_connect, check_upgrade, feature_list, negotiate_features, offered_tokens,
+    upstream_request_head, Destination, ForwardedClient, HostLine, X_MOSAIC_FEATURES,
 };
 use crate::pool::{Backend, BackendGuard, Pool};
 use crate::rate_limit::{Asked, Refused};
@@ -35,12 +35,44 @@ use crate::upstream::{connect_and_upgrade, Upgraded, UpstreamError, MAX_RESPONSE
 /// The connection's place in the limits, taken at accept, or the limit that was full.
 pub(crate) type Admission = Result<Permit, LimitHit>;
 
+/// How the client asked for its WebSocket.
+#[derive(Clone, Copy)]
+enum ClientHandshake {
+    /// An HTTP/1.1 `GET` with `Upgrade: websocket`: its key goes upstream.
+    Http11,
+    /// An HTTP/2 extended CONNECT (RFC 8441) with `:protocol websocket`: it has no key,
+    /// so the gateway makes one for the upstream's HTTP/1.1 upgrade.
+    ExtendedConnect,
+}
+
 /// Decides an upgrade and completes the upstream's side of it: `Ok` when the upstream
 /// answered 101 (the client is told next), `Err` with the HTTP answer otherwise.
 pub(crate) async fn prepare_upgrade(
     app: &Arc<App>,
     info: &ConnInfo,
     req: &Head<'_>,
+    admission: Admission,
+) -> Result<Box<Prepared>, Answer> {
+    prepare(app, info, req, ClientHandshake::Http11, admission).await
+}
+
+/// [`prepare_upgrade`] for an HTTP/2 extended CONNECT whose `:protocol` is `websocket`
+/// (the caller checked): the same routing, limits and upstream handshake. The answer's
+/// 101 head is for the caller to turn into a 200.
+pub(crate) async fn prepare_extended_connect(
+    app: &Arc<App>,
+    info: &ConnInfo,
+    req: &Head<'_>,
+    admission: Admission,
+) -> Result<Box<Prepared>, Answer> {
+    prepare(app, info, req, ClientHandshake::ExtendedConnect, admission).await
+}
+
+async fn prepare(
+    app: &Arc<App>,
+    info: &ConnInfo,
+    req: &Head<'_>,
+    handshake: ClientHandshake,
     admission: Admission,
 ) -> Result<Box<Prepared>, Answer> {
     let gw = app.gateway();
@@ -52,7 +84,17 @@ pub(crate) async fn prepare_upgrade(
         .select(info.sni.as_deref(), meaning.host, &meaning.path)
         .map_err(|e| reject(&app.metrics, "", no_route(e)))?;
     let refuse = |r| reject(&app.metrics, &route.name, r);
-    let key = check_upgrade(req.method == "GET", req.http11, req.headers).map_err(refuse)?;
+    let generated: String;
+    let key = match handshake {
+        ClientHandshake::Http11 => {
+            check_upgrade(req.method == "GET", req.http11, req.headers).map_err(refuse)?
+        }
+        ClientHandshake::ExtendedConnect => {
+            check_extended_connect(req.headers).map_err(refuse)?;
+            generated = tungstenite::handshake::client::generate_key();
+            &generated
+        }
+    };
     let (who, permit) = admit(app, &gw, info, req, admission).map_err(refuse)?;
     let offered: Vec<&str> = offered_tokens(req.headers).collect();
     let asked = || match crate::route::route(&offered, route.mosaic_tokens(), true) {

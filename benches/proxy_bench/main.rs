@@ -28,6 +28,11 @@
 //! 5. the TLS data path: `CONNS` `wss://` connections × `INFLIGHT` 1 KiB Submissions in a
 //!    closed loop, every proxy terminating TLS 1.3 (direct: the backend's own rustls
 //!    listener), messages/s and the proxy's CPU time per message, median of `ROUNDS`;
+//! 7. (listed here, run after 5) the TLS data path with every WebSocket an HTTP/2 stream
+//!    (RFC 8441 extended CONNECT), `BENCH_H2_STREAMS` on each TLS connection, on the proxies
+//!    that serve it (mosaic-gateway, HAProxy; nginx does not, direct's backend speaks
+//!    HTTP/1.1 only), each round next to the same load over HTTP/1.1 (figure 5's rows,
+//!    measured here when figure 5 is not run);
 //! 6. scale: on a freshly started proxy, `CONNS` connections request/response at an eighth
 //!    of direct's maximum in that shape, then `SCALE_CONNS` open with `SCALE_ACTIVE` of them
 //!    paced at the same rate and the rest idle: the p99 against the first one's, and RSS per
@@ -42,7 +47,8 @@
 //! comparison to the report),
 //! BENCH_FIGURES [memory,throughput,rr,latency,tls,scale,connections: `throughput` and
 //! `latency` are the pipelined shape's figures 1 and 2, `rr` both of them in the
-//! request/response shape, `tls` figure 5, `scale` figure 6], BENCH_RATE (the pipelined
+//! request/response shape, `tls` figure 5, `h2` figure 7, `scale` figure 6],
+//! BENCH_H2_STREAMS [8], BENCH_RATE (the pipelined
 //! latency figure's higher rate when direct's pipelined throughput is not measured),
 //! BENCH_RR_RATE (likewise for request/response, and so the scale rate is a quarter of it),
 //! BENCH_SCALE_RATE (the scale figure's rate),
@@ -62,6 +68,7 @@
 
 mod backend;
 mod figures;
+mod h2;
 mod load;
 mod paths;
 mod procfs;
@@ -109,7 +116,7 @@ fn main() {
         run.memory(&setup, &paths);
     }
     // Start every path for the load figures; the gateway's TLS listener is a second instance.
-    let gateway_tls = set.wants("connections") || set.wants("tls");
+    let gateway_tls = set.wants("connections") || set.wants("tls") || set.wants("h2");
     let running = paths::start_all(&paths, &setup, &client_rt, gateway_tls);
     if set.wants("throughput") {
         run.throughput(&running, Shape::Pipelined);
@@ -134,6 +141,9 @@ fn main() {
     }
     if set.wants("tls") {
         run.tls(&running);
+    }
+    if set.wants("h2") {
+        run.h2(&running);
     }
     // Scale before the churn, whose closed connections linger in TIME_WAIT.
     if set.wants("scale") {

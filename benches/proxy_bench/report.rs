@@ -134,6 +134,16 @@ pub fn render(run: &Run, set: &Settings) -> String {
         inflight = set.inflight,
         tls_bytes = TLS_SUBMISSION_BYTES,
     );
+    if set.wants("h2") {
+        let _ = writeln!(
+            out,
+            "WebSockets over h2: the TLS data path's load with every WebSocket an HTTP/2 stream \
+             (RFC 8441 extended CONNECT), {} per TLS connection, each round next to the same \
+             load over HTTP/1.1; on mosaic-gateway and HAProxy (`alpn h2,http/1.1`) only: nginx \
+             does not take WebSockets over HTTP/2, direct's backend speaks HTTP/1.1.\n",
+            set.h2_streams
+        );
+    }
     let rates = [Shape::Pipelined, Shape::RequestResponse].map(|s| run.latency_rate(s));
     out.push_str(&table(&run.figs, set, rates, run.scale_rate()));
     out.push_str(&idle_limiter(&run.figs));
@@ -232,6 +242,27 @@ fn table(figs: &[Figures; PATHS], set: &Settings, rates: [f64; 2], scale_rate: f
         |f| f.tls_cpu_per_msg,
         0,
         Better::Lower,
+    );
+    t.row(
+        &format!(
+            "WebSockets over h2 (RFC 8441; {} streams per TLS connection, same load as the TLS data path), messages/s",
+            set.h2_streams
+        ),
+        |f| f.h2_throughput,
+        0,
+        Better::Higher,
+    );
+    t.row(
+        "WebSockets over h2: proxy CPU time per message, ns",
+        |f| f.h2_cpu_per_msg,
+        0,
+        Better::Lower,
+    );
+    t.row(
+        "WebSockets over h2 / over HTTP/1.1 (TLS data path), throughput (median of per-round ratios)",
+        |f| f.h2_over_h1.or_else(|| Some(f.h2_throughput? / f.tls_throughput?)),
+        2,
+        Better::Higher,
     );
     t.row(
         "new connections/s, plain",

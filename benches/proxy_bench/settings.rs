@@ -31,6 +31,8 @@ pub struct Settings {
     pub scale_rate: Option<f64>,
     /// Rounds of the throughput, scale and new-connection figures; each figure is the median.
     pub rounds: usize,
+    /// WebSockets per TLS connection in the h2 figure (BENCH_H2_STREAMS).
+    pub h2_streams: usize,
     pub perf: Option<String>,
     /// What `perf` is told before `-o FILE -p PIDS` (BENCH_PERF_ARGS).
     pub perf_args: String,
@@ -60,7 +62,7 @@ impl Settings {
             paths.push(PathKind::GatewayLimits);
         }
         let figures = std::env::var("BENCH_FIGURES")
-            .unwrap_or_else(|_| "memory,throughput,rr,latency,tls,scale,connections".into())
+            .unwrap_or_else(|_| "memory,throughput,rr,latency,tls,h2,scale,connections".into())
             .split(',')
             .map(|s| s.trim().to_string())
             .collect();
@@ -90,6 +92,7 @@ impl Settings {
                 .ok()
                 .and_then(|v| v.parse().ok()),
             rounds: env_or("BENCH_ROUNDS", 3usize).max(1),
+            h2_streams: env_or("BENCH_H2_STREAMS", 8usize).max(1),
             perf: std::env::var("BENCH_PERF").ok().filter(|s| !s.is_empty()),
             perf_args: std::env::var("BENCH_PERF_ARGS")
                 .unwrap_or_else(|_| "record -e cpu-clock -F 999 --call-graph dwarf,16384".into()),

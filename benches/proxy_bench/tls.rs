@@ -132,6 +132,16 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
 }
 
 pub fn tls_connector() -> tokio_rustls::TlsConnector {
+    connector(b"http/1.1")
+}
+
+/// [`tls_connector`] offering `h2` only: for the HTTP/2 figure, a proxy that cannot speak it
+/// fails the handshake instead of quietly measuring HTTP/1.1.
+pub fn tls_connector_h2() -> tokio_rustls::TlsConnector {
+    connector(b"h2")
+}
+
+fn connector(alpn: &[u8]) -> tokio_rustls::TlsConnector {
     let p = provider();
     let mut cfg = rustls::ClientConfig::builder_with_provider(p.clone())
         .with_protocol_versions(&[&rustls::version::TLS13])
@@ -141,7 +151,7 @@ pub fn tls_connector() -> tokio_rustls::TlsConnector {
         .with_no_client_auth();
     // A full handshake every time: the figure is the cost of a new TLS connection.
     cfg.resumption = rustls::client::Resumption::disabled();
-    cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+    cfg.alpn_protocols = vec![alpn.to_vec()];
     tokio_rustls::TlsConnector::from(Arc::new(cfg))
 }
 

@@ -110,6 +110,7 @@ pub async fn run(opts: DevOptions) -> Result<(), DevError> {
         min_version: MinVersion::Tls12,
         certs: Arc::new(CertStore::fixed(vec![localhost_certificate()?])),
         acme: None,
+        http2: config.http.http2,
     })?;
     let server_key = crate::keys::server_key_string(&key.verifying_key().to_bytes());
     let running = crate::runtime::start(config, Some((opts.tls_listen, Arc::new(tls)))).await?;

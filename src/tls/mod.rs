@@ -85,6 +85,9 @@ pub const ED25519_SPKI_PREFIX: [u8; 12] = [
 /// The ALPN protocol offered and accepted on both sides.
 pub const ALPN_HTTP11: &[u8] = b"http/1.1";
 
+/// HTTP/2's ALPN protocol, accepted from clients when `http.http2` is on.
+pub const ALPN_H2: &[u8] = b"h2";
+
 /// The DER SubjectPublicKeyInfo of an ed25519 public key (an RFC 7250 raw public key).
 pub fn ed25519_spki(key: &[u8; 32]) -> Vec<u8> {
     let mut spki = Vec::with_capacity(44);

@@ -32,7 +32,7 @@ use super::certs::{CertStore, NamePattern};
 use super::verify::ClientKeyVerifier;
 use super::{
     certified_key, ed25519_spki, peer_key, provider, self_signed_certificate, CertificateMode,
-    ClientAuth, MinVersion, TlsError, ALPN_HTTP11,
+    ClientAuth, MinVersion, TlsError, ALPN_H2, ALPN_HTTP11,
 };
 use crate::keys;
 
@@ -72,6 +72,8 @@ pub(crate) struct TerminatorParts {
     pub(crate) certs: Arc<CertStore>,
     /// `tls.acme`.
     pub(crate) acme: Option<AcmeCertificates>,
+    /// `http.http2`: offer `h2` by ALPN (preferred over `http/1.1`).
+    pub(crate) http2: bool,
 }
 
 /// What one client gets, by the rules in the module docs.
@@ -275,6 +277,7 @@ impl TlsTerminator {
             min_version: min,
             certs: Arc::new(certs),
             acme: None,
+            http2: false,
         })
     }
 
@@ -296,6 +299,12 @@ impl TlsTerminator {
             x509_versions: match parts.min_version {
                 MinVersion::Tls12 => TLS12_AND_13,
                 MinVersion::Tls13 => TLS13_ONLY,
+            },
+            // The server's order decides: h2 first, so a client offering both gets h2.
+            alpn: if parts.http2 {
+                vec![ALPN_H2.to_vec(), ALPN_HTTP11.to_vec()]
+            } else {
+                vec![ALPN_HTTP11.to_vec()]
             },
         };
         let configs = Configs {
@@ -337,7 +346,8 @@ impl TlsTerminator {
     /// Runs the TLS handshake on `io`; returns the stream and the client's ed25519 key
     /// (`None` = anonymous). Apply the handshake timeout around this call.
     ///
-    /// Clients that offer ALPN without `http/1.1` are refused; clients without ALPN are not.
+    /// Clients that offer ALPN without `http/1.1` (or `h2`, when on) are refused; clients
+    /// without ALPN are not.
     pub async fn accept<S: AsyncRead + AsyncWrite + Unpin>(
         &self,
         io: S,
@@ -419,6 +429,8 @@ struct ConfigBuilder<'a> {
     selector: &'a Arc<Selector>,
     client_auth: ClientAuth,
     x509_versions: &'static [&'static SupportedProtocolVersion],
+    /// The application protocols offered to clients (not to ACME's validation).
+    alpn: Vec<Vec<u8>>,
 }
 
 impl ConfigBuilder<'_> {
@@ -443,7 +455,7 @@ impl ConfigBuilder<'_> {
             .with_cert_resolver(Arc::new(AlwaysResolvesServerRawPublicKeys::new(
                 key.clone(),
             )));
-        config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+        config.alpn_protocols = self.alpn.clone();
         Ok(Arc::new(config))
     }
 
@@ -458,7 +470,7 @@ impl ConfigBuilder<'_> {
             .map_err(TlsError::ServerConfig)?
             .with_client_cert_verifier(self.verifier(client_raw, ask))
             .with_cert_resolver(Arc::new(ChoosingResolver(self.selector.clone())));
-        config.alpn_protocols = vec![ALPN_HTTP11.to_vec()];
+        config.alpn_protocols = self.alpn.clone();
         Ok(Arc::new(config))
     }
 

@@ -311,3 +311,47 @@ async fn a_gateway_with_only_its_master_key_is_refused_by_the_browser() {
         "{after}"
     );
 }
+
+#[tokio::test]
+async fn a_browser_on_an_h2_page_opens_its_websocket_as_an_h2_stream() {
+    let files = operator_files();
+    let Some(browser) = browser(&files).await else {
+        return;
+    };
+    let relay = nostr_relay().await;
+    let backend = mosaic_backend().await;
+    let gw = gateway_with(&files.tls_with_certificate(), &backend, &relay).await;
+    let port = gw.public_addr.port();
+    let h2_nostr = "mosaic_gateway_http2_websockets_total{protocol=\"nostr\"}";
+    let before = metrics(gw.admin_addr).await;
+    assert_eq!(
+        metric(&before, h2_nostr),
+        0.0,
+        "exists from the first scrape"
+    );
+
+    // The page comes over h2 (ALPN), and the WebSocket to the same origin rides on that
+    // connection as an extended CONNECT stream (RFC 8441) instead of a new TLS connection.
+    let page = format!("https://{HOST}:{port}/");
+    let js = format!(
+        "(async () => ({{page: performance.getEntriesByType('navigation')[0].nextHopProtocol, wss: await {}}}))()",
+        nostr_wss_probe(&format!("wss://{HOST}:{port}/")),
+    );
+    let seen = browser
+        .eval(&page, &js)
+        .await
+        .unwrap_or_else(|e| panic!("the browser could not use the gateway: {e}"));
+    eprintln!("[h2 page] {seen}");
+    assert_eq!(seen["page"], "h2", "{seen}");
+    assert_eq!(seen["wss"]["ok"], true, "{seen}");
+    assert_eq!(seen["wss"]["eose"], true, "{seen}");
+
+    let text = metrics(gw.admin_addr).await;
+    assert_eq!(
+        metric(&text, h2_nostr),
+        1.0,
+        "the WebSocket came as an h2 stream: {text}"
+    );
+    let nostr_total = "mosaic_gateway_connections_total{protocol=\"nostr\",route=\"default\"}";
+    assert_eq!(metric(&text, nostr_total), 1.0, "and no other: {text}");
+}

@@ -9,7 +9,7 @@ use futures_util::{SinkExt, StreamExt};
 use mosaic_gateway::dev::mosaic_backend::{MosaicBackend, MosaicBackendOptions};
 use mosaic_gateway::dev::nostr_relay::NostrRelayServer;
 use mosaic_gateway::runtime::Running;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::http::{HeaderName, HeaderValue};
@@ -141,12 +141,12 @@ pub async fn refused_status(addr: SocketAddr, headers: &[(&str, &str)]) -> u16 {
 }
 
 /// Sends a binary message.
-pub async fn send(ws: &mut Ws, bytes: Vec<u8>) {
+pub async fn send<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, bytes: Vec<u8>) {
     ws.send(Message::Binary(bytes.into())).await.unwrap();
 }
 
 /// The next data message's bytes (pings and pongs skipped); panics on close or timeout.
-pub async fn recv(ws: &mut Ws) -> Vec<u8> {
+pub async fn recv<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>) -> Vec<u8> {
     loop {
         let m = tokio::time::timeout(T, ws.next())
             .await
@@ -163,7 +163,9 @@ pub async fn recv(ws: &mut Ws) -> Vec<u8> {
 }
 
 /// Reads until the close frame and returns its code (None if the stream ended without one).
-pub async fn close_code(ws: &mut Ws) -> Option<u16> {
+pub async fn close_code<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+) -> Option<u16> {
     loop {
         match tokio::time::timeout(T, ws.next())
             .await
@@ -560,4 +562,14 @@ where
         }
     });
     addr
+}
+
+/// The resident set of process `pid`, in KiB.
+pub fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
 }

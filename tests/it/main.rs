@@ -19,6 +19,7 @@ mod dev_stack;
 mod edge_rules;
 mod fuzz_regression;
 mod hardening;
+mod http2;
 mod memory_after_spike;
 // Named like the crate: only here at the root does `mosaic_gateway` mean this module, so
 // write `::mosaic_gateway` for the crate in this file; the modules are unaffected.
@@ -39,3 +40,4 @@ mod tls;
 mod tls_edge;
 mod tls_gateway;
 mod tls_gnutls;
+mod uploads;

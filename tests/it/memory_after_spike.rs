@@ -13,16 +13,6 @@ use mosaic_gateway::dev::mosaic_backend::wire;
 /// The connections of the spike (fewer when the open-file limit cannot hold them).
 const SPIKE: u64 = 9_000;
 
-/// The resident set of process `pid`, in KiB.
-fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS in /proc/<pid>/status")
-}
-
 /// Raises this process's open-file limit to its hard limit (the gateway child inherits it)
 /// and says how many spike connections fit: each costs a descriptor here (the client) and
 /// one in the in-process backend, and two in the gateway.

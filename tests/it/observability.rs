@@ -182,6 +182,9 @@ fn expected_zero_series() -> Vec<(String, Labels)> {
     for status in ["1xx", "2xx", "3xx", "4xx", "5xx"] {
         add("http_requests_total", &[("status", status)]);
     }
+    for protocol in ["mosaic", "nostr"] {
+        add("http2_websockets_total", &[("protocol", protocol)]);
+    }
     for pool in ["default", "authenticated", "nostr"] {
         add("backend_connect_duration_seconds_count", &[("pool", pool)]);
         add("backend_connect_duration_seconds_sum", &[("pool", pool)]);

@@ -75,7 +75,10 @@ impl MasterKey {
 }
 
 /// A `mosaic:` section over these ws:// backends, with health checks out of the way.
-fn mosaic_section(backends: &[&MosaicBackend], authenticated: &[&MosaicBackend]) -> String {
+pub(crate) fn mosaic_section(
+    backends: &[&MosaicBackend],
+    authenticated: &[&MosaicBackend],
+) -> String {
     let mut y = String::from("mosaic:\n  health_check: { interval: 60s }\n  backends:\n");
     for b in backends {
         y.push_str(&format!("    - url: ws://{}\n", b.local_addr()));
@@ -110,7 +113,7 @@ pub(crate) fn client_key(seed: u8) -> SigningKey {
     SigningKey::from_bytes(&[seed; 32])
 }
 
-fn public(k: &SigningKey) -> [u8; 32] {
+pub(crate) fn public(k: &SigningKey) -> [u8; 32] {
     k.verifying_key().to_bytes()
 }
 
@@ -120,7 +123,7 @@ pub(crate) fn rpk_client(pin: [u8; 32], key: &SigningKey) -> ClientConfig {
 }
 
 /// Client presenting a self-signed X.509 ed25519 certificate, expecting X.509 from the server.
-fn x509_client(pin: [u8; 32], key: &SigningKey) -> ClientConfig {
+pub(crate) fn x509_client(pin: [u8; 32], key: &SigningKey) -> ClientConfig {
     tls::client_config(Some(pin), false, ClientIdentity::SelfSigned(key)).unwrap()
 }
 
@@ -198,7 +201,10 @@ fn tls_version(ws: &TlsWs) -> rustls::ProtocolVersion {
 }
 
 /// Sends a Submission and expects its Submission Result (0x83) echoing the record's id bytes.
-async fn submit<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, tag: u8) {
+pub(crate) async fn submit<S: AsyncRead + AsyncWrite + Unpin>(
+    ws: &mut WebSocketStream<S>,
+    tag: u8,
+) {
     let record: Vec<u8> = (0..64u8).map(|i| i.wrapping_mul(31) ^ tag).collect();
     ws.send(Message::Binary(wire::submission(&record).into()))
         .await
@@ -227,7 +233,7 @@ async fn submit<S: AsyncRead + AsyncWrite + Unpin>(ws: &mut WebSocketStream<S>, 
 // ---------- what the backend saw ----------
 
 /// The upgrade request headers the backend recorded for the client tagged `id`.
-fn seen_by(backend: &MosaicBackend, id: &str) -> HeaderMap {
+pub(crate) fn seen_by(backend: &MosaicBackend, id: &str) -> HeaderMap {
     let found: Vec<HeaderMap> = backend
         .request_headers()
         .into_iter()

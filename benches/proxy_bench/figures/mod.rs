@@ -3,6 +3,7 @@
 //! [`Figures`]; here what they share.
 
 mod connections;
+mod h2;
 mod latency;
 mod memory;
 mod scale;
@@ -45,6 +46,11 @@ pub struct Figures {
     /// `wss://` closed loop with 1 KiB Submissions, messages/s.
     pub tls_throughput: Option<f64>,
     pub tls_cpu_per_msg: Option<f64>,
+    /// The same load with each WebSocket an HTTP/2 stream (RFC 8441), messages/s.
+    pub h2_throughput: Option<f64>,
+    pub h2_cpu_per_msg: Option<f64>,
+    /// h2's messages/s over HTTP/1.1's, paired by round (when measured side by side).
+    pub h2_over_h1: Option<f64>,
     pub conns_plain: Option<f64>,
     pub conns_tls: Option<f64>,
     pub mem_per_conn: Option<f64>,

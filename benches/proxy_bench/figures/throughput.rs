@@ -19,6 +19,8 @@ pub(super) struct ClosedSpec {
     pub frame: Vec<u8>,
     /// `wss://` to each path's TLS listener with this client; `ws://` when `None`.
     pub tls: Option<tokio_rustls::TlsConnector>,
+    /// WebSockets as HTTP/2 streams, this many per TLS connection (see [`Dial`]).
+    pub h2_streams: Option<usize>,
 }
 
 /// One round's messages/s and proxy CPU time per message, per path.
@@ -56,6 +58,7 @@ impl Run<'_> {
             inflight,
             frame: submission_frame(),
             tls: None,
+            h2_streams: None,
         };
         let got = self.closed_rounds(running, &spec);
         for s in running {
@@ -73,23 +76,35 @@ impl Run<'_> {
     ) -> ClosedFigures {
         let mut got = ClosedFigures::default();
         for (round, s) in interleaved(running, self.set.rounds) {
-            let r = self.measure_throughput(s, spec, round);
-            println!(
-                "  {:<15} {:>10.0} msg/s{}   proxy CPU {} ns/msg   load {}",
-                s.kind.label(),
-                r.msgs_per_sec,
-                if r.errors > 0 {
-                    format!(" ({} errors)", r.errors)
-                } else {
-                    String::new()
-                },
-                fmt_num(r.proxy_ns_per_msg, 0),
-                loadavg()
-            );
-            got.rates.push(s.kind, r.msgs_per_sec);
-            got.cpus.extend(s.kind, r.proxy_ns_per_msg);
+            self.closed_round(s, spec, round, s.kind.label(), &mut got);
         }
         got
+    }
+
+    /// One round of `spec` on `s`, printed as `label` and added to `got`.
+    pub(super) fn closed_round(
+        &self,
+        s: &RunningPath,
+        spec: &ClosedSpec,
+        round: usize,
+        label: &str,
+        got: &mut ClosedFigures,
+    ) {
+        let r = self.measure_throughput(s, spec, round);
+        println!(
+            "  {:<22} {:>10.0} msg/s{}   proxy CPU {} ns/msg   load {}",
+            label,
+            r.msgs_per_sec,
+            if r.errors > 0 {
+                format!(" ({} errors)", r.errors)
+            } else {
+                String::new()
+            },
+            fmt_num(r.proxy_ns_per_msg, 0),
+            loadavg()
+        );
+        got.rates.push(s.kind, r.msgs_per_sec);
+        got.cpus.extend(s.kind, r.proxy_ns_per_msg);
     }
 
     /// One round on one path: `SECS` of closed-loop load after `WARMUP`.
@@ -105,6 +120,7 @@ impl Run<'_> {
                 Dial {
                     addr: s.plain,
                     tls: None,
+                    h2_streams: None,
                 },
                 s.pids(),
             ),
@@ -113,6 +129,7 @@ impl Run<'_> {
                 Dial {
                     addr: s.tls,
                     tls: Some(c.clone()),
+                    h2_streams: spec.h2_streams,
                 },
                 s.tls_pids().unwrap_or_else(|| s.pids()),
             ),

@@ -21,6 +21,7 @@ impl Run<'_> {
             inflight: set.inflight,
             frame: submission_frame_of(TLS_SUBMISSION_BYTES),
             tls: Some(tls_connector()),
+            h2_streams: None,
         };
         let got = self.closed_rounds(running, &spec);
         for s in running {

@@ -11,6 +11,7 @@ use tokio::runtime::Runtime;
 use tokio::task::JoinHandle;
 
 use super::{join_all, wait_connected, Dial};
+use crate::h2::connect_h2_streams;
 use crate::wire::{connect_ws, connect_wss, reserve, take_replies, ws_close};
 
 /// What the closed-loop connections share with the thread that measures.
@@ -47,23 +48,10 @@ impl ClosedLoop {
             done: AtomicU64::new(0),
             ready: AtomicU64::new(0),
         });
-        let handles: Vec<_> = (0..conns)
-            .map(|_| {
-                let (dial, sh) = (dial.clone(), shared.clone());
-                rt.spawn(async move {
-                    match &dial.tls {
-                        None => {
-                            let (s, buf) = connect_ws(dial.addr).await?;
-                            closed_conn(s, buf, sh).await
-                        }
-                        Some(tls) => {
-                            let (s, buf) = connect_wss(dial.addr, tls).await?;
-                            closed_conn(s, buf, sh).await
-                        }
-                    }
-                })
-            })
-            .collect();
+        let handles: Vec<_> = match dial.h2_streams {
+            Some(n) => h2_connections(rt, dial, conns, n, &shared),
+            None => http11_connections(rt, dial, conns, &shared),
+        };
         wait_connected(&shared.ready, conns, &handles);
         ClosedLoop { shared, handles }
     }
@@ -78,6 +66,65 @@ impl ClosedLoop {
         self.shared.stop.store(true, Ordering::Relaxed);
         join_all(rt, self.handles)
     }
+}
+
+/// `conns` WebSockets, each on a TCP (and TLS) connection of its own.
+fn http11_connections(
+    rt: &Runtime,
+    dial: &Dial,
+    conns: usize,
+    shared: &Arc<Closed>,
+) -> Vec<JoinHandle<io::Result<()>>> {
+    (0..conns)
+        .map(|_| {
+            let (dial, sh) = (dial.clone(), shared.clone());
+            rt.spawn(async move {
+                match &dial.tls {
+                    None => {
+                        let (s, buf) = connect_ws(dial.addr).await?;
+                        closed_conn(s, buf, sh).await
+                    }
+                    Some(tls) => {
+                        let (s, buf) = connect_wss(dial.addr, tls).await?;
+                        closed_conn(s, buf, sh).await
+                    }
+                }
+            })
+        })
+        .collect()
+}
+
+/// `conns` WebSockets as HTTP/2 streams, `per` on each TLS connection; one task per
+/// connection, which runs its streams as tasks of their own.
+fn h2_connections(
+    rt: &Runtime,
+    dial: &Dial,
+    conns: usize,
+    per: usize,
+    shared: &Arc<Closed>,
+) -> Vec<JoinHandle<io::Result<()>>> {
+    let per = per.max(1);
+    (0..conns.div_ceil(per))
+        .map(|i| {
+            let n = per.min(conns - i * per);
+            let (dial, sh) = (dial.clone(), shared.clone());
+            rt.spawn(async move {
+                let tls = dial
+                    .tls
+                    .as_ref()
+                    .ok_or_else(|| io::Error::other("h2 needs TLS"))?;
+                let streams = connect_h2_streams(dial.addr, tls, n).await?;
+                let tasks: Vec<_> = streams
+                    .into_iter()
+                    .map(|s| tokio::spawn(closed_conn(s, BytesMut::new(), sh.clone())))
+                    .collect();
+                for t in tasks {
+                    t.await.map_err(io::Error::other)??;
+                }
+                Ok(())
+            })
+        })
+        .collect()
 }
 
 async fn closed_conn<S: AsyncRead + AsyncWrite + Unpin>(

@@ -44,11 +44,15 @@ impl Shape {
     }
 }
 
-/// Where load connections go: `ws://addr`, or `wss://addr` with this TLS client.
+/// Where load connections go: `ws://addr`, or `wss://addr` with this TLS client, over
+/// HTTP/1.1 or as HTTP/2 streams.
 #[derive(Clone)]
 pub struct Dial {
     pub addr: SocketAddr,
     pub tls: Option<tokio_rustls::TlsConnector>,
+    /// `Some(n)`: WebSockets as HTTP/2 streams, `n` on each TLS connection (`tls` must
+    /// offer `h2`).
+    pub h2_streams: Option<usize>,
 }
 
 // ---------------------------------------------------------------------------------------

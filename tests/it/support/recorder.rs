@@ -44,6 +44,8 @@ pub enum Answer {
     /// 400 to a request head longer than this many bytes (nginx's answer to a header over
     /// its buffer), served otherwise.
     RefuseHeadsOver(usize),
+    /// Reads the request and its body, and never answers.
+    Never,
 }
 
 pub struct Recorder {
@@ -126,19 +128,42 @@ async fn serve(mut s: TcpStream, answer: Answer, log: Arc<Mutex<Vec<Seen>>>) {
                 "HTTP/1.1 {code} Refused\r\ncontent-length: 8\r\ncontent-type: text/plain\r\n\r\nrefused\n"
             ),
             Answer::Serve | Answer::RefuseHeadsOver(_) if upgrade => switching(&seen),
-            Answer::Serve | Answer::RefuseHeadsOver(_) => {
+            Answer::Serve | Answer::RefuseHeadsOver(_) | Answer::Never => {
                 "HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: keep-alive\r\nkeep-alive: timeout=5\r\nx-relay-hop: yes\r\n\r\nok\n".to_string()
             }
         };
-        // Discard the body of a plain request before answering it.
-        while buf.len() < body_len {
-            let mut chunk = [0u8; 4096];
+        // Take in the whole body of a plain request before answering it (counted, not
+        // kept: an upload may be large).
+        let chunked = seen
+            .values("transfer-encoding")
+            .iter()
+            .any(|v| v.eq_ignore_ascii_case("chunked"));
+        let mut left = body_len;
+        loop {
+            if chunked {
+                if let Some(end) = buf.windows(5).position(|w| w == b"0\r\n\r\n") {
+                    buf.drain(..end + 5);
+                    break;
+                }
+                let keep = buf.len().saturating_sub(4);
+                buf.drain(..keep);
+            } else {
+                let n = left.min(buf.len());
+                buf.drain(..n);
+                left -= n;
+                if left == 0 {
+                    break;
+                }
+            }
+            let mut chunk = [0u8; 65536];
             match s.read(&mut chunk).await {
                 Ok(0) | Err(_) => return,
                 Ok(n) => buf.extend_from_slice(&chunk[..n]),
             }
         }
-        buf.drain(..body_len);
+        if matches!(answer, Answer::Never) {
+            std::future::pending::<()>().await;
+        }
         if s.write_all(reply.as_bytes()).await.is_err() {
             return;
         }
