@@ -11,12 +11,16 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::relay::mosaic::{Validation, DEFAULT_MAX_MESSAGE_BYTES};
+use crate::relay::mosaic::DEFAULT_MAX_MESSAGE_BYTES;
+use crate::relay::profile::{MosaicVersion, Profile};
 use crate::tls::{CertificateMode, ClientAuth, MinVersion};
 
 mod routes;
 pub use routes::{NostrProbe, RouteConfig, RouteLimitsConfig};
 mod rate_limits;
+
+mod mosaic_versions;
+pub use mosaic_versions::{ServerAuthentication, ValidateConfig};
 pub use rate_limits::{AccessConfig, LimitAction, RateConfig, RateLimitsConfig, SubmissionScope};
 
 /// Everything wrong with a config file, one `key.path: what is wrong` line each.
@@ -288,9 +292,15 @@ pub struct MosaicConfig {
     /// X-Mosaic-Features the gateway may grant.
     #[serde(default)]
     pub features: Vec<String>,
-    /// How strictly messages are checked.
+    /// How strictly messages are checked, by token.
     #[serde(default)]
-    pub validate: Validation,
+    pub validate: ValidateConfig,
+    /// Who answers a 2025 client's server-authentication nonce.
+    #[serde(default)]
+    pub server_authentication: ServerAuthentication,
+    /// The ed25519 master key the gateway signs nonces with (default: `tls.key_file`).
+    #[serde(default)]
+    pub server_key_file: Option<PathBuf>,
     /// Largest message accepted either way.
     #[serde(default = "default_max_message")]
     pub max_message_bytes: u64,
@@ -322,7 +332,9 @@ impl Default for MosaicConfig {
         MosaicConfig {
             subprotocols: default_subprotocols(),
             features: Vec::new(),
-            validate: Validation::Strict,
+            validate: ValidateConfig::default(),
+            server_authentication: ServerAuthentication::default(),
+            server_key_file: None,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             backends: Vec::new(),
             authenticated_backends: Vec::new(),
@@ -336,7 +348,10 @@ impl Default for MosaicConfig {
 }
 
 fn default_subprotocols() -> Vec<String> {
-    vec!["mosaic2024".into()]
+    MosaicVersion::ALL
+        .iter()
+        .map(|v| v.token().into())
+        .collect()
 }
 fn default_max_message() -> u64 {
     DEFAULT_MAX_MESSAGE_BYTES
@@ -716,7 +731,13 @@ impl Config {
         routes::validate(&self.routes, &mut errs);
         self.limits.validate(&mut errs);
         self.rate_limits
-            .validate("rate_limits", self.mosaic.validate, &mut errs);
+            .validate("rate_limits", self.mosaic.knows_types(), &mut errs);
+        mosaic_versions::check_server_key(
+            self.mosaic.server_authentication,
+            &self.mosaic.server_key_file,
+            self.tls.as_ref().and_then(|t| t.key_file.as_ref()),
+            &mut errs,
+        );
         self.access.validate(&mut errs);
         for (i, c) in self.forwarded.trusted_proxies.iter().enumerate() {
             if parse_cidr(c).is_err() {
@@ -858,6 +879,19 @@ impl AcmeConfig {
 }
 
 impl MosaicConfig {
+    /// The profile a connection on `token` is relayed with (a token of `subprotocols`).
+    pub fn profile(&self, token: &str) -> Option<Profile> {
+        MosaicVersion::from_token(token).map(|v| self.validate.profile(v))
+    }
+
+    /// Whether every token's profile knows where Submissions and query ids are (the
+    /// Mosaic rate limits need that).
+    pub fn knows_types(&self) -> bool {
+        self.subprotocols
+            .iter()
+            .all(|t| self.profile(t).is_none_or(Profile::knows_types))
+    }
+
     fn require_backends(&self, errs: &mut Vec<String>) {
         if self.backends.is_empty() {
             errs.push("mosaic.backends: list at least one backend (url: ws://host:port)".into());
@@ -865,20 +899,12 @@ impl MosaicConfig {
     }
 
     fn validate(&self, errs: &mut Vec<String>) {
-        if self.subprotocols.is_empty() {
-            errs.push("mosaic.subprotocols: list at least one token (e.g. mosaic2024)".into());
-        }
-        for (i, t) in self.subprotocols.iter().enumerate() {
-            if !is_token(t) {
-                errs.push(format!(
-                    "mosaic.subprotocols[{i}]: `{t}` is not an HTTP token"
-                ));
-            }
-        }
+        mosaic_versions::check_tokens(&self.subprotocols, errs);
+        self.validate.check("mosaic.validate", errs);
         for (i, f) in self.features.iter().enumerate() {
-            if f.trim().is_empty() || f.contains(';') || f.trim() != f {
+            if !is_token(f) {
                 errs.push(format!(
-                    "mosaic.features[{i}]: `{f}` must be a non-empty name without `;` or spaces"
+                    "mosaic.features[{i}]: `{f}` must be a non-empty name without `;`, `,` or spaces"
                 ));
             }
         }
@@ -1053,7 +1079,7 @@ mod tests {
     fn minimal_config_gets_defaults() {
         let c = parse("mosaic:\n  backends:\n    - url: ws://127.0.0.1:8081\n").unwrap();
         assert_eq!(c.listen, "0.0.0.0:8443");
-        assert_eq!(c.mosaic.subprotocols, vec!["mosaic2024"]);
+        assert_eq!(c.mosaic.subprotocols, vec!["mosaic2025", "mosaic2024"]);
         assert_eq!(c.limits.idle_timeout.0, Duration::from_secs(600));
         assert!(c.nostr_upstream().is_none());
     }

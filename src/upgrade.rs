@@ -84,11 +84,17 @@ pub(crate) async fn prepare_upgrade(
     };
     let accepted = ctx.connect_upstream().await.map_err(refuse)?;
     let opts = PumpOptions {
-        mosaic: match (&route.mosaic, accepted.protocol) {
-            (Some(m), Protocol::Mosaic) => Some(MosaicRules {
-                validation: m.config.validate,
-                max_message_bytes: m.config.max_message_bytes,
-            }),
+        mosaic: match (
+            &route.mosaic,
+            accepted.protocol,
+            accepted.subprotocol.as_deref(),
+        ) {
+            (Some(m), Protocol::Mosaic, Some(token)) => {
+                m.config.profile(token).map(|profile| MosaicRules {
+                    profile,
+                    max_message_bytes: m.config.max_message_bytes,
+                })
+            }
             _ => None,
         },
         idle_timeout: gw.config.limits.idle_timeout.0,

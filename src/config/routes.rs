@@ -3,8 +3,6 @@
 
 use serde::Deserialize;
 
-use crate::relay::mosaic::Validation;
-
 use super::{check_backend, BackendConfig, MosaicConfig, NostrConfig, Scheme, UpstreamUrl};
 use crate::route_table::{HostPattern, PathPrefix, RESERVED_NAME};
 
@@ -204,8 +202,8 @@ fn validate_sections(r: &RouteConfig, key: &str, errs: &mut Vec<String>) {
         own.push("limits.max_connections: must be at least 1".into());
     }
     if let Some(rl) = &r.rate_limits {
-        let validation = r.mosaic.as_ref().map_or(Validation::Strict, |m| m.validate);
-        rl.validate("rate_limits", validation, &mut own);
+        let knows_types = r.mosaic.as_ref().is_none_or(|m| m.knows_types());
+        rl.validate("rate_limits", knows_types, &mut own);
     }
     errs.extend(own.into_iter().map(|e| format!("{key}.{e}")));
 }

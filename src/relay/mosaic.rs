@@ -324,40 +324,6 @@ pub fn query_closed(id: [u8; 2], code: u8) -> [u8; 4] {
     [0x82, id[0], id[1], code]
 }
 
-/// A message the gateway answers a client with itself, instead of the backend: a Query
-/// Closed or a Submission Result (at most 36 bytes, no allocation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GatewayMessage {
-    bytes: [u8; 36],
-    len: u8,
-}
-
-impl GatewayMessage {
-    /// Query Closed with `code` for query `id`.
-    pub fn query_closed(id: [u8; 2], code: u8) -> Self {
-        let mut bytes = [0u8; 36];
-        bytes[..4].copy_from_slice(&query_closed(id, code));
-        GatewayMessage { bytes, len: 4 }
-    }
-
-    /// Submission Result with `code` for the Submission whose first bytes are `head`: it
-    /// echoes the 32 bytes from [`SUBMISSION_RECORD_OFFSET`], zero-padded when shorter.
-    pub fn submission_result(code: u8, head: &[u8]) -> Self {
-        let mut bytes = [0u8; 36];
-        bytes[0] = 0x83;
-        bytes[3] = code;
-        let id = head.get(SUBMISSION_RECORD_OFFSET..).unwrap_or(&[]);
-        let n = id.len().min(32);
-        bytes[4..4 + n].copy_from_slice(&id[..n]);
-        GatewayMessage { bytes, len: 36 }
-    }
-
-    /// The message's bytes.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len)]
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

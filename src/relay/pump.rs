@@ -27,9 +27,8 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use crate::drain::DrainSignal;
 use crate::relay::frame::{encode_close, encode_frame};
 use crate::relay::limiter::{ConnGate, LimitState};
-use crate::relay::mosaic::{
-    query_closed, Direction, GatewayMessage, OpenQueries, Violation, QUERY_CLOSED_SHUTTING_DOWN,
-};
+use crate::relay::mosaic::{Direction, OpenQueries, Violation};
+use crate::relay::profile::{Closed, Closing, GatewayMessage};
 use crate::relay::tracker::{Limited, MosaicRules, Scan, Tracker};
 
 /// Read size per wake-up; the buffer exists only while data moves.
@@ -180,7 +179,8 @@ pub struct PumpOptions {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Command {
-    /// Send Query Closed 0x30 for every open query (towards the client only).
+    /// Send Query Closed (shutting down) for every open query, and the version's Closing
+    /// where it has one (towards the client only).
     CloseQueries,
     /// Send a close frame with this code, then stop forwarding.
     Close(u16),
@@ -596,9 +596,15 @@ fn forward<'a, R: Source + 'a, W: AsyncWrite + Unpin + 'a>(
                     let mask = (!lane.to_client()).then(random_mask);
                     match cmd {
                         Command::CloseQueries => {
-                            for id in lane.shared.queries.take() {
-                                let msg = query_closed(id, QUERY_CLOSED_SHUTTING_DOWN);
-                                encode_frame(&mut out, 0x2, &msg, mask);
+                            // In the connection's version: 2025 adds Closing after them.
+                            if let Some(p) = tracker.profile() {
+                                for id in lane.shared.queries.take() {
+                                    let m = p.query_closed(id, Closed::ShuttingDown);
+                                    encode_frame(&mut out, 0x2, m.as_bytes(), mask);
+                                }
+                                if let Some(m) = p.closing(Closing::ShuttingDown) {
+                                    encode_frame(&mut out, 0x2, m.as_bytes(), mask);
+                                }
                             }
                         }
                         Command::Ping => encode_frame(&mut out, 0x9, b"mosaic-gateway", mask),
