@@ -14,6 +14,7 @@ use hyper::StatusCode;
 use crate::admission::{LimitHit, Permit};
 use crate::answer::{refusal, reject, Answer, Reason, Rejection};
 use crate::client_addr::real_client;
+use crate::config::ServerAuthentication;
 use crate::connection::{Accepted, ActiveConnection, Prepared, Protocol};
 use crate::fields::Fields;
 use crate::gateway::{App, ConnInfo, Gateway};
@@ -24,6 +25,7 @@ use crate::handshake::{
 use crate::pool::{affinity, Backend, BackendGuard, Pool};
 use crate::rate_limit::{Asked, Refused};
 use crate::relay::limiter::LimitState;
+use crate::relay::profile::MosaicVersion;
 use crate::relay::pump::PumpOptions;
 use crate::relay::tracker::MosaicRules;
 use crate::request_head::Head;
@@ -317,6 +319,12 @@ impl UpgradeContext<'_> {
             _ => &mosaic.pool,
         };
         let m = &mosaic.config;
+        let version = MosaicVersion::from_token(token);
+        let hello = version.is_some_and(MosaicVersion::hello_in_headers);
+        let sep = version.map_or(b';', MosaicVersion::feature_separator);
+        if hello {
+            crate::hello::check_hello(self.req.headers)?;
+        }
         let tries = Tries {
             pool,
             max_tries: m.max_tries,
@@ -329,21 +337,23 @@ impl UpgradeContext<'_> {
         let mut response = SwitchingProtocols::new(self.accept);
         response.header(b"sec-websocket-protocol", token.as_bytes());
         let mut lines = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-        if token == "mosaic2024" {
-            // The backend's 101 is read again only when the client asked for features.
-            if let Some(client) = feature_list(self.req.headers, X_MOSAIC_FEATURES) {
-                let granted = feature_list(upstream.headers(&mut lines), X_MOSAIC_FEATURES);
-                if let Some(v) = negotiate_features(Some(&client), granted.as_deref(), &m.features)
-                {
-                    response.header(X_MOSAIC_FEATURES.as_bytes(), v.as_bytes());
-                }
-            }
-        } else {
-            // Later Mosaic versions negotiate in X-Mosaic-* headers the gateway does not own.
-            for (name, value) in upstream.headers(&mut lines).lines() {
-                if name.len() >= 9 && name[..9].eq_ignore_ascii_case(b"x-mosaic-") {
-                    response.header(name, value);
-                }
+        if hello {
+            // The gateway signs only for routes that ask it to.
+            let gw = self.app.gateway();
+            let signer = gw
+                .server_signer
+                .as_deref()
+                .filter(|_| m.server_authentication == ServerAuthentication::Gateway);
+            let acked = upstream.headers(&mut lines);
+            crate::hello::hello_ack(self.req.headers, acked, &m.features, signer, |n, v| {
+                response.header(n, v)
+            });
+        } else if let Some(client) = feature_list(self.req.headers, X_MOSAIC_FEATURES, sep) {
+            // The seed's backend 101 is read again only when the client asked for features.
+            let granted = feature_list(upstream.headers(&mut lines), X_MOSAIC_FEATURES, sep);
+            if let Some(v) = negotiate_features(Some(&client), granted.as_deref(), &m.features, sep)
+            {
+                response.header(X_MOSAIC_FEATURES.as_bytes(), v.as_bytes());
             }
         }
         Ok(Accepted {

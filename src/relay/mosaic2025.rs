@@ -201,7 +201,7 @@ fn judge_spec08(head: &[u8]) -> Result<HeadVerdict, Violation> {
         Some(Layout::Open) => return Ok(accept(None, None)),
         Some(Layout::Common { fixed, step, zero }) => {
             let len = le(&head[1..4]);
-            let body_ok = len >= 8 && (len - 8) % step == 0;
+            let body_ok = len >= 8 && (len - 8).is_multiple_of(step);
             (
                 len,
                 body_ok && fixed.is_none_or(|f| f == len) && zeros(zero),
