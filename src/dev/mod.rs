@@ -5,6 +5,7 @@
 //! wss:// with an ephemeral ed25519 key for Mosaic clients and an ephemeral self-signed
 //! ECDSA certificate for `localhost`, so a browser can connect once its user accepts it.
 
+pub mod mosaic2025;
 pub mod mosaic_backend;
 pub mod nostr_relay;
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 use super::bucket::{now_ns, Bucket, Spec};
 use super::{ConnPlan, LimitAction, Submissions};
 use crate::relay::limiter::Limiter;
-use crate::relay::mosaic::{OpenQueries, QueryEvent};
+use crate::relay::mosaic::{OpenQueries, QueryEvent, MAX_OPEN_QUERIES};
 use crate::relay::profile::{Closed, Profile};
 use crate::relay::tracker::{Admit, HEAD_REST};
 
@@ -165,7 +165,9 @@ impl Limiter for ConnLimiter {
         let Some(ev) = query else {
             return Admit::Pass;
         };
-        if let (QueryEvent::Opened(id), Some(max)) = (ev, self.plan.open_queries) {
+        // Without `mosaic_open_queries` the built-in cap still bounds the set.
+        let max = self.plan.open_queries.unwrap_or(MAX_OPEN_QUERIES);
+        if let QueryEvent::Opened(id) = ev {
             // Only this connection's task changes the set: nothing moves between the check
             // and `apply`.
             let open = queries.with(|open| (!open.contains(&id)).then_some(open.len()));

@@ -27,7 +27,10 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use crate::drain::DrainSignal;
 use crate::relay::frame::{encode_close, encode_frame};
 use crate::relay::limiter::{ConnGate, LimitState};
-use crate::relay::mosaic::{Direction, OpenQueries, Violation};
+use crate::relay::mosaic::QueryEvent;
+use crate::relay::mosaic::{
+    Direction, OpenQueries, Violation, MAX_OPEN_QUERIES, MAX_QUEUED_REFUSALS,
+};
 use crate::relay::profile::{Closed, Closing, GatewayMessage};
 use crate::relay::tracker::{Limited, MosaicRules, Scan, Tracker};
 
@@ -362,16 +365,18 @@ impl Shared {
         self.send(&self.to_upstream, Command::Close(code));
     }
 
-    /// Encodes the rate limits' answers waiting for the client into `out`; false if none.
+    /// Encodes the gateway's answers waiting for the client (the rate limits', the open-query
+    /// cap's) into `out`; false if none.
     fn take_answers(&self, out: &mut Vec<u8>) -> bool {
-        match self.answers.as_deref() {
-            Some(a) if a.waiting() > 0 => {
-                out.clear();
-                a.take(out);
-                true
-            }
-            _ => false,
+        out.clear();
+        if let Some(a) = self.answers.as_deref().filter(|a| a.waiting() > 0) {
+            a.take(out);
         }
+        if self.queries.refused() > 0 {
+            self.queries
+                .take_refused(|m| encode_frame(out, 0x2, m.as_bytes(), None));
+        }
+        !out.is_empty()
     }
 
     fn traffic(&self) -> Traffic {
@@ -516,7 +521,7 @@ fn forward<'a, R: Source + 'a, W: AsyncWrite + Unpin + 'a>(
             let hold = loop {
                 let pass = match limits.as_deref_mut() {
                     Some(l) if !closing => limited_scan(l, &mut tracker, pending, lane),
-                    _ => plain_scan(&mut tracker, pending, lane.shared, closing),
+                    _ => plain_scan(&mut tracker, pending, lane, closing),
                 };
                 // Only these outlive the write (a future keeps what crosses an await).
                 let (safe, used, then, after) = (pass.safe, pass.used, pass.then, pass.after);
@@ -729,13 +734,35 @@ impl Pass {
     }
 }
 
-/// Scans what was read (no rate limits): all of it may pass. While the gateway closes, it
+/// Scans what was read (no rate limits): all of it may pass, but for queries beyond the
+/// built-in open-query cap, which the gateway answers itself. While the gateway closes, it
 /// is discarded instead, up to the peer's close frame.
-fn plain_scan(tracker: &mut Tracker, pending: &BytesMut, shared: &Shared, closing: bool) -> Pass {
+fn plain_scan(
+    tracker: &mut Tracker,
+    pending: &mut BytesMut,
+    lane: Lane<'_>,
+    closing: bool,
+) -> Pass {
+    let shared = lane.shared;
     if pending.is_empty() {
         return Pass::hold(Held::No);
     }
-    let scan = tracker.scan(pending, |q| shared.queries.apply(q));
+    if !closing && shared.queries.refused() >= MAX_QUEUED_REFUSALS {
+        return Pass::hold(Held::Answers);
+    }
+    let scan = tracker.scan_queries(pending, |profile, q| {
+        if shared.queries.apply_capped(q, MAX_OPEN_QUERIES) {
+            return None;
+        }
+        match q {
+            QueryEvent::Opened(id) => Some(profile.query_closed(id, Closed::TooMany)),
+            QueryEvent::Closed(_) => None,
+        }
+    });
+    if let Some(a) = scan.answer {
+        shared.queries.refuse(a);
+        lane.nudge_peer();
+    }
     let used = scan.safe + scan.drop;
     let (safe, after) = match (closing, scan.violation) {
         (true, v) if v.is_some() || tracker.close_seen() => (0, After::PeerClosed),
@@ -746,7 +773,8 @@ fn plain_scan(tracker: &mut Tracker, pending: &BytesMut, shared: &Shared, closin
     Pass {
         safe,
         used,
-        then: Some(Held::No),
+        // A dropped message: scan on after it.
+        then: (scan.drop == 0).then_some(Held::No),
         after,
     }
 }

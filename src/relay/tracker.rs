@@ -77,6 +77,31 @@ pub trait Gate {
 /// The gate of connections without limits: every message passes, query events are reported.
 struct Queries<F>(F);
 
+/// The gate of Mosaic connections without limits: query events are reported, and a query
+/// the callback answers (the built-in open-query cap) is skipped.
+struct CappedQueries<F>(F);
+
+impl<F: FnMut(Profile, QueryEvent) -> Option<GatewayMessage>> Gate for CappedQueries<F> {
+    #[inline(always)]
+    fn message_start(&mut self) -> Admit {
+        Admit::Pass
+    }
+
+    #[inline(always)]
+    fn mosaic_head(
+        &mut self,
+        profile: Profile,
+        _head: &[u8],
+        _ended: bool,
+        query: Option<QueryEvent>,
+    ) -> Admit {
+        match query.and_then(|q| (self.0)(profile, q)) {
+            Some(answer) => Admit::Skip(answer),
+            None => Admit::Pass,
+        }
+    }
+}
+
 impl<F: FnMut(QueryEvent)> Gate for Queries<F> {
     #[inline(always)]
     fn message_start(&mut self) -> Admit {
@@ -323,6 +348,17 @@ impl Tracker {
         let mut run = None;
         let stop = self.scan_inner(buf, &mut Queries(on_query), &mut run);
         self.scan_result(stop, run, None)
+    }
+
+    /// [`Tracker::scan`] for a connection without rate limits that still caps its open
+    /// queries: `on_query` applies each event, or returns the answer to a query it refuses
+    /// (that message is then dropped as in [`Tracker::scan_gated`]).
+    pub fn scan_queries(
+        &mut self,
+        buf: &mut [u8],
+        on_query: impl FnMut(Profile, QueryEvent) -> Option<GatewayMessage>,
+    ) -> Scan {
+        self.scan_gated(buf, &mut CappedQueries(on_query))
     }
 
     /// [`Tracker::scan`] with the gateway's limits deciding at message boundaries. Stops at

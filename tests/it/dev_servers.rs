@@ -516,7 +516,7 @@ async fn mosaic_subprotocol_token_rules() {
     let rejected: [&[&str]; 4] = [
         &[],
         &["Mosaic2024"],
-        &["mosaic2025"],
+        &["Mosaic2025"],
         &["nostr, mosaic2024x"],
     ];
     for rejected in rejected {
@@ -533,6 +533,14 @@ async fn mosaic_subprotocol_token_rules() {
         assert!(head.starts_with("http/1.1 101"), "{accepted:?}: {head}");
         assert!(
             head.contains("\r\nsec-websocket-protocol: mosaic2024\r\n"),
+            "{head}"
+        );
+    }
+    // Both versions: its own order decides, 2025 first.
+    for both in [&["mosaic2024, mosaic2025"][..], &["mosaic2025"]] {
+        let head = raw_head(addr, &upgrade_request(both)).await;
+        assert!(
+            head.contains("\r\nsec-websocket-protocol: mosaic2025\r\n"),
             "{head}"
         );
     }
