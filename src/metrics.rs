@@ -108,6 +108,8 @@ pub struct Metrics {
     pub rate_limited_total: IntCounterVec,
     /// Clients remembered by the rate limiters' shared tables, by table.
     pub rate_limiter_entries: IntGaugeVec,
+    /// Mosaic connections opened, by version (`2025`, `2024`).
+    pub mosaic_connections_total: IntCounterVec,
 }
 
 /// Registers a metric built from a fixed definition. Names and labels are compile-time
@@ -235,7 +237,17 @@ impl Metrics {
             "Clients (addresses or keys) the rate limiters' shared tables remember",
             &["table"],
         );
+        let mosaic_connections_total = counter(
+            &r,
+            "mosaic_connections_total",
+            "Mosaic connections opened, by the version their subprotocol token names",
+            &["version"],
+        );
+        for v in crate::relay::profile::MosaicVersion::ALL {
+            mosaic_connections_total.with_label_values(&[v.label()]);
+        }
         let m = Metrics {
+            mosaic_connections_total,
             rate_limited_total,
             rate_limiter_entries,
             connections_active,

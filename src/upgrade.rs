@@ -111,6 +111,12 @@ pub(crate) async fn prepare_upgrade(
         .map(LimitState::new);
     let series = accepted.protocol.metrics(&route);
     series.connections_total.inc();
+    if let Some(rules) = &opts.mosaic {
+        app.metrics
+            .mosaic_connections_total
+            .with_label_values(&[rules.profile.version().label()])
+            .inc();
+    }
     Ok(Box::new(Prepared {
         active: ActiveConnection::new(series.connections_active.clone()),
         id: app.next_id.fetch_add(1, Ordering::Relaxed),

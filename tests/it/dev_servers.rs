@@ -553,7 +553,7 @@ async fn mosaic_subprotocol_token_rules() {
         tungstenite::Error::Http(resp) => assert_eq!(resp.status(), StatusCode::BAD_REQUEST),
         other => panic!("expected HTTP 400, got {other:?}"),
     }
-    assert_eq!(backend.request_headers().len(), 3);
+    assert_eq!(backend.request_headers().len(), 5);
 }
 
 #[tokio::test]
