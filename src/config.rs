@@ -732,8 +732,14 @@ impl Config {
         self.limits.validate(&mut errs);
         self.rate_limits
             .validate("rate_limits", self.mosaic.knows_types(), &mut errs);
+        // One master key per gateway: the top-level file (or TLS's) serves every route.
+        let gateway_signs = std::iter::once(&self.mosaic)
+            .chain(self.routes.iter().filter_map(|r| r.mosaic.as_ref()))
+            .map(|m| m.server_authentication)
+            .max()
+            .unwrap_or_default();
         mosaic_versions::check_server_key(
-            self.mosaic.server_authentication,
+            gateway_signs,
             &self.mosaic.server_key_file,
             self.tls.as_ref().and_then(|t| t.key_file.as_ref()),
             &mut errs,

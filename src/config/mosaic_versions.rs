@@ -128,7 +128,7 @@ impl ValidateConfig {
 
 /// `mosaic.server_authentication`: who answers a 2025 client's
 /// `X-Mosaic-Server-Authenticate-Nonce`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ServerAuthentication {
     /// The backend's `X-Mosaic-Server-Authentication` passes.

