@@ -531,3 +531,33 @@ pub fn sigterm(child: &Child) {
         .success();
     assert!(ok);
 }
+
+/// A backend that accepts any upgrade answering `token`, sends `bad` (if any) to the client
+/// at once, then reads and answers nothing.
+#[allow(clippy::result_large_err)] // tungstenite's callback signature, not ours
+pub async fn rogue_backend(token: &'static str, bad: Option<Vec<u8>>) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind(any_port()).await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let bad = bad.clone();
+            tokio::spawn(async move {
+                use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
+                let cb = |_: &Request, mut r: Response| {
+                    r.headers_mut()
+                        .insert("sec-websocket-protocol", HeaderValue::from_static(token));
+                    Ok(r)
+                };
+                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(s, cb).await else {
+                    return;
+                };
+                if let Some(bad) = bad {
+                    let _ = ws.send(Message::Binary(bad.into())).await;
+                }
+                // Read until the gateway closes us.
+                while let Some(Ok(_)) = ws.next().await {}
+            });
+        }
+    });
+    addr
+}

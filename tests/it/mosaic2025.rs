@@ -243,45 +243,13 @@ async fn direction_violations_close_1002_towards_the_client_and_1014_from_the_ba
     assert_eq!(ws.close_code().await, Some(1002));
     assert_eq!(backend.received(w25::QUERY_CLOSED), 0);
 
-    let rogue = rogue_2025_backend(Some(w25::submission(&record(1, 60)))).await;
+    let rogue = rogue_backend("mosaic2025", Some(w25::submission(&record(1, 60)))).await;
     let gw = gateway(&format!(
         "mosaic:\n  backends:\n    - url: ws://{rogue}\n  health_check: {{ interval: 60s }}\n"
     ))
     .await;
     let mut ws = RawWs::connect(gw.public_addr, &[V2025]).await.unwrap();
     assert_eq!(ws.close_code().await, Some(1014));
-}
-
-/// A backend that accepts `mosaic2025`, sends `bad` (if any) to the client at once, then
-/// reads and answers nothing.
-#[allow(clippy::result_large_err)] // tungstenite's callback signature, not ours
-async fn rogue_2025_backend(bad: Option<Vec<u8>>) -> std::net::SocketAddr {
-    use futures_util::{SinkExt, StreamExt};
-    let l = tokio::net::TcpListener::bind(any_port()).await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            let bad = bad.clone();
-            tokio::spawn(async move {
-                use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
-                let cb = |_: &Request, mut r: Response| {
-                    r.headers_mut()
-                        .insert("sec-websocket-protocol", "mosaic2025".parse().unwrap());
-                    Ok(r)
-                };
-                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(s, cb).await else {
-                    return;
-                };
-                if let Some(bad) = bad {
-                    let _ = ws
-                        .send(tokio_tungstenite::tungstenite::Message::Binary(bad.into()))
-                        .await;
-                }
-                while let Some(Ok(_)) = ws.next().await {}
-            });
-        }
-    });
-    addr
 }
 
 /// The framing an implementation in use writes: zeros at [1:4], u32 length at [4:8].
@@ -494,7 +462,7 @@ fn rss_kib(pid: u32) -> u64 {
 async fn open_query_tracking_stays_bounded_under_65536_queries_per_connection() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     const CONNECTIONS: usize = 32;
-    let backend = rogue_2025_backend(None).await;
+    let backend = rogue_backend("mosaic2025", None).await;
     let mut gw = spawn_child_gateway(&format!(
         "mosaic:\n  backends:\n    - url: ws://{backend}\n  health_check: {{ interval: 60s }}\n"
     ));

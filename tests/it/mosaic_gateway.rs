@@ -326,30 +326,8 @@ async fn oversized_message_is_closed_with_1009_before_it_reaches_the_backend() {
 }
 
 /// A misbehaving backend: accepts the Mosaic upgrade, then sends `bad` to the client.
-#[allow(clippy::result_large_err)] // tungstenite's callback signature, not ours
 async fn rogue_backend(bad: Vec<u8>) -> std::net::SocketAddr {
-    let l = tokio::net::TcpListener::bind(any_port()).await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            let bad = bad.clone();
-            tokio::spawn(async move {
-                use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
-                let cb = |_: &Request, mut r: Response| {
-                    r.headers_mut()
-                        .insert("sec-websocket-protocol", "mosaic2024".parse().unwrap());
-                    Ok(r)
-                };
-                let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(s, cb).await else {
-                    return;
-                };
-                let _ = ws.send(Message::Binary(bad.into())).await;
-                // Read until the gateway closes us.
-                while let Some(Ok(_)) = ws.next().await {}
-            });
-        }
-    });
-    addr
+    crate::common::rogue_backend("mosaic2024", Some(bad)).await
 }
 
 #[tokio::test]

@@ -244,12 +244,7 @@ async fn verifying_clients_get_the_ca_chain_for_each_name_and_reach_the_relay() 
 
 #[tokio::test]
 async fn openssl_verifies_the_chain_and_the_host_name_per_sni() {
-    if std::process::Command::new("openssl")
-        .arg("version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: openssl not installed (.ci/run installs it)");
+    if openssl_missing() {
         return;
     }
     let ca = TestCa::new();
@@ -627,12 +622,7 @@ async fn openssl_handshake_messages(addr: std::net::SocketAddr, args: &[&str]) -
 /// self-signed master certificate (no SNI) still asks, for 2024 clients' keys.
 #[tokio::test]
 async fn a_ca_chain_name_sends_no_certificate_request_with_the_default_client_auth() {
-    if std::process::Command::new("openssl")
-        .arg("version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: openssl not installed (.ci/run installs it)");
+    if openssl_missing() {
         return;
     }
     let ca = TestCa::new();
@@ -664,4 +654,16 @@ async fn a_ca_chain_name_sends_no_certificate_request_with_the_default_client_au
         master_path.contains("CertificateRequest"),
         "the self-signed path asks Ed25519 clients for their key: {master_path}"
     );
+}
+
+/// Whether `openssl` cannot be run (said once, as a skip).
+fn openssl_missing() -> bool {
+    let missing = std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_err();
+    if missing {
+        eprintln!("skipped: openssl not installed (.ci/run installs it)");
+    }
+    missing
 }
