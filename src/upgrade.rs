@@ -318,28 +318,44 @@ impl UpgradeContext<'_> {
     async fn upgrade_mosaic(
         &self,
         mosaic: &MosaicSide,
-        token: &str,
+        first: &str,
     ) -> Result<Accepted, Rejection> {
         let pool = match (&mosaic.auth_pool, self.client_key) {
             (Some(auth), Some(_)) => auth,
             _ => &mosaic.pool,
         };
         let m = &mosaic.config;
-        let version = MosaicVersion::from_token(token);
-        let hello = version.is_some_and(MosaicVersion::hello_in_headers);
-        let sep = version.map_or(b';', MosaicVersion::feature_separator);
-        if hello {
+        // Every Mosaic version the client offered, in the operator's order (`first` leads):
+        // a backend that speaks only some of them picks one, and the connection is relayed
+        // in the version it picked.
+        let offered: Vec<&str> = m
+            .subprotocols
+            .iter()
+            .map(String::as_str)
+            .filter(|t| *t == first || self.offered.contains(t))
+            .collect();
+        let hello_in =
+            |t: &&str| MosaicVersion::from_token(t).is_some_and(|v| v.hello_in_headers());
+        if offered.iter().any(hello_in) {
             crate::hello::check_hello(self.req.headers)?;
         }
         let tries = Tries {
             pool,
             max_tries: m.max_tries,
             timeout: m.connect_timeout.0,
-            protocols: &[token],
+            protocols: &offered,
             nostr: false,
             what: "Mosaic backend",
         };
-        let (backend, upstream) = self.try_pool(tries, |up| selected(up, token)).await?;
+        let (backend, upstream) = self.try_pool(tries, |up| selected(up, &offered)).await?;
+        let token = offered
+            .iter()
+            .copied()
+            .find(|t| upstream.selected(t))
+            .unwrap_or(first);
+        let version = MosaicVersion::from_token(token);
+        let hello = version.is_some_and(MosaicVersion::hello_in_headers);
+        let sep = version.map_or(b';', MosaicVersion::feature_separator);
         let mut response = SwitchingProtocols::new(self.accept);
         response.header(b"sec-websocket-protocol", token.as_bytes());
         let mut lines = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
@@ -457,9 +473,10 @@ fn no_healthy(what: &'static str) -> Rejection {
     )
 }
 
-/// The backend's 101 must select exactly the Mosaic token the client is told.
-fn selected(up: Upgraded, token: &str) -> Result<Upgraded, UpstreamError> {
-    if up.selected(token) {
+/// The backend's 101 must select one of the Mosaic tokens it was offered (the one the
+/// client is told).
+fn selected(up: Upgraded, tokens: &[&str]) -> Result<Upgraded, UpstreamError> {
+    if tokens.iter().any(|t| up.selected(t)) {
         Ok(up)
     } else {
         Err(UpstreamError::BadResponse(

@@ -511,3 +511,43 @@ async fn open_query_tracking_stays_bounded_under_65536_queries_per_connection() 
     let _ = gw.child.kill();
     let _ = gw.child.wait();
 }
+
+/// A backend that speaks only the seed stays usable with the default token list: a client
+/// offering both versions is relayed in the one the backend picked, judged by its rules.
+#[tokio::test]
+async fn a_backend_speaking_only_2024_serves_clients_that_offer_both() {
+    let backend = MosaicBackend::spawn(
+        any_port(),
+        MosaicBackendOptions {
+            subprotocols: vec!["mosaic2024".into()],
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    let gw = default_gateway(&backend, "").await;
+    let mut ws = RawWs::connect(
+        gw.public_addr,
+        &["Sec-WebSocket-Protocol: mosaic2025, mosaic2024"],
+    )
+    .await
+    .unwrap();
+    assert!(
+        ws.response
+            .to_ascii_lowercase()
+            .contains("sec-websocket-protocol: mosaic2024\r\n"),
+        "{}",
+        ws.response
+    );
+    let offered = backend.last_request_headers().unwrap();
+    assert_eq!(offered["sec-websocket-protocol"], "mosaic2025, mosaic2024");
+    ws.send_binary(&wire::query([0, 5], b"")).await;
+    assert_eq!(bin(&mut ws).await, wire::query_complete([0, 5]));
+    // The seed's strict rules apply: a 2025 Subscribe is malformed there.
+    ws.send_binary(&w25::subscribe([0, 6], 0, b"")).await;
+    assert_eq!(ws.close_code().await, Some(1002));
+    // A client offering only 2025 is refused by such a backend (502 here; a 4xx passed on
+    // once upstream answers are classified, issue 22).
+    let status = refused_status(gw.public_addr, &[("Sec-WebSocket-Protocol", "mosaic2025")]).await;
+    assert!(status == 502 || status == 400, "{status}");
+}
