@@ -289,9 +289,10 @@ pub struct MosaicConfig {
     /// Subprotocol tokens routed to Mosaic.
     #[serde(default = "default_subprotocols")]
     pub subprotocols: Vec<String>,
-    /// X-Mosaic-Features the gateway may grant.
+    /// Features the gateway lets a backend grant; unset: 2024 grants none, 2025 passes the
+    /// backend's answer (within the client's request).
     #[serde(default)]
-    pub features: Vec<String>,
+    pub features: Option<Vec<String>>,
     /// How strictly messages are checked, by token.
     #[serde(default)]
     pub validate: ValidateConfig,
@@ -331,7 +332,7 @@ impl Default for MosaicConfig {
     fn default() -> Self {
         MosaicConfig {
             subprotocols: default_subprotocols(),
-            features: Vec::new(),
+            features: None,
             validate: ValidateConfig::default(),
             server_authentication: ServerAuthentication::default(),
             server_key_file: None,
@@ -907,7 +908,7 @@ impl MosaicConfig {
     fn validate(&self, errs: &mut Vec<String>) {
         mosaic_versions::check_tokens(&self.subprotocols, errs);
         self.validate.check("mosaic.validate", errs);
-        for (i, f) in self.features.iter().enumerate() {
+        for (i, f) in self.features.iter().flatten().enumerate() {
             if !is_token(f) {
                 errs.push(format!(
                     "mosaic.features[{i}]: `{f}` must be a non-empty name without `;`, `,` or spaces"

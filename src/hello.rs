@@ -5,7 +5,8 @@
 //! The request's HELLO headers (`X-Mosaic-Versions`, `X-Mosaic-Features`,
 //! `X-Mosaic-Authenticate-As`, `X-Mosaic-Server-Authenticate-Nonce`) reach the backend as
 //! every other end-to-end header does; the 101's HELLO ACK headers are the only `X-Mosaic-*`
-//! ones copied back, and `X-Mosaic-Features-Accepted` is limited by `mosaic.features`.
+//! ones copied back, and `X-Mosaic-Features-Accepted` is limited by `mosaic.features` when
+//! it is set.
 
 use base64::Engine as _;
 use ed25519_dalek::SigningKey;
@@ -114,12 +115,12 @@ pub fn check_hello(headers: &(impl Fields + ?Sized)) -> Result<(), Rejection> {
 
 /// The HELLO ACK headers of the 101 to a 2025 client, given to `put`: the backend's
 /// version, client nonce and service URL as they are; the accepted features limited to
-/// the client's ∩ the backend's ∩ `gateway_features`; the server authentication from
-/// `signer` when the gateway proves it, else the backend's.
+/// the client's ∩ the backend's (∩ `gateway_features` when the operator set them); the
+/// server authentication from `signer` when the gateway proves it, else the backend's.
 pub fn hello_ack(
     client: &(impl Fields + ?Sized),
     backend: &(impl Fields + ?Sized),
-    gateway_features: &[String],
+    gateway_features: Option<&[String]>,
     signer: Option<&ServerSigner>,
     mut put: impl FnMut(&[u8], &[u8]),
 ) {
@@ -131,7 +132,8 @@ pub fn hello_ack(
     let sep = MosaicVersion::V2025.feature_separator();
     if let Some(asked) = feature_list(client, X_MOSAIC_FEATURES, sep) {
         let accepted = feature_list(backend, X_MOSAIC_FEATURES_ACCEPTED, sep);
-        let granted = negotiate_features(Some(&asked), accepted.as_deref(), gateway_features, sep);
+        let limit = gateway_features.unwrap_or(accepted.as_deref().unwrap_or_default());
+        let granted = negotiate_features(Some(&asked), accepted.as_deref(), limit, sep);
         // 2025 has no "none" marker: an empty list is no header.
         if let Some(v) = granted.filter(|v| v != "-") {
             put(X_MOSAIC_FEATURES_ACCEPTED.as_bytes(), v.as_bytes());
@@ -203,7 +205,7 @@ mod tests {
         ]);
         let mut got = Vec::new();
         let gw = vec!["chat".to_string(), "sync".to_string()];
-        hello_ack(&client, &backend, &gw, None, |n, v| {
+        hello_ack(&client, &backend, Some(&gw), None, |n, v| {
             got.push((n.to_vec(), v.to_vec()))
         });
         let text: Vec<String> = got
@@ -226,13 +228,30 @@ mod tests {
         );
         let signer = ServerSigner::new(SigningKey::from_bytes(&[1; 32]));
         let mut sig = None;
-        hello_ack(&client, &backend, &[], Some(&signer), |n, v| {
+        hello_ack(&client, &backend, Some(&[]), Some(&signer), |n, v| {
             if n == X_MOSAIC_SERVER_AUTHENTICATION.as_bytes() {
                 sig = Some(v.to_vec());
             }
             assert_ne!(n, X_MOSAIC_FEATURES_ACCEPTED.as_bytes(), "none granted");
         });
         assert_eq!(sig, Some(signer.authenticate(b"abc").into_bytes()));
+    }
+
+    #[test]
+    fn unset_gateway_features_pass_the_backends_answer_within_the_request() {
+        let client = headers(&[("x-mosaic-features", "chat,blobs")]);
+        let backend = headers(&[("x-mosaic-features-accepted", "blobs, other")]);
+        let mut got = Vec::new();
+        hello_ack(&client, &backend, None, None, |n, v| {
+            got.push((n.to_vec(), v.to_vec()))
+        });
+        assert_eq!(
+            got,
+            [(
+                X_MOSAIC_FEATURES_ACCEPTED.as_bytes().to_vec(),
+                b"blobs".to_vec()
+            )]
+        );
     }
 
     #[test]

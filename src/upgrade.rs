@@ -367,14 +367,16 @@ impl UpgradeContext<'_> {
                 .as_deref()
                 .filter(|_| m.server_authentication == ServerAuthentication::Gateway);
             let acked = upstream.headers(&mut lines);
-            crate::hello::hello_ack(self.req.headers, acked, &m.features, signer, |n, v| {
+            let limit = m.features.as_deref();
+            crate::hello::hello_ack(self.req.headers, acked, limit, signer, |n, v| {
                 response.header(n, v)
             });
         } else if let Some(client) = feature_list(self.req.headers, X_MOSAIC_FEATURES, sep) {
             // The seed's backend 101 is read again only when the client asked for features.
             let granted = feature_list(upstream.headers(&mut lines), X_MOSAIC_FEATURES, sep);
-            if let Some(v) = negotiate_features(Some(&client), granted.as_deref(), &m.features, sep)
-            {
+            // The seed's rule: unset grants nothing.
+            let gateway = m.features.as_deref().unwrap_or_default();
+            if let Some(v) = negotiate_features(Some(&client), granted.as_deref(), gateway, sep) {
                 response.header(X_MOSAIC_FEATURES.as_bytes(), v.as_bytes());
             }
         }
