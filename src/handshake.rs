@@ -357,11 +357,12 @@ pub fn header_value(s: &str) -> HeaderValue {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use hyper::header::{HeaderMap, HeaderName};
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+    /// A header map of these pairs, in order (for the tests of header rules).
+    pub(crate) fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
             h.append(

@@ -159,19 +159,8 @@ pub fn hello_ack(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::handshake::tests::headers;
     use ed25519_dalek::{Signature, Verifier as _};
-    use hyper::header::{HeaderMap, HeaderName, HeaderValue};
-
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
-        let mut h = HeaderMap::new();
-        for (k, v) in pairs {
-            h.append(
-                HeaderName::from_bytes(k.as_bytes()).unwrap(),
-                HeaderValue::from_str(v).unwrap(),
-            );
-        }
-        h
-    }
 
     #[test]
     fn the_signature_is_ed25519ph_with_the_blake3_prehash_and_context() {

@@ -706,14 +706,7 @@ pub fn mosaic_head(data: &[u8]) {
             expected_len,
             query,
         }) => {
-            let t = head[0];
-            assert!(t == 0xF0 || (t >= 0x80) == (dir == Direction::UpstreamToClient));
-            if let Some(e) = expected_len {
-                assert!(e >= 4, "a layout shorter than its own head: {e}");
-            }
-            if let Some(QueryEvent::Opened(id) | QueryEvent::Closed(id)) = query {
-                assert_eq!(id, [head[1], head[2]]);
-            }
+            accepted(dir, head, (expected_len, query), 4, 1);
             if validation == Validation::Direction {
                 assert_eq!((expected_len, query), (None, None));
             }
@@ -746,6 +739,25 @@ pub fn mosaic_head(data: &[u8]) {
     let _ = mosaic::query_closed([head.first().copied().unwrap_or(0), 0], cfg);
 }
 
+/// What holds for every accepted head: the direction rule, a fixed length of at least
+/// `min_len` (the layout's own header), query ids from `head[id_at..id_at + 2]`.
+fn accepted(
+    dir: Direction,
+    head: &[u8],
+    (expected_len, query): (Option<u64>, Option<QueryEvent>),
+    min_len: u64,
+    id_at: usize,
+) {
+    let t = head[0];
+    assert!(t == 0xF0 || (t >= 0x80) == (dir == Direction::UpstreamToClient));
+    if let Some(e) = expected_len {
+        assert!(e >= min_len, "a layout shorter than its own header: {e}");
+    }
+    if let Some(QueryEvent::Opened(id) | QueryEvent::Closed(id)) = query {
+        assert_eq!(id, [head[id_at], head[id_at + 1]]);
+    }
+}
+
 /// A profile's head verdicts: direction first, NeedMore only before 8 bytes, query ids
 /// from [4:6] (2025), and a verdict on a prefix stands for the longer head.
 fn head_invariants(profile: Profile, cfg: u8, head: &[u8]) {
@@ -760,16 +772,7 @@ fn head_invariants(profile: Profile, cfg: u8, head: &[u8]) {
         Ok(HeadVerdict::Accept {
             expected_len,
             query,
-        }) => {
-            let t = head[0];
-            assert!(t == 0xF0 || (t >= 0x80) == (dir == Direction::UpstreamToClient));
-            if let Some(e) = expected_len {
-                assert!(e >= 8, "a 2025 layout shorter than its header: {e}");
-            }
-            if let Some(QueryEvent::Opened(id) | QueryEvent::Closed(id)) = query {
-                assert_eq!(id, [head[4], head[5]]);
-            }
-        }
+        }) => accepted(dir, head, (expected_len, query), 8, 4),
         Err(mosaic::Violation::TooLarge | mosaic::Violation::TextMessage) => {
             panic!("judge reported a frame-level violation")
         }
