@@ -648,6 +648,28 @@ async fn a_ca_chain_name_sends_no_certificate_request_with_the_default_client_au
             "{version}: a CertificateRequest on the CA-chain name: {chain}"
         );
     }
+    // A 2025 client over wss:// on the CA-chain name, with the default config: served.
+    let s = handshake(gw.public_addr, verifying_client(&ca, None), "relay.test")
+        .await
+        .expect("CA chain");
+    {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+        let mut req = "wss://relay.test/".into_client_request().unwrap();
+        req.headers_mut()
+            .insert("sec-websocket-protocol", "mosaic2025".parse().unwrap());
+        let (mut ws, resp) = tokio_tungstenite::client_async(req, s).await.unwrap();
+        assert_eq!(resp.headers()["sec-websocket-protocol"], "mosaic2025");
+        let record: Vec<u8> = (0u8..64).collect();
+        let sub = mosaic_gateway::dev::mosaic2025::wire::submission(&record);
+        ws.send(Message::Binary(sub.into())).await.unwrap();
+        let answer = tokio::time::timeout(T, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer.into_data()[..8], [0x83, 40, 0, 0, 2, 0, 0, 0]);
+    }
     let master_path =
         openssl_handshake_messages(gw.public_addr, &["-tls1_3", "-noservername"]).await;
     assert!(
