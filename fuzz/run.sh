@@ -9,7 +9,7 @@ t="$1"; secs="${2:-180}"
 bin="target/$(rustc -vV | sed -n 's/^host: //p')/release/$t"
 case "$t" in
   proxy_protocol) max_len=1200 ;;
-  frame_tracker|config_parse) max_len=4096 ;;
+  frame_tracker|tracker_2025|config_parse) max_len=4096 ;;
   mosaic_head) max_len=64 ;;
   *) max_len=2048 ;;
 esac

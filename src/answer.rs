@@ -86,6 +86,8 @@ reasons! {
     UNKNOWN_ROUTE = "unknown_route",
     /// Over TLS, the Host names another route than the SNI did (421).
     MISDIRECTED = "misdirected",
+    /// A Mosaic 2025 HELLO header the gateway must read is malformed.
+    BAD_HELLO = "bad_hello",
 }
 
 /// Why an upgrade request is refused before routing.

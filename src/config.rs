@@ -11,7 +11,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::relay::mosaic::{Validation, DEFAULT_MAX_MESSAGE_BYTES};
+use crate::relay::mosaic::DEFAULT_MAX_MESSAGE_BYTES;
+use crate::relay::profile::{MosaicVersion, Profile};
 use crate::tls::{CertificateMode, ClientAuth, MinVersion};
 
 mod routes;
@@ -19,6 +20,9 @@ pub use routes::{NostrProbe, RouteConfig, RouteLimitsConfig};
 mod http;
 pub use http::HttpConfig;
 mod rate_limits;
+
+mod mosaic_versions;
+pub use mosaic_versions::{ServerAuthentication, ValidateConfig};
 pub use rate_limits::{
     AccessConfig, BansConfig, ByteDirection, LimitAction, RateConfig, RateLimitsConfig,
     SubmissionScope,
@@ -301,12 +305,19 @@ pub struct MosaicConfig {
     /// Subprotocol tokens routed to Mosaic.
     #[serde(default = "default_subprotocols")]
     pub subprotocols: Vec<String>,
-    /// X-Mosaic-Features the gateway may grant.
+    /// Features the gateway lets a backend grant; unset: 2024 grants none, 2025 passes the
+    /// backend's answer (within the client's request).
     #[serde(default)]
-    pub features: Vec<String>,
-    /// How strictly messages are checked.
+    pub features: Option<Vec<String>>,
+    /// How strictly messages are checked, by token.
     #[serde(default)]
-    pub validate: Validation,
+    pub validate: ValidateConfig,
+    /// Who answers a 2025 client's server-authentication nonce.
+    #[serde(default)]
+    pub server_authentication: ServerAuthentication,
+    /// The ed25519 master key the gateway signs nonces with (default: `tls.key_file`).
+    #[serde(default)]
+    pub server_key_file: Option<PathBuf>,
     /// Largest message accepted either way.
     #[serde(default = "default_max_message")]
     pub max_message_bytes: u64,
@@ -337,8 +348,10 @@ impl Default for MosaicConfig {
     fn default() -> Self {
         MosaicConfig {
             subprotocols: default_subprotocols(),
-            features: Vec::new(),
-            validate: Validation::Strict,
+            features: None,
+            validate: ValidateConfig::default(),
+            server_authentication: ServerAuthentication::default(),
+            server_key_file: None,
             max_message_bytes: DEFAULT_MAX_MESSAGE_BYTES,
             backends: Vec::new(),
             authenticated_backends: Vec::new(),
@@ -352,7 +365,10 @@ impl Default for MosaicConfig {
 }
 
 fn default_subprotocols() -> Vec<String> {
-    vec!["mosaic2024".into()]
+    MosaicVersion::ALL
+        .iter()
+        .map(|v| v.token().into())
+        .collect()
 }
 fn default_max_message() -> u64 {
     DEFAULT_MAX_MESSAGE_BYTES
@@ -744,7 +760,19 @@ impl Config {
         self.http.validate(&mut errs);
         self.limits.validate(&mut errs);
         self.rate_limits
-            .validate("rate_limits", self.mosaic.validate, &mut errs);
+            .validate("rate_limits", self.mosaic.knows_types(), &mut errs);
+        // One master key per gateway: the top-level file (or TLS's) serves every route.
+        let gateway_signs = std::iter::once(&self.mosaic)
+            .chain(self.routes.iter().filter_map(|r| r.mosaic.as_ref()))
+            .map(|m| m.server_authentication)
+            .max()
+            .unwrap_or_default();
+        mosaic_versions::check_server_key(
+            gateway_signs,
+            &self.mosaic.server_key_file,
+            self.tls.as_ref().and_then(|t| t.key_file.as_ref()),
+            &mut errs,
+        );
         self.access.validate(&mut errs);
         self.bans.validate(&mut errs);
         for (i, k) in self.admin.nip86_pubkeys.iter().enumerate() {
@@ -894,6 +922,19 @@ impl AcmeConfig {
 }
 
 impl MosaicConfig {
+    /// The profile a connection on `token` is relayed with (a token of `subprotocols`).
+    pub fn profile(&self, token: &str) -> Option<Profile> {
+        MosaicVersion::from_token(token).map(|v| self.validate.profile(v))
+    }
+
+    /// Whether every token's profile knows where Submissions and query ids are (the
+    /// Mosaic rate limits need that).
+    pub fn knows_types(&self) -> bool {
+        self.subprotocols
+            .iter()
+            .all(|t| self.profile(t).is_none_or(Profile::knows_types))
+    }
+
     fn require_backends(&self, errs: &mut Vec<String>) {
         if self.backends.is_empty() {
             errs.push("mosaic.backends: list at least one backend (url: ws://host:port)".into());
@@ -901,20 +942,12 @@ impl MosaicConfig {
     }
 
     fn validate(&self, errs: &mut Vec<String>) {
-        if self.subprotocols.is_empty() {
-            errs.push("mosaic.subprotocols: list at least one token (e.g. mosaic2024)".into());
-        }
-        for (i, t) in self.subprotocols.iter().enumerate() {
-            if !is_token(t) {
+        mosaic_versions::check_tokens(&self.subprotocols, errs);
+        self.validate.check("mosaic.validate", errs);
+        for (i, f) in self.features.iter().flatten().enumerate() {
+            if !is_token(f) {
                 errs.push(format!(
-                    "mosaic.subprotocols[{i}]: `{t}` is not an HTTP token"
-                ));
-            }
-        }
-        for (i, f) in self.features.iter().enumerate() {
-            if f.trim().is_empty() || f.contains(';') || f.trim() != f {
-                errs.push(format!(
-                    "mosaic.features[{i}]: `{f}` must be a non-empty name without `;` or spaces"
+                    "mosaic.features[{i}]: `{f}` must be a non-empty name without `;`, `,` or spaces"
                 ));
             }
         }
@@ -1093,7 +1126,7 @@ mod tests {
     fn minimal_config_gets_defaults() {
         let c = parse("mosaic:\n  backends:\n    - url: ws://127.0.0.1:8081\n").unwrap();
         assert_eq!(c.listen, "0.0.0.0:8443");
-        assert_eq!(c.mosaic.subprotocols, vec!["mosaic2024"]);
+        assert_eq!(c.mosaic.subprotocols, vec!["mosaic2025", "mosaic2024"]);
         assert_eq!(c.limits.idle_timeout.0, Duration::from_secs(600));
         assert!(c.nostr_upstream().is_none());
     }

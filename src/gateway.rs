@@ -13,8 +13,9 @@ use tokio::sync::watch;
 
 use crate::admission::{Caps, LimitHit, Limits, Permit};
 use crate::client_addr::TrustedProxies;
-use crate::config::{AcmeChallenge, AcmeConfig, Config, TlsConfig};
+use crate::config::{AcmeChallenge, AcmeConfig, Config, ServerAuthentication, TlsConfig};
 use crate::drain::{DrainSignal, DrainState, Kick};
+use crate::hello::ServerSigner;
 use crate::keys::KeyError;
 use crate::metrics::Metrics;
 use crate::pool::Pool;
@@ -38,6 +39,9 @@ pub struct Gateway {
     pub tls: Option<Arc<TlsTerminator>>,
     /// Rate limits and access lists.
     pub(crate) rate: crate::rate_limit::Policy,
+    /// The master key 2025 HELLOs are answered with, when a Mosaic section says
+    /// `server_authentication: gateway`.
+    pub server_signer: Option<Arc<ServerSigner>>,
 }
 
 impl Gateway {
@@ -88,7 +92,9 @@ impl Gateway {
             None => Standing::new(&config, metrics),
         };
         let routes = Routes::build(&config, old.map(|o| &o.routes), metrics, &standing);
+        let server_signer = load_server_signer(&config)?;
         Ok(Gateway {
+            server_signer,
             rate: crate::rate_limit::Policy::new(&config, metrics, standing),
             trusted: TrustedProxies::new(&config.forwarded.trusted_proxies),
             tls,
@@ -100,6 +106,25 @@ impl Gateway {
     /// Every pool of every route, for health checks, discovery and readiness.
     pub fn pools(&self) -> Vec<Arc<Pool>> {
         self.routes.pools()
+    }
+}
+
+/// The key `server_authentication: gateway` signs with: `mosaic.server_key_file`, else
+/// `tls.key_file`; loaded only when some Mosaic section asks for it.
+fn load_server_signer(config: &Config) -> Result<Option<Arc<ServerSigner>>, BuildError> {
+    let wanted = std::iter::once(&config.mosaic)
+        .chain(config.routes.iter().filter_map(|r| r.mosaic.as_ref()))
+        .any(|m| m.server_authentication == ServerAuthentication::Gateway);
+    let path = config
+        .mosaic
+        .server_key_file
+        .as_ref()
+        .or(config.tls.as_ref().and_then(|t| t.key_file.as_ref()));
+    match (wanted, path) {
+        (true, Some(p)) => Ok(Some(Arc::new(ServerSigner::new(
+            crate::keys::load_signing_key(p)?,
+        )))),
+        _ => Ok(None),
     }
 }
 

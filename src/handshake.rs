@@ -121,28 +121,57 @@ pub fn offered_tokens(headers: &(impl Fields + ?Sized)) -> impl Iterator<Item = 
     header_tokens(headers, "sec-websocket-protocol")
 }
 
-/// The items of every line of a `;`-separated header: trimmed, empty items and duplicates
-/// dropped, first-seen order kept. `None` when the header is absent.
-pub fn feature_list(headers: &(impl Fields + ?Sized), name: &str) -> Option<Vec<String>> {
+/// Most features one header list keeps; items past it are ignored. Mosaic features are
+/// application names: a real client asks for a handful.
+pub const MAX_FEATURES: usize = 64;
+
+/// Most items of one header list looked at, duplicates and empty ones included: past it the
+/// rest of the header is not read.
+pub const MAX_FEATURE_ITEMS: usize = 1024;
+
+/// A parsed feature list, and how many items were looked at to build it.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct FeatureList {
+    /// Trimmed, non-empty, distinct items in first-seen order; at most [`MAX_FEATURES`].
+    pub items: Vec<String>,
+    /// Items looked at (at most [`MAX_FEATURE_ITEMS`]).
+    pub examined: usize,
+}
+
+/// The items of every line of a header whose items `sep` separates (`;` in the seed, `,`
+/// in 2025): trimmed, empty items and duplicates dropped, first-seen order kept. `None`
+/// when the header is absent.
+///
+/// Linear in the header's length, whatever it holds: each item is compared with at most
+/// [`MAX_FEATURES`] kept ones, and at most [`MAX_FEATURE_ITEMS`] items are looked at.
+pub fn feature_list(headers: &(impl Fields + ?Sized), name: &str, sep: u8) -> Option<Vec<String>> {
     let mut lines = headers.values(name).peekable();
     lines.peek()?;
-    let mut out: Vec<String> = Vec::new();
-    for line in lines {
-        // A header value that is not visible ASCII cannot name a feature the gateway knows.
-        let Some(text) = visible_ascii(line) else {
-            continue;
-        };
-        for item in text.split(';').map(str::trim).filter(|i| !i.is_empty()) {
-            if !out.iter().any(|x| x == item) {
-                out.push(item.to_string());
-            }
+    Some(parse_features(lines, sep).items)
+}
+
+/// [`feature_list`] on header values.
+pub fn parse_features<'a>(lines: impl Iterator<Item = &'a [u8]>, sep: u8) -> FeatureList {
+    let mut out = FeatureList::default();
+    // A header value that is not visible ASCII cannot name a feature the gateway knows.
+    let items = lines
+        .filter_map(visible_ascii)
+        .flat_map(|text| text.split(char::from(sep)));
+    for item in items {
+        if out.examined == MAX_FEATURE_ITEMS || out.items.len() == MAX_FEATURES {
+            break;
+        }
+        out.examined += 1;
+        let item = item.trim();
+        if !item.is_empty() && !out.items.iter().any(|x| x == item) {
+            out.items.push(item.to_string());
         }
     }
-    Some(out)
+    out
 }
 
 /// The `X-Mosaic-Features` answer: client's list ∩ backend's list ∩ the gateway's, in the
-/// client's order, `;`-joined, or `-` when nothing is left.
+/// client's order, joined by `sep`, or `-` when nothing is left.
 ///
 /// `None` when the client did not ask (no header is sent back). A backend that does not
 /// answer the header grants nothing: features need the backend's support.
@@ -150,6 +179,7 @@ pub fn negotiate_features(
     client: Option<&[String]>,
     backend: Option<&[String]>,
     gateway: &[String],
+    sep: u8,
 ) -> Option<String> {
     let client = client?;
     let backend = backend.unwrap_or(&[]);
@@ -161,7 +191,7 @@ pub fn negotiate_features(
     Some(if granted.is_empty() {
         "-".to_string()
     } else {
-        granted.join(";")
+        granted.join(&char::from(sep).to_string())
     })
 }
 
@@ -396,11 +426,12 @@ pub fn header_value(s: &str) -> HeaderValue {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use hyper::header::{HeaderMap, HeaderName};
 
-    fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
+    /// A header map of these pairs, in order (for the tests of header rules).
+    pub(crate) fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
             h.append(
@@ -450,32 +481,61 @@ mod tests {
     }
 
     #[test]
+    fn feature_lists_are_capped_and_read_once() {
+        // 100,000 distinct items: the list stops at MAX_FEATURES, having looked at no more.
+        let many: String = (0..100_000).map(|i| format!("f{i},")).collect();
+        let l = parse_features(std::iter::once(many.as_bytes()), b',');
+        assert_eq!(l.items.len(), MAX_FEATURES);
+        assert_eq!(l.examined, MAX_FEATURES);
+        // 100,000 copies of a few items: at most MAX_FEATURE_ITEMS are looked at.
+        let dup = "a,b,c,".repeat(100_000);
+        let l = parse_features(std::iter::once(dup.as_bytes()), b',');
+        assert_eq!(l.items, ["a", "b", "c"]);
+        assert_eq!(l.examined, MAX_FEATURE_ITEMS);
+        // Item counts, not bytes, bound the work: a 64-item and a 100,000-item header cost
+        // the same number of items.
+        let few: String = (0..64).map(|i| format!("f{i},")).collect();
+        let l64 = parse_features(std::iter::once(few.as_bytes()), b',');
+        assert_eq!(l64.examined, 64);
+        // 2024's separator is `;`: a comma is part of a name there.
+        let seed = parse_features(std::iter::once(&b"a,b;c"[..]), b';');
+        assert_eq!(seed.items, ["a,b", "c"]);
+    }
+
+    #[test]
     fn feature_edge_cases() {
         let h = headers(&[
             ("x-mosaic-features", " a ; ;b;a"),
             ("X-Mosaic-Features", "c;b"),
         ]);
-        let client = feature_list(&h, X_MOSAIC_FEATURES).unwrap();
+        let client = feature_list(&h, X_MOSAIC_FEATURES, b';').unwrap();
         assert_eq!(client, s(&["a", "b", "c"]));
-        assert_eq!(feature_list(&HeaderMap::new(), X_MOSAIC_FEATURES), None);
-        let empty = feature_list(&headers(&[("x-mosaic-features", "")]), X_MOSAIC_FEATURES);
+        assert_eq!(
+            feature_list(&HeaderMap::new(), X_MOSAIC_FEATURES, b';'),
+            None
+        );
+        let empty = feature_list(
+            &headers(&[("x-mosaic-features", "")]),
+            X_MOSAIC_FEATURES,
+            b';',
+        );
         assert_eq!(empty, Some(vec![]));
         let gw = s(&["c", "a", "b"]);
         assert_eq!(
-            negotiate_features(Some(&client), Some(&s(&["b", "a"])), &gw).as_deref(),
+            negotiate_features(Some(&client), Some(&s(&["b", "a"])), &gw, b';').as_deref(),
             Some("a;b")
         );
         assert_eq!(
-            negotiate_features(Some(&client), None, &gw).as_deref(),
+            negotiate_features(Some(&client), None, &gw, b';').as_deref(),
             Some("-")
         );
         assert_eq!(
-            negotiate_features(Some(&[]), Some(&gw), &gw).as_deref(),
+            negotiate_features(Some(&[]), Some(&gw), &gw, b';').as_deref(),
             Some("-")
         );
-        assert_eq!(negotiate_features(None, Some(&gw), &gw), None);
+        assert_eq!(negotiate_features(None, Some(&gw), &gw, b';'), None);
         assert_eq!(
-            negotiate_features(Some(&client), Some(&gw), &s(&["b"])).as_deref(),
+            negotiate_features(Some(&client), Some(&gw), &s(&["b"]), b';').as_deref(),
             Some("b")
         );
     }

@@ -70,8 +70,8 @@ pub enum CheckFailure {
 /// Probes one member once.
 async fn probe(b: &Backend, probe: &Probe, timeout: Duration) -> Result<(), CheckFailure> {
     match probe {
-        Probe::Mosaic(token) => check(b, Some(token), timeout).await,
-        Probe::WebSocket => check(b, None, timeout).await,
+        Probe::Mosaic(tokens) => check(b, tokens, timeout).await,
+        Probe::WebSocket => check(b, &[], timeout).await,
         Probe::Nip11 => nip11(b, timeout).await,
     }
 }
@@ -107,11 +107,7 @@ async fn nip11(b: &Backend, timeout: Duration) -> Result<(), CheckFailure> {
 }
 
 /// Checks one backend once with a WebSocket upgrade; with `token`, the 101 must select it.
-pub async fn check(
-    b: &Backend,
-    token: Option<&str>,
-    timeout: Duration,
-) -> Result<(), CheckFailure> {
+pub async fn check(b: &Backend, tokens: &[String], timeout: Duration) -> Result<(), CheckFailure> {
     let key = random_key();
     let who = ForwardedClient {
         addr: std::net::IpAddr::from([127, 0, 0, 1]),
@@ -124,17 +120,17 @@ pub async fn check(
         "user-agent",
         hyper::header::HeaderValue::from_static("mosaic-gateway-health-check"),
     );
-    let protocols: Vec<String> = token.iter().map(|t| t.to_string()).collect();
     let authority = b.url.authority();
     let to = Destination {
         target: &b.url.path,
         host: HostLine::Upstream(&authority),
         prefix: None,
     };
-    let head = upstream_request_head(&to, &headers, &key, &protocols, false, &who);
+    let head = upstream_request_head(&to, &headers, &key, tokens, false, &who);
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let up = connect_and_upgrade(&b.url, b.tls.as_ref(), &head, &accept, timeout).await?;
-    let ok = if token.is_none_or(|t| up.selected(t)) {
+    // A backend is healthy speaking any of the route's Mosaic versions.
+    let ok = if tokens.is_empty() || tokens.iter().any(|t| up.selected(t)) {
         Ok(())
     } else {
         Err(CheckFailure::WrongSubprotocol)

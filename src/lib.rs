@@ -42,6 +42,7 @@ pub mod dev;
 pub mod discovery;
 pub mod fields;
 pub mod handshake;
+pub mod hello;
 pub mod keys;
 pub mod proxy_protocol;
 pub mod relay;

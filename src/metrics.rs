@@ -118,6 +118,8 @@ pub struct Metrics {
     /// WebSockets opened as HTTP/2 streams (RFC 8441), by protocol; each is also counted
     /// in `connections_total`.
     pub http2_websockets_total: IntCounterVec,
+    /// Mosaic connections opened, by version (`2025`, `2024`).
+    pub mosaic_connections_total: IntCounterVec,
 }
 
 /// Registers a metric built from a fixed definition. Names and labels are compile-time
@@ -259,7 +261,17 @@ impl Metrics {
                 "Client addresses banned now (temporary bans and NIP-86 blocks)",
             )),
         );
+        let mosaic_connections_total = counter(
+            &r,
+            "mosaic_connections_total",
+            "Mosaic connections opened, by the version their subprotocol token names",
+            &["version"],
+        );
+        for v in crate::relay::profile::MosaicVersion::ALL {
+            mosaic_connections_total.with_label_values(&[v.label()]);
+        }
         let m = Metrics {
+            mosaic_connections_total,
             bans_active,
             rate_limited_total,
             rate_limiter_entries,

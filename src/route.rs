@@ -25,15 +25,16 @@ pub enum Route {
     Refuse,
 }
 
-/// Decides the route. The first offered token that is a Mosaic token wins, so a client that
-/// offers `chat, mosaic2024` is Mosaic; without a Mosaic token a connection is never Mosaic.
+/// Decides the route. A client that offers any Mosaic token is Mosaic (`chat, mosaic2024`
+/// too), with the operator's first listed token among those offered, so 2025 is preferred
+/// by default when a client offers both; without a Mosaic token a connection is never
+/// Mosaic.
 pub fn route(offered: &[impl AsRef<str>], mosaic_tokens: &[String], nostr_enabled: bool) -> Route {
-    if let Some(t) = offered
+    if let Some(t) = mosaic_tokens
         .iter()
-        .map(AsRef::as_ref)
-        .find(|t| mosaic_tokens.iter().any(|m| m == t))
+        .find(|m| offered.iter().any(|t| t.as_ref() == m.as_str()))
     {
-        return Route::Mosaic(Subprotocol(t.to_string()));
+        return Route::Mosaic(Subprotocol(t.clone()));
     }
     if nostr_enabled {
         Route::Nostr
@@ -60,10 +61,16 @@ mod tests {
         assert_eq!(route(&v(&["Mosaic2024"]), &m, true), Route::Nostr);
         assert_eq!(route(&v(&["Mosaic2024"]), &m, false), Route::Refuse);
         assert_eq!(route(&[] as &[&str], &m, true), Route::Nostr);
-        let both = v(&["mosaic2024", "mosaic2025"]);
+        // The operator's order decides, not the client's.
+        let both = v(&["mosaic2025", "mosaic2024"]);
         assert_eq!(
-            route(&v(&["mosaic2025", "mosaic2024"]), &both, false),
+            route(&v(&["mosaic2024", "mosaic2025"]), &both, false),
             Route::Mosaic(Subprotocol("mosaic2025".into()))
+        );
+        let seed_first = v(&["mosaic2024", "mosaic2025"]);
+        assert_eq!(
+            route(&v(&["mosaic2025", "mosaic2024"]), &seed_first, false),
+            Route::Mosaic(Subprotocol("mosaic2024".into()))
         );
     }
 }

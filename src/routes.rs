@@ -158,8 +158,8 @@ pub(crate) enum NoRoute {
 /// How a pool's members are probed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum Probe {
-    /// A Mosaic upgrade offering this token; the 101 must select it.
-    Mosaic(String),
+    /// A Mosaic upgrade offering these tokens; the 101 must select one of them.
+    Mosaic(Vec<String>),
     /// A NIP-11 `GET`.
     Nip11,
     /// A WebSocket upgrade with no subprotocol; any 101 passes.
@@ -292,16 +292,12 @@ impl Routes {
         let mut out = Vec::new();
         for r in self.all() {
             if let Some(m) = &r.mosaic {
-                let token = m
-                    .config
-                    .subprotocols
-                    .first()
-                    .cloned()
-                    .unwrap_or_else(|| "mosaic2024".into());
+                // Every listed token is offered: a backend speaking any one of them is up.
+                let tokens = m.config.subprotocols.clone();
                 for p in std::iter::once(&m.pool).chain(&m.auth_pool) {
                     out.push(HealthTarget {
                         pool: p.clone(),
-                        probe: Probe::Mosaic(token.clone()),
+                        probe: Probe::Mosaic(tokens.clone()),
                         hc: m.config.health_check.clone(),
                     });
                 }

@@ -14,6 +14,7 @@ use hyper::StatusCode;
 use crate::admission::{LimitHit, Permit};
 use crate::answer::{refusal, reject, Answer, Reason, Rejection};
 use crate::client_addr::real_client;
+use crate::config::ServerAuthentication;
 use crate::connection::{Accepted, ActiveConnection, Prepared, Protocol};
 use crate::fields::Fields;
 use crate::gateway::{App, ConnInfo, Gateway};
@@ -24,6 +25,7 @@ use crate::handshake::{
 use crate::pool::{Backend, BackendGuard, Pool};
 use crate::rate_limit::{Asked, Refused};
 use crate::relay::limiter::LimitState;
+use crate::relay::profile::MosaicVersion;
 use crate::relay::pump::PumpOptions;
 use crate::relay::tracker::MosaicRules;
 use crate::request_head::{settle, Head, Misread, Settled};
@@ -135,11 +137,17 @@ async fn prepare(
     };
     let accepted = ctx.connect_upstream().await.map_err(refuse)?;
     let opts = PumpOptions {
-        mosaic: match (&route.mosaic, accepted.protocol) {
-            (Some(m), Protocol::Mosaic) => Some(MosaicRules {
-                validation: m.config.validate,
-                max_message_bytes: m.config.max_message_bytes,
-            }),
+        mosaic: match (
+            &route.mosaic,
+            accepted.protocol,
+            accepted.subprotocol.as_deref(),
+        ) {
+            (Some(m), Protocol::Mosaic, Some(token)) => {
+                m.config.profile(token).map(|profile| MosaicRules {
+                    profile,
+                    max_message_bytes: m.config.max_message_bytes,
+                })
+            }
             _ => None,
         },
         idle_timeout: gw.config.limits.idle_timeout.0,
@@ -154,6 +162,12 @@ async fn prepare(
         .map(LimitState::new);
     let series = accepted.protocol.metrics(&route);
     series.connections_total.inc();
+    if let Some(rules) = &opts.mosaic {
+        app.metrics
+            .mosaic_connections_total
+            .with_label_values(&[rules.profile.version().label()])
+            .inc();
+    }
     Ok(Box::new(Prepared {
         active: ActiveConnection::new(series.connections_active.clone()),
         id: app.next_id.fetch_add(1, Ordering::Relaxed),
@@ -353,40 +367,66 @@ impl UpgradeContext<'_> {
     async fn upgrade_mosaic(
         &self,
         mosaic: &MosaicSide,
-        token: &str,
+        first: &str,
     ) -> Result<Accepted, Rejection> {
         let pool = match (&mosaic.auth_pool, self.client_key) {
             (Some(auth), Some(_)) => auth,
             _ => &mosaic.pool,
         };
         let m = &mosaic.config;
+        // Every Mosaic version the client offered, in the operator's order (`first` leads):
+        // a backend that speaks only some of them picks one, and the connection is relayed
+        // in the version it picked.
+        let offered: Vec<&str> = m
+            .subprotocols
+            .iter()
+            .map(String::as_str)
+            .filter(|t| *t == first || self.offered.contains(t))
+            .collect();
+        let hello_in =
+            |t: &&str| MosaicVersion::from_token(t).is_some_and(|v| v.hello_in_headers());
+        if offered.iter().any(hello_in) {
+            crate::hello::check_hello(self.req.headers)?;
+        }
         let tries = Tries {
             pool,
             max_tries: m.max_tries,
             timeout: m.connect_timeout.0,
-            protocols: &[token],
+            protocols: &offered,
             nostr: false,
             what: "Mosaic backend",
         };
-        let (backend, upstream) = self.try_pool(tries, |up| selected(up, token)).await?;
+        let (backend, upstream) = self.try_pool(tries, |up| selected(up, &offered)).await?;
+        let token = offered
+            .iter()
+            .copied()
+            .find(|t| upstream.selected(t))
+            .unwrap_or(first);
+        let version = MosaicVersion::from_token(token);
+        let hello = version.is_some_and(MosaicVersion::hello_in_headers);
+        let sep = version.map_or(b';', MosaicVersion::feature_separator);
         let mut response = SwitchingProtocols::new(self.accept);
         response.header(b"sec-websocket-protocol", token.as_bytes());
         let mut lines = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
-        if token == "mosaic2024" {
-            // The backend's 101 is read again only when the client asked for features.
-            if let Some(client) = feature_list(self.req.headers, X_MOSAIC_FEATURES) {
-                let granted = feature_list(upstream.headers(&mut lines), X_MOSAIC_FEATURES);
-                if let Some(v) = negotiate_features(Some(&client), granted.as_deref(), &m.features)
-                {
-                    response.header(X_MOSAIC_FEATURES.as_bytes(), v.as_bytes());
-                }
-            }
-        } else {
-            // Later Mosaic versions negotiate in X-Mosaic-* headers the gateway does not own.
-            for (name, value) in upstream.headers(&mut lines).lines() {
-                if name.len() >= 9 && name[..9].eq_ignore_ascii_case(b"x-mosaic-") {
-                    response.header(name, value);
-                }
+        if hello {
+            // The gateway signs only for routes that ask it to.
+            let gw = self.app.gateway();
+            let signer = gw
+                .server_signer
+                .as_deref()
+                .filter(|_| m.server_authentication == ServerAuthentication::Gateway);
+            let acked = upstream.headers(&mut lines);
+            let limit = m.features.as_deref();
+            crate::hello::hello_ack(self.req.headers, acked, limit, signer, |n, v| {
+                response.header(n, v)
+            });
+        } else if let Some(client) = feature_list(self.req.headers, X_MOSAIC_FEATURES, sep) {
+            // The seed's backend 101 is read again only when the client asked for features.
+            let granted = feature_list(upstream.headers(&mut lines), X_MOSAIC_FEATURES, sep);
+            // The seed's rule: unset grants nothing.
+            let gateway = m.features.as_deref().unwrap_or_default();
+            if let Some(v) = negotiate_features(Some(&client), granted.as_deref(), gateway, sep) {
+                response.header(X_MOSAIC_FEATURES.as_bytes(), v.as_bytes());
             }
         }
         Ok(Accepted {
@@ -504,9 +544,10 @@ fn no_healthy(what: &'static str) -> Rejection {
     )
 }
 
-/// The backend's 101 must select exactly the Mosaic token the client is told.
-fn selected(up: Upgraded, token: &str) -> Result<Upgraded, UpstreamError> {
-    if up.selected(token) {
+/// The backend's 101 must select one of the Mosaic tokens it was offered (the one the
+/// client is told).
+fn selected(up: Upgraded, tokens: &[&str]) -> Result<Upgraded, UpstreamError> {
+    if tokens.iter().any(|t| up.selected(t)) {
         Ok(up)
     } else {
         Err(UpstreamError::BadResponse(

@@ -116,7 +116,8 @@ async fn accept_upgrade<S: AsyncRead + AsyncWrite + Unpin>(
     let accept = tungstenite::handshake::derive_accept_key(key.as_bytes());
     let resp = format!(
         "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
-         Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: mosaic2024\r\n\r\n"
+         Sec-WebSocket-Accept: {accept}\r\nSec-WebSocket-Protocol: {}\r\n\r\n",
+        crate::wire::token()
     );
     s.write_all(resp.as_bytes()).await?;
     buf.advance(head_end + 4);
@@ -134,6 +135,11 @@ fn answer(buf: &mut BytesMut, out: &mut Vec<u8>) -> bool {
         let byte = |i: usize| payload[i] ^ m[i % 4];
         let mut closing = false;
         match h.opcode() {
+            0x2 if len >= 40 && byte(0) == 0x05 => {
+                // 2025 Submission Result: [0x83, 40, 0, 0, ACCEPTED 2, 0, 0, 0, id prefix].
+                out.extend_from_slice(&[0x82, 40, 0x83, 40, 0, 0, 0x02, 0, 0, 0]);
+                out.extend((8..40).map(byte));
+            }
             0x2 if len >= 4 && byte(0) == 0x03 => {
                 // Submission Result: [0x83, 0, 0, 0x01, first 32 bytes of the record].
                 out.extend_from_slice(&[0x82, 36, 0x83, 0, 0, 0x01]);

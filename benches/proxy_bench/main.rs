@@ -38,7 +38,9 @@
 //!    paced at the same rate and the rest idle: the p99 against the first one's, and RSS per
 //!    open connection; medians of `ROUNDS` interleaved rounds.
 //!
-//! Environment knobs (defaults in brackets): BENCH_SECS [3], BENCH_WARMUP [1],
+//! Environment knobs (defaults in brackets): BENCH_MOSAIC [2024; 2025: every client speaks
+//! `mosaic2025`, specification 0.8.0's Submission and Submission Result], BENCH_SECS [3],
+//! BENCH_WARMUP [1],
 //! BENCH_ROUNDS [3], BENCH_CONNS [64], BENCH_INFLIGHT [16], BENCH_CONN_SECS [2],
 //! BENCH_CONN_WORKERS [32],
 //! BENCH_IDLE_CONNS [5000], BENCH_PATHS [direct,gateway,nginx,haproxy; gateway-limits is

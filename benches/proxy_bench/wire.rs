@@ -15,6 +15,23 @@ pub const SUBMISSION_BYTES: usize = 128;
 /// Total size of one Submission message in the TLS data-path figure: 1 KiB.
 pub const TLS_SUBMISSION_BYTES: usize = 1024;
 
+/// Whether the run speaks Mosaic 2025 (`BENCH_MOSAIC=2025`) instead of the seed's 2024:
+/// the token, the Submission (0x05, u24 length at [1:4], record at [8]) and its 40-byte
+/// Submission Result (ACCEPTED 2 at [4]).
+pub fn mosaic_2025() -> bool {
+    static V: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *V.get_or_init(|| std::env::var("BENCH_MOSAIC").is_ok_and(|v| v == "2025"))
+}
+
+/// The subprotocol token of the run.
+pub fn token() -> &'static str {
+    if mosaic_2025() {
+        "mosaic2025"
+    } else {
+        "mosaic2024"
+    }
+}
+
 /// A masked client frame.
 fn client_frame(opcode: u8, payload: &[u8], mask: [u8; 4]) -> Vec<u8> {
     let mut out = Vec::with_capacity(payload.len() + 14);
@@ -42,9 +59,20 @@ pub fn submission_frame() -> Vec<u8> {
 /// A Submission of `bytes` in all (at least 36, so the Result echoes a whole id), as one
 /// masked frame.
 pub fn submission_frame_of(bytes: usize) -> Vec<u8> {
-    let record_len = bytes.max(36) - 4;
-    let mut msg = vec![0x03];
-    msg.extend_from_slice(&(record_len as u32).to_le_bytes()[..3]);
+    let mut msg = if mosaic_2025() {
+        // 2025: the length field is the whole message's; a record is at least its 48-byte id.
+        let total = bytes.max(56);
+        let mut m = vec![0x05];
+        m.extend_from_slice(&(total as u32).to_le_bytes()[..3]);
+        m.extend_from_slice(&[0; 4]);
+        m
+    } else {
+        let record_len = bytes.max(36) - 4;
+        let mut m = vec![0x03];
+        m.extend_from_slice(&(record_len as u32).to_le_bytes()[..3]);
+        m
+    };
+    let record_len = bytes.max(msg.len() + 48) - msg.len();
     msg.extend((0..record_len).map(|i| (i * 7 + 1) as u8));
     client_frame(0x2, &msg, [0x37, 0xfa, 0x21, 0x3d])
 }
@@ -143,7 +171,12 @@ pub fn take_replies(buf: &mut BytesMut) -> io::Result<Replies> {
         match h.opcode() {
             0x2 => {
                 let p = h.header_len;
-                if h.len != 36 || buf[p] != 0x83 || buf[p + 3] != 0x01 {
+                let ok = if mosaic_2025() {
+                    h.len == 40 && buf[p] == 0x83 && buf[p + 4] == 0x02
+                } else {
+                    h.len == 36 && buf[p] == 0x83 && buf[p + 3] == 0x01
+                };
+                if !ok {
                     return Err(io::Error::other("unexpected reply"));
                 }
                 r.results += 1;
@@ -164,7 +197,8 @@ fn upgrade_request(host: &str) -> String {
     format!(
         "GET / HTTP/1.1\r\nHost: {host}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
          Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Protocol: mosaic2024\r\n\r\n"
+         Sec-WebSocket-Protocol: {}\r\n\r\n",
+        token()
     )
 }
 
@@ -186,8 +220,8 @@ async fn ws_upgrade<S: AsyncRead + AsyncWrite + Unpin>(
                 return Err(io::Error::other(format!("upgrade refused: {line}")));
             }
             let lower = String::from_utf8_lossy(head).to_ascii_lowercase();
-            if !lower.contains("sec-websocket-protocol: mosaic2024") {
-                return Err(io::Error::other("no mosaic2024 in the 101"));
+            if !lower.contains(&format!("sec-websocket-protocol: {}", token())) {
+                return Err(io::Error::other("not the run's Mosaic token in the 101"));
             }
             buf.advance(end + 4);
             return Ok(buf);

@@ -38,6 +38,8 @@ for extra in [
     [("Sec-WebSocket-Protocol", "mosaic2024")],
     [("Sec-WebSocket-Protocol", "chat, mosaic2024"), ("X-Mosaic-Features", "a;b")],
     [("Sec-WebSocket-Protocol", "mosaic2025"), ("Sec-WebSocket-Protocol", " ,mosaic2024")],
+    [("Sec-WebSocket-Protocol", "mosaic2025"), ("X-Mosaic-Features", "a, b,,a"),
+     ("X-Mosaic-Server-Authenticate-Nonce", "n0nce")],
     [("Sec-WebSocket-Protocol", "Mosaic2024")],
     [],
     [("Sec-WebSocket-Extensions", "permessage-deflate; client_max_window_bits")],
@@ -69,6 +71,9 @@ for s in [
     "c-\nb-\ng-",
     "cfeature-1;feature-2\nbfeature-2\ngfeature-2\ngfeature-1",
     "c\xc3\xa9;a\nba\nga",
+    "s\nca, b,,a\nbb,a\nga\ngb",
+    "s\nca;b,c\nba;b,c\nga;b\ngc",
+    "s\nc" + ",".join(f"f{i}" for i in range(200)) + "\nbf1,f150\ngf1\ngf150",
 ]:
     put("features", s.encode("latin-1"))
 
@@ -153,6 +158,47 @@ streams.append(bytes([3, 0]) + bytes([0x82, 126, 0, 5]) + bytes(5))
 streams.append(bytes([2, 1]) + bytes([0x82, 0xFF]) + struct.pack(">Q", 1 << 63) + MASK)
 for s in streams:
     put("frame_tracker", s)
+
+# ---- tracker_2025 --------------------------------------------------------------------
+# Specification 0.8.0 layouts: u24 length at [1:4], query id at [4:6].
+def m25(t, rest=b"", qid=(7, 9), mid=b"\0\0"):
+    body = bytes(qid) + mid + rest
+    return bytes([t]) + u24(4 + len(body)) + body
+
+
+get = m25(0x01, bytes(48))
+query25 = m25(0x02, b"filter", mid=b"\x05\0")
+subscribe = m25(0x03, b"filter")
+unsubscribe = m25(0x04)
+submission25 = bytes([0x05]) + u24(8 + 60) + bytes(4) + bytes(range(60))
+blob_sub = bytes([0x07, 0]) + struct.pack("<Q", 5)[:6] + bytes(32) + b"blob!"
+blob_get = bytes([0x08]) + bytes(7) + bytes(32)
+record25 = m25(0x80, b"record")
+locally_complete = m25(0x81)
+query_closed25 = bytes([0x82]) + u24(8) + bytes([7, 9, 64, 0])
+submission_result25 = bytes([0x83]) + u24(40) + bytes([2, 0, 0, 0]) + bytes(32)
+blob_sub_result = bytes([0x85, 1]) + bytes(6) + bytes(32)
+blob_result = bytes([0x86, 1]) + struct.pack("<Q", 3)[:6] + bytes(32) + b"abc"
+closing = bytes([0xFE, 64]) + bytes(6)
+unrecognized25 = bytes([0xF0]) + u24(8) + bytes(4)
+# The other framing in use: zeros at [1:4], u32 length at [4:8].
+other = bytes([0x03, 0, 0, 0]) + struct.pack("<I", 14) + b"filter"
+c25 = [get, query25, subscribe, unsubscribe, submission25, blob_sub, blob_get, other,
+       unrecognized25, bytes([0x11]) + bytes(71)]
+s25 = [record25, locally_complete, query_closed25, submission_result25, blob_sub_result,
+       blob_result, closing, unrecognized25]
+for cfg in [0b10, 0b110, 0b1110, 0b10010]:
+    for seed in [0, 1, 2, 3]:
+        for s in [client_stream(c25), client_stream([other]), client_stream([record25]),
+                  client_stream([unsubscribe[:-1]]), client_stream(c25[:3]) + cs[:7]]:
+            put("tracker_2025", bytes([cfg, seed]) + s)
+for cfg in [0b11, 0b111, 0b1111]:
+    for seed in [0, 1]:
+        for s in [server_stream(s25), server_stream([get]), server_stream([closing[:4]])]:
+            put("tracker_2025", bytes([cfg, seed]) + s)
+for m in c25 + s25:
+    for cfg in [0, 1, 4, 5, 8, 9, 12, 13]:
+        put("tracker_2025", bytes([cfg, 0]) + m[:48])
 
 # ---- proxy_protocol ------------------------------------------------------------------
 V2SIG = b"\r\n\r\n\x00\r\nQUIT\n"

@@ -15,6 +15,8 @@ use mosaic_gateway::handshake;
 use mosaic_gateway::proxy_protocol::{self, Command, Parsed, ProxyError};
 use mosaic_gateway::relay::frame;
 use mosaic_gateway::relay::mosaic::{self, Direction, HeadVerdict, QueryEvent, Validation};
+use mosaic_gateway::relay::mosaic2025::Check;
+use mosaic_gateway::relay::profile::{Closed, Profile};
 use mosaic_gateway::relay::tracker::{
     Admit, Gate, Limited, MosaicRules, Tracker, HEAD_BYTES, HEAD_REST,
 };
@@ -23,11 +25,12 @@ use mosaic_gateway::route::{self, Route};
 use mosaic_gateway::route_table::{HostPattern, RouteTable};
 
 /// The names of every target, as used for `fuzz/corpus/<name>/` and the fuzz binaries.
-pub const TARGETS: [&str; 7] = [
+pub const TARGETS: [&str; 8] = [
     "upgrade_route",
     "request_rules",
     "features",
     "frame_tracker",
+    "tracker_2025",
     "mosaic_head",
     "proxy_protocol",
     "config_parse",
@@ -40,6 +43,7 @@ pub fn run(name: &str, data: &[u8]) -> bool {
         "request_rules" => request_rules(data),
         "features" => features(data),
         "frame_tracker" => frame_tracker(data),
+        "tracker_2025" => tracker_2025(data),
         "mosaic_head" => mosaic_head(data),
         "proxy_protocol" => proxy_protocol(data),
         "config_parse" => config_parse(data),
@@ -176,7 +180,8 @@ pub fn upgrade_route(data: &[u8]) {
     }
     match route::route(&offered, &mosaic_tokens, nostr) {
         Route::Mosaic(t) => {
-            let first = offered.iter().find(|o| mosaic_tokens.contains(o));
+            // The operator's first listed token among those offered.
+            let first = mosaic_tokens.iter().find(|m| offered.contains(m));
             assert_eq!(Some(t.as_str()), first.map(String::as_str));
         }
         Route::Nostr => {
@@ -366,6 +371,7 @@ pub fn features(data: &[u8]) {
     let mut client = HeaderMap::new();
     let mut backend = HeaderMap::new();
     let mut gateway: Vec<String> = Vec::new();
+    let mut sep = b';';
     for line in data.split(|&b| b == b'\n') {
         let Some((&who, rest)) = line.split_first() else {
             continue;
@@ -389,22 +395,25 @@ pub fn features(data: &[u8]) {
                 map.append(HeaderName::from_bytes(name.as_bytes()).expect("static"), v);
             }
             b'g' => gateway.push(String::from_utf8_lossy(rest).into_owned()),
+            // A line `s` switches to 2025's comma lists.
+            b's' => sep = b',',
             _ => {}
         }
     }
-    let c = handshake::feature_list(&client, handshake::X_MOSAIC_FEATURES);
-    let b = handshake::feature_list(&backend, handshake::X_MOSAIC_FEATURES);
+    let c = handshake::feature_list(&client, handshake::X_MOSAIC_FEATURES, sep);
+    let b = handshake::feature_list(&backend, handshake::X_MOSAIC_FEATURES, sep);
     assert_eq!(
         c.is_some(),
         client.contains_key(handshake::X_MOSAIC_FEATURES)
     );
     for list in [&c, &b].into_iter().flatten() {
+        assert!(list.len() <= handshake::MAX_FEATURES);
         for (i, item) in list.iter().enumerate() {
-            assert!(!item.is_empty() && !item.contains(';') && item.trim() == item);
+            assert!(!item.is_empty() && !item.contains(char::from(sep)) && item.trim() == item);
             assert!(!list[..i].contains(item), "duplicate {item:?} in {list:?}");
         }
     }
-    let answer = handshake::negotiate_features(c.as_deref(), b.as_deref(), &gateway);
+    let answer = handshake::negotiate_features(c.as_deref(), b.as_deref(), &gateway, sep);
     assert_eq!(answer.is_some(), c.is_some());
     let Some(answer) = answer else { return };
     assert!(HeaderValue::from_str(&answer).is_ok(), "{answer:?}");
@@ -413,7 +422,7 @@ pub fn features(data: &[u8]) {
         return;
     }
     let (c, b) = (c.unwrap_or_default(), b.unwrap_or_default());
-    let granted: Vec<&str> = answer.split(';').collect();
+    let granted: Vec<&str> = answer.split(char::from(sep)).collect();
     let mut last = None;
     for g in &granted {
         let at = c
@@ -552,6 +561,36 @@ pub fn frame_tracker(data: &[u8]) {
         Err(_) => {}
     }
 
+    tracker_runs(data, |cfg| match (cfg & 0x40 != 0, cfg & 4 != 0) {
+        (false, false) => Profile::Seed(Validation::Strict),
+        (false, true) => Profile::Seed(Validation::Direction),
+        (true, false) => Profile::V2025(Check::Direction),
+        (true, true) => Profile::V2025(Check::Spec08),
+    });
+}
+
+/// Target `tracker_2025`: the tracker of [`frame_tracker`] on Mosaic 2025 connections
+/// (`cfg & 4` picks `direction` or `"0.8"`), and the 2025 head rules on the stream's bytes
+/// taken as one message's head.
+///
+/// Input: `[cfg, seed, stream...]` as for [`frame_tracker`].
+pub fn tracker_2025(data: &[u8]) {
+    let profile = |cfg: u8| {
+        if cfg & 4 == 0 {
+            Profile::V2025(Check::Direction)
+        } else {
+            Profile::V2025(Check::Spec08)
+        }
+    };
+    if let [cfg, _, head @ ..] = data {
+        head_invariants(profile(*cfg), *cfg, head);
+    }
+    tracker_runs(data, profile);
+}
+
+/// The tracker runs of [`frame_tracker`] and [`tracker_2025`]; `profile` maps `cfg` to the
+/// Mosaic profile of the run.
+fn tracker_runs(data: &[u8], profile: impl Fn(u8) -> Profile) {
     let [cfg, seed, stream @ ..] = data else {
         return;
     };
@@ -561,11 +600,7 @@ pub fn frame_tracker(data: &[u8]) {
         Direction::UpstreamToClient
     };
     let rules = (cfg & 2 != 0).then(|| MosaicRules {
-        validation: if cfg & 4 == 0 {
-            Validation::Strict
-        } else {
-            Validation::Direction
-        },
+        profile: profile(*cfg),
         max_message_bytes: match (cfg >> 3) & 3 {
             0 => mosaic::DEFAULT_MAX_MESSAGE_BYTES,
             1 => 16,
@@ -660,12 +695,19 @@ impl Gate for FuzzGate {
         }
     }
 
-    fn mosaic_head(&mut self, head: &[u8], ended: bool, query: Option<QueryEvent>) -> Admit {
+    fn mosaic_head(
+        &mut self,
+        profile: Profile,
+        head: &[u8],
+        ended: bool,
+        query: Option<QueryEvent>,
+    ) -> Admit {
         assert!(!head.is_empty() && head.len() <= HEAD_BYTES);
         if !self.skips {
             return Admit::Pass;
         }
-        if head[0] == 0x03 && head.len() < HEAD_BYTES && !ended {
+        let submission = profile.submission_head(head[0]);
+        if submission.is_some_and(|n| head.len() < n) && !ended {
             return Admit::NeedMore;
         }
         self.calls += 1;
@@ -673,12 +715,8 @@ impl Gate for FuzzGate {
             return Admit::Pass;
         }
         match query {
-            Some(QueryEvent::Opened(id)) => {
-                Admit::Skip(mosaic::GatewayMessage::query_closed(id, 0x11))
-            }
-            _ if head[0] == 0x03 => {
-                Admit::Skip(mosaic::GatewayMessage::submission_result(0x12, head))
-            }
+            Some(QueryEvent::Opened(id)) => Admit::Skip(profile.query_closed(id, Closed::TooMany)),
+            _ if submission.is_some() => Admit::Skip(profile.too_fast(head)),
             _ => Admit::Pass,
         }
     }
@@ -752,14 +790,7 @@ pub fn mosaic_head(data: &[u8]) {
             expected_len,
             query,
         }) => {
-            let t = head[0];
-            assert!(t == 0xF0 || (t >= 0x80) == (dir == Direction::UpstreamToClient));
-            if let Some(e) = expected_len {
-                assert!(e >= 4, "a layout shorter than its own head: {e}");
-            }
-            if let Some(QueryEvent::Opened(id) | QueryEvent::Closed(id)) = query {
-                assert_eq!(id, [head[1], head[2]]);
-            }
+            accepted(dir, head, (expected_len, query), 4, 1);
             if validation == Validation::Direction {
                 assert_eq!((expected_len, query), (None, None));
             }
@@ -790,6 +821,62 @@ pub fn mosaic_head(data: &[u8]) {
         }
     }
     let _ = mosaic::query_closed([head.first().copied().unwrap_or(0), 0], cfg);
+}
+
+/// What holds for every accepted head: the direction rule, a fixed length of at least
+/// `min_len` (the layout's own header), query ids from `head[id_at..id_at + 2]`.
+fn accepted(
+    dir: Direction,
+    head: &[u8],
+    (expected_len, query): (Option<u64>, Option<QueryEvent>),
+    min_len: u64,
+    id_at: usize,
+) {
+    let t = head[0];
+    assert!(t == 0xF0 || (t >= 0x80) == (dir == Direction::UpstreamToClient));
+    if let Some(e) = expected_len {
+        assert!(e >= min_len, "a layout shorter than its own header: {e}");
+    }
+    if let Some(QueryEvent::Opened(id) | QueryEvent::Closed(id)) = query {
+        assert_eq!(id, [head[id_at], head[id_at + 1]]);
+    }
+}
+
+/// A profile's head verdicts: direction first, NeedMore only before 8 bytes, query ids
+/// from [4:6] (2025), and a verdict on a prefix stands for the longer head.
+fn head_invariants(profile: Profile, cfg: u8, head: &[u8]) {
+    let dir = if cfg & 1 == 0 {
+        Direction::ClientToUpstream
+    } else {
+        Direction::UpstreamToClient
+    };
+    let ended = cfg & 8 != 0;
+    match profile.judge(dir, head, ended) {
+        Ok(HeadVerdict::NeedMore(n)) => assert!(!ended && n > head.len() && n <= 8),
+        Ok(HeadVerdict::Accept {
+            expected_len,
+            query,
+        }) => accepted(dir, head, (expected_len, query), 8, 4),
+        Err(mosaic::Violation::TooLarge | mosaic::Violation::TextMessage) => {
+            panic!("judge reported a frame-level violation")
+        }
+        Err(_) => {}
+    }
+    let full = profile.judge(dir, head, false);
+    for k in 0..head.len() {
+        match profile.judge(dir, &head[..k], false) {
+            Ok(HeadVerdict::NeedMore(n)) => assert!(n > k),
+            other => assert_eq!(full, other, "prefix {k}"),
+        }
+    }
+    let msg = profile.query_closed([cfg, 0], Closed::ShuttingDown);
+    assert_eq!(
+        profile.judge(Direction::UpstreamToClient, msg.as_bytes(), true),
+        Ok(HeadVerdict::Accept {
+            expected_len: matches!(profile, Profile::V2025(Check::Spec08)).then_some(8),
+            query: matches!(profile, Profile::V2025(_)).then_some(QueryEvent::Closed([cfg, 0])),
+        })
+    );
 }
 
 /// Writes a v1 line for a header with addresses (for the round trip check).

@@ -4,7 +4,6 @@
 use serde::Deserialize;
 
 use super::{parse_cidr, DurationStr};
-use crate::relay::mosaic::Validation;
 
 /// `rate_limits:`: token buckets (a burst, then a steady rate), each off unless set.
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -244,9 +243,9 @@ pub struct AccessConfig {
 
 impl RateLimitsConfig {
     /// Checks every limit under `key` (`rate_limits` or `routes[i].rate_limits`);
-    /// `validation` is the `mosaic.validate` that applies (the Mosaic limits read seed-era
-    /// message types, so they need `strict`).
-    pub(crate) fn validate(&self, key: &str, validation: Validation, errs: &mut Vec<String>) {
+    /// `knows_types`: every Mosaic token's validation level reads message types, which the
+    /// Mosaic limits need (all but the seed's `direction`).
+    pub(crate) fn validate(&self, key: &str, knows_types: bool, errs: &mut Vec<String>) {
         let buckets = [
             ("connections_per_ip", &self.connections_per_ip),
             ("messages_per_connection", &self.messages_per_connection),
@@ -265,14 +264,14 @@ impl RateLimitsConfig {
                 ));
             }
         }
-        if validation != Validation::Strict {
+        if !knows_types {
             for (name, set) in [
                 ("mosaic_submissions", self.mosaic_submissions.is_some()),
                 ("mosaic_open_queries", self.mosaic_open_queries.is_some()),
             ] {
                 if set {
                     errs.push(format!(
-                        "{key}.{name}: needs mosaic.validate: strict (it reads seed-era message types)"
+                        "{key}.{name}: needs mosaic.validate: strict for mosaic2024 (its direction level reads no message types)"
                     ));
                 }
             }

@@ -3,8 +3,6 @@
 
 use serde::Deserialize;
 
-use crate::relay::mosaic::Validation;
-
 use super::{check_backend, BackendConfig, MosaicConfig, NostrConfig, Scheme, UpstreamUrl};
 use crate::route_table::{HostPattern, PathPrefix, RESERVED_NAME};
 
@@ -196,6 +194,12 @@ fn validate_sections(r: &RouteConfig, key: &str, errs: &mut Vec<String>) {
             if let Some(m) = mosaic {
                 m.require_backends(&mut own);
                 m.validate(&mut own);
+                if m.server_key_file.is_some() {
+                    own.push(
+                        "mosaic.server_key_file: give it at the top level (one master key per gateway)"
+                            .into(),
+                    );
+                }
             }
             if let Some(n) = nostr {
                 if !n.serves() {
@@ -211,8 +215,8 @@ fn validate_sections(r: &RouteConfig, key: &str, errs: &mut Vec<String>) {
         own.push("limits.max_connections: must be at least 1".into());
     }
     if let Some(rl) = &r.rate_limits {
-        let validation = r.mosaic.as_ref().map_or(Validation::Strict, |m| m.validate);
-        rl.validate("rate_limits", validation, &mut own);
+        let knows_types = r.mosaic.as_ref().is_none_or(|m| m.knows_types());
+        rl.validate("rate_limits", knows_types, &mut own);
     }
     errs.extend(own.into_iter().map(|e| format!("{key}.{e}")));
 }

@@ -5,6 +5,7 @@
 //! wss:// with an ephemeral ed25519 key for Mosaic clients and an ephemeral self-signed
 //! ECDSA certificate for `localhost`, so a browser can connect once its user accepts it.
 
+pub mod mosaic2025;
 pub mod mosaic_backend;
 pub mod nostr_relay;
 
@@ -117,7 +118,7 @@ pub async fn run(opts: DevOptions) -> Result<(), DevError> {
     let tls_addr = running.extra_tls_addr.unwrap_or(opts.tls_listen);
     println!("mosaic-gateway dev stack is up\n");
     println!(
-        "  Mosaic   ws://{}   (Sec-WebSocket-Protocol: mosaic2024)",
+        "  Mosaic   ws://{}   (Sec-WebSocket-Protocol: mosaic2025 or mosaic2024)",
         running.public_addr
     );
     println!("  Mosaic   wss://{tls_addr}  (TLS, ed25519; pin the server key below)");

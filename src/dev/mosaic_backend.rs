@@ -1,5 +1,6 @@
-//! An in-memory Mosaic backend speaking the seed-era (December 2024) binary messages over
-//! plain WebSockets, so gateway tests have a real peer to route `mosaic2024` clients to.
+//! An in-memory Mosaic backend speaking both versions over plain WebSockets: the seed-era
+//! (December 2024, `mosaic2024`) binary messages and specification 0.8.0 (`mosaic2025`, see
+//! [`crate::dev::mosaic2025`]), so gateway tests and the `dev` stack have a real peer.
 //!
 //! It is deliberately small: records are opaque byte strings kept in memory, and a query
 //! filter is opaque too. An empty filter matches every record; a non-empty filter matches a
@@ -7,8 +8,10 @@
 //! That is not Mosaic's filter language, but it lets tests choose which records a query sees.
 //!
 //! Behaviour worth knowing when writing tests:
-//! - The handshake requires the configured subprotocol token (exact, case-sensitive, from a
-//!   comma-separated list over any number of header lines) or answers HTTP 400. Every
+//! - The handshake requires one of the configured subprotocol tokens (exact, case-sensitive,
+//!   from a comma-separated list over any number of header lines; its own order decides,
+//!   2025 first) or answers HTTP 400. A 2025 upgrade is answered with the HELLO ACK
+//!   headers, the nonce signed by the backend's own random key ([`MosaicBackend::public_key`]). Every
 //!   accepted request's headers are recorded before the 101 is written, so they can be
 //!   inspected as soon as the client's connect returns.
 //! - `X-Mosaic-Features` is negotiated as in mosaic-wire.md §1.
@@ -147,18 +150,24 @@ pub mod wire {
 pub struct MosaicBackendOptions {
     /// `X-Mosaic-Features` items this backend can serve.
     pub features: Vec<String>,
-    /// The subprotocol token it requires and answers with.
-    pub subprotocol: String,
+    /// The subprotocol tokens it accepts, in its order of preference.
+    pub subprotocols: Vec<String>,
+    /// `X-Mosaic-Service-Url` for 2025 clients.
+    pub service_url: Option<String>,
 }
 
 impl Default for MosaicBackendOptions {
     fn default() -> Self {
         MosaicBackendOptions {
             features: Vec::new(),
-            subprotocol: "mosaic2024".to_owned(),
+            subprotocols: vec!["mosaic2025".to_owned(), "mosaic2024".to_owned()],
+            service_url: None,
         }
     }
 }
+
+/// The token of the version whose messages the dev backend speaks as 2025.
+const MOSAIC2025: &str = "mosaic2025";
 
 /// A running in-memory Mosaic backend; shuts down (dropping all connections) when dropped.
 pub struct MosaicBackend {
@@ -189,6 +198,10 @@ struct Shared {
     requests: Mutex<Vec<HeaderMap>>,
     /// Binary messages received, by type byte.
     received: Mutex<HashMap<u8, usize>>,
+    /// The key 2025 nonces are signed with.
+    signer: crate::hello::ServerSigner,
+    /// BLOBs (2025) by BLAKE3 hash.
+    blobs: Mutex<HashMap<[u8; 32], Vec<u8>>>,
 }
 
 /// Poisoning only means another connection task panicked; the data is still usable.
@@ -209,6 +222,8 @@ impl MosaicBackend {
             connections: AtomicUsize::new(0),
             requests: Mutex::new(Vec::new()),
             received: Mutex::new(HashMap::new()),
+            signer: crate::hello::ServerSigner::new(random_key()),
+            blobs: Mutex::new(HashMap::new()),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);
         tokio::spawn(accept_loop(listener, shared.clone(), shutdown_rx));
@@ -255,6 +270,11 @@ impl MosaicBackend {
         store.records.iter().map(|r| r.to_vec()).collect()
     }
 
+    /// The public key 2025 clients' nonces are signed with.
+    pub fn public_key(&self) -> [u8; 32] {
+        self.shared.signer.public_key()
+    }
+
     /// How many binary messages with this type byte reached the backend, over every
     /// connection (`wire::QUERY`, `wire::SUBMISSION`…).
     pub fn received(&self, kind: u8) -> usize {
@@ -266,6 +286,13 @@ impl Drop for MosaicBackend {
     fn drop(&mut self) {
         self.shutdown();
     }
+}
+
+fn random_key() -> ed25519_dalek::SigningKey {
+    let mut seed = [0u8; 32];
+    // A failing OS RNG leaves a fixed dev key: this backend only serves tests and `dev`.
+    let _ = getrandom::fill(&mut seed);
+    ed25519_dalek::SigningKey::from_bytes(&seed)
 }
 
 /// Resolves once shutdown was requested (or the backend handle is gone).
@@ -356,22 +383,37 @@ pub fn negotiate_features(requested: &HeaderMap, served: &[String]) -> Option<St
 // tungstenite's `Callback` trait dictates this error type; boxing it is not an option.
 #[allow(clippy::result_large_err)]
 fn on_handshake(
-    opts: &MosaicBackendOptions,
+    shared: &Shared,
     req: &Request,
     mut resp: Response,
-) -> Result<Response, ErrorResponse> {
+) -> Result<(Response, bool), ErrorResponse> {
+    let opts = &shared.opts;
     let headers = req.headers();
     let offered = header_items(headers, "sec-websocket-protocol", ',');
-    if !offered.iter().any(|t| *t == opts.subprotocol) {
+    let Some(token) = opts
+        .subprotocols
+        .iter()
+        .find(|t| offered.contains(&t.as_str()))
+    else {
         return Err(reject(
             StatusCode::BAD_REQUEST,
-            &format!("subprotocol {} required", opts.subprotocol),
+            &format!("subprotocol {} required", opts.subprotocols.join(" or ")),
         ));
-    }
-    let Ok(proto) = HeaderValue::from_str(&opts.subprotocol) else {
+    };
+    let Ok(proto) = HeaderValue::from_str(token) else {
         return Err(reject(StatusCode::INTERNAL_SERVER_ERROR, "bad subprotocol"));
     };
     resp.headers_mut().insert("sec-websocket-protocol", proto);
+    if token == MOSAIC2025 {
+        super::mosaic2025::hello_ack(
+            headers,
+            &opts.features,
+            &shared.signer,
+            opts.service_url.as_deref(),
+            resp.headers_mut(),
+        );
+        return Ok((resp, true));
+    }
     if let Some(features) = negotiate_features(headers, &opts.features) {
         // Only operator-configured strings end up here, but they might not be header-safe.
         let Ok(value) = HeaderValue::from_str(&features) else {
@@ -382,7 +424,7 @@ fn on_handshake(
         };
         resp.headers_mut().insert("x-mosaic-features", value);
     }
-    Ok(resp)
+    Ok((resp, false))
 }
 
 // The handshake callback's error type is tungstenite's, see `on_handshake`.
@@ -391,8 +433,10 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
     // Filled inside the callback, i.e. before the 101 goes out, so a test that has just
     // connected already sees its headers and the connection count.
     let mut guard: Option<ConnectionGuard> = None;
+    let mut v2025 = false;
     let callback = |req: &Request, resp: Response| {
-        let resp = on_handshake(&shared.opts, req, resp)?;
+        let (resp, is_2025) = on_handshake(&shared, req, resp)?;
+        v2025 = is_2025;
         lock(&shared.requests).push(req.headers().clone());
         guard = Some(ConnectionGuard::new(shared.clone()));
         Ok(resp)
@@ -410,7 +454,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
         }
     };
     let _guard = guard;
-    if let Err(e) = session(ws, &shared).await {
+    if let Err(e) = session(ws, &shared, v2025).await {
         tracing::debug!("mosaic session with {peer} ended: {e}");
     }
 }
@@ -434,6 +478,7 @@ fn matches(filter: &[u8], record: &[u8]) -> bool {
 async fn session<S>(
     mut ws: WebSocketStream<S>,
     shared: &Shared,
+    v2025: bool,
 ) -> Result<(), tokio_tungstenite::tungstenite::Error>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -447,6 +492,7 @@ where
             msg = ws.next() => match msg {
                 None => return Ok(()),
                 Some(Err(e)) => return Err(e),
+                Some(Ok(Message::Binary(data))) if v2025 => handle_2025(&data, shared, &mut queries),
                 Some(Ok(Message::Binary(data))) => handle_message(&data, shared, &mut queries),
                 Some(Ok(Message::Text(_))) => {
                     Outcome::Close(CloseCode::Unsupported, "Mosaic uses binary messages only")
@@ -459,7 +505,7 @@ where
                     queries
                         .iter()
                         .filter(|(_, q)| item.seq >= q.from_seq && matches(&q.filter, &item.record))
-                        .map(|(id, _)| wire::record(*id, &item.record))
+                        .map(|(id, _)| record_message(v2025, *id, &item.record))
                         .collect(),
                 ),
                 Err(broadcast::error::RecvError::Lagged(n)) => {
@@ -468,7 +514,7 @@ where
                     Outcome::Reply(
                         queries
                             .drain()
-                            .map(|(id, _)| wire::query_closed(id, wire::CODE_INTERNAL_ERROR))
+                            .map(|(id, _)| lagged(v2025, id))
                             .collect(),
                     )
                 }
@@ -561,6 +607,79 @@ fn handle_message(
         wire::UNRECOGNIZED => Outcome::Reply(Vec::new()),
         k if k >= 0x80 => Outcome::Close(CloseCode::Protocol, "server message type from client"),
         _ => Outcome::Close(CloseCode::Protocol, "unrecognized message type"),
+    }
+}
+
+fn record_message(v2025: bool, id: [u8; 2], record: &[u8]) -> Vec<u8> {
+    if v2025 {
+        super::mosaic2025::wire::record(id, record)
+    } else {
+        wire::record(id, record)
+    }
+}
+
+/// The Query Closed a lagging reader's queries get.
+fn lagged(v2025: bool, id: [u8; 2]) -> Vec<u8> {
+    if v2025 {
+        // 65 TEMPORARY ERROR.
+        super::mosaic2025::wire::query_closed(id, 65)
+    } else {
+        wire::query_closed(id, wire::CODE_INTERNAL_ERROR)
+    }
+}
+
+/// One `mosaic2025` client message.
+fn handle_2025(data: &[u8], shared: &Shared, queries: &mut HashMap<[u8; 2], OpenQuery>) -> Outcome {
+    use super::mosaic2025::{read, wire as w, Asked};
+    if let Some(&kind) = data.first() {
+        *lock(&shared.received).entry(kind).or_default() += 1;
+    }
+    match read(data, &mut lock(&shared.blobs)) {
+        Asked::Reply(m) => Outcome::Reply(m),
+        Asked::Violation(why) => Outcome::Close(CloseCode::Protocol, why),
+        Asked::Unsubscribe(id) => {
+            queries.remove(&id);
+            Outcome::Reply(vec![w::query_closed(id, w::SUCCESS)])
+        }
+        Asked::Submit(record) => {
+            let code = match store(shared, record) {
+                wire::CODE_OK => w::ACCEPTED,
+                _ => w::DUPLICATE,
+            };
+            Outcome::Reply(vec![w::submission_result(code, record)])
+        }
+        Asked::Query {
+            id,
+            filter,
+            ids,
+            subscribe,
+        } => {
+            let (mut replies, from_seq) = {
+                let store = lock(&shared.store);
+                let wanted = |r: &[u8]| {
+                    if ids.is_empty() {
+                        matches(filter, r)
+                    } else {
+                        ids.iter().any(|i| r.starts_with(i))
+                    }
+                };
+                let replies: Vec<Vec<u8>> = store
+                    .records
+                    .iter()
+                    .filter(|r| wanted(r))
+                    .map(|r| w::record(id, r))
+                    .collect();
+                (replies, store.records.len())
+            };
+            if subscribe {
+                replies.push(w::locally_complete(id));
+                let filter = filter.to_vec();
+                queries.insert(id, OpenQuery { filter, from_seq });
+            } else {
+                replies.push(w::query_closed(id, w::SUCCESS));
+            }
+            Outcome::Reply(replies)
+        }
     }
 }
 

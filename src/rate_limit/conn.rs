@@ -9,11 +9,9 @@ use std::time::Duration;
 use super::bucket::{now_ns, Bucket, Spec};
 use super::{ConnPlan, LimitAction, Submissions};
 use crate::relay::limiter::Limiter;
-use crate::relay::mosaic::{
-    GatewayMessage, MosaicMessageType, OpenQueries, QueryEvent, QUERY_CLOSED_TOO_OPEN,
-    SUBMISSION_TOO_FAST,
-};
-use crate::relay::tracker::{Admit, HEAD_BYTES, HEAD_REST};
+use crate::relay::mosaic::{OpenQueries, QueryEvent, MAX_OPEN_QUERIES};
+use crate::relay::profile::{Closed, Profile};
+use crate::relay::tracker::{Admit, HEAD_REST};
 
 /// A connection's buckets, client to upstream.
 pub(crate) struct ConnLimiter {
@@ -150,35 +148,37 @@ impl Limiter for ConnLimiter {
 
     fn mosaic_head(
         &mut self,
+        profile: Profile,
         head: &[u8],
         ended: bool,
         query: Option<QueryEvent>,
         queries: &OpenQueries,
     ) -> Admit {
-        let is_submission = head.first().copied().and_then(MosaicMessageType::from_byte)
-            == Some(MosaicMessageType::Submission);
-        if is_submission && self.plan.submissions.is_some() {
+        let submission = head.first().and_then(|&t| profile.submission_head(t));
+        if let (Some(need), true) = (submission, self.plan.submissions.is_some()) {
             // The answer echoes the record's first bytes: wait for them before deciding.
-            if head.len() < HEAD_BYTES && !ended {
+            if head.len() < need && !ended {
                 return Admit::NeedMore;
             }
             if !self.submission_passes() {
                 self.plan.refused(&self.plan.counters.submissions);
-                tracing::debug!("mosaic_submissions: answered 0x12 (too fast)");
-                return Admit::Skip(GatewayMessage::submission_result(SUBMISSION_TOO_FAST, head));
+                tracing::debug!("mosaic_submissions: answered too fast");
+                return Admit::Skip(profile.too_fast(head));
             }
         }
         let Some(ev) = query else {
             return Admit::Pass;
         };
-        if let (QueryEvent::Opened(id), Some(max)) = (ev, self.plan.open_queries) {
+        // Without `mosaic_open_queries` the built-in cap still bounds the set.
+        let max = self.plan.open_queries.unwrap_or(MAX_OPEN_QUERIES);
+        if let QueryEvent::Opened(id) = ev {
             // Only this connection's task changes the set: nothing moves between the check
             // and `apply`.
             let open = queries.with(|open| (!open.contains(&id)).then_some(open.len()));
             if let Some(open) = open.filter(|&n| n >= max) {
                 self.plan.refused(&self.plan.counters.open_queries);
-                tracing::debug!(open, "mosaic_open_queries: answered 0x11 (too open)");
-                return Admit::Skip(GatewayMessage::query_closed(id, QUERY_CLOSED_TOO_OPEN));
+                tracing::debug!(open, "mosaic_open_queries: answered Query Closed");
+                return Admit::Skip(profile.query_closed(id, Closed::TooMany));
             }
         }
         queries.apply(ev);

@@ -8,6 +8,7 @@
 use std::time::Duration;
 
 use crate::relay::mosaic::{OpenQueries, QueryEvent};
+use crate::relay::profile::Profile;
 use crate::relay::tracker::{Admit, Gate, HEAD_BYTES, HEAD_REST};
 
 /// A connection's rate limits, as the relay applies them.
@@ -28,6 +29,7 @@ pub(crate) trait Limiter: Send {
     /// which the limiter keeps up to date.
     fn mosaic_head(
         &mut self,
+        profile: Profile,
         head: &[u8],
         ended: bool,
         query: Option<QueryEvent>,
@@ -90,7 +92,14 @@ impl Gate for ConnGate<'_> {
         self.limiter.message_start()
     }
 
-    fn mosaic_head(&mut self, head: &[u8], ended: bool, query: Option<QueryEvent>) -> Admit {
-        self.limiter.mosaic_head(head, ended, query, self.queries)
+    fn mosaic_head(
+        &mut self,
+        profile: Profile,
+        head: &[u8],
+        ended: bool,
+        query: Option<QueryEvent>,
+    ) -> Admit {
+        self.limiter
+            .mosaic_head(profile, head, ended, query, self.queries)
     }
 }

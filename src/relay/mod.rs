@@ -3,5 +3,7 @@
 pub mod frame;
 pub(crate) mod limiter;
 pub mod mosaic;
+pub mod mosaic2025;
+pub mod profile;
 pub(crate) mod pump;
 pub mod tracker;

@@ -6,10 +6,12 @@
 //! operator pins that version with `validate: strict`, since later versions changed the
 //! layouts without any signal on the wire.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
 use serde::Deserialize;
+
+use crate::relay::profile::GatewayMessage;
 
 /// A record is at most 1 MiB; the longest seed-era message adds an 8-byte header.
 pub const DEFAULT_MAX_MESSAGE_BYTES: u64 = 1_048_584;
@@ -177,26 +179,40 @@ pub enum QueryEvent {
     Closed([u8; 2]),
 }
 
+/// Query ids one connection may have open when `rate_limits.mosaic_open_queries` is not
+/// set: the tracking stays bounded (a few KiB) whatever the config; a query beyond it is
+/// answered with the version's Query Closed, never forwarded.
+pub const MAX_OPEN_QUERIES: usize = 1024;
+
+/// Refusals queued for the client at most on a connection without rate limits; beyond,
+/// the client's direction stops reading until they are written.
+pub const MAX_QUEUED_REFUSALS: usize = 64;
+
+/// A connection's open query ids and the gateway's refusals waiting for the client.
+#[derive(Default)]
+struct QuerySet {
+    open: HashSet<[u8; 2]>,
+    refused: VecDeque<GatewayMessage>,
+}
+
 /// The query ids a connection's client has open.
 ///
 /// Unallocated until the first Query: most connections never open one, and an empty
 /// `HashSet` inline would cost 40 more bytes on every idle connection (hence the box). A set
-/// once allocated, because a client may open up to 65,536 queries and each Query and Close
-/// Query must stay O(1).
-#[allow(clippy::box_collection)]
+/// once allocated, so each Query and Close Query stays O(1); at most
+/// [`MAX_OPEN_QUERIES`] ids unless the operator's cap says otherwise.
 #[derive(Default)]
-pub struct OpenQueries(Mutex<Option<Box<HashSet<[u8; 2]>>>>);
+pub struct OpenQueries(Mutex<Option<Box<QuerySet>>>);
 
 impl OpenQueries {
     /// The set's slot, locked; a panic elsewhere leaves the ids consistent.
-    #[allow(clippy::box_collection)] // the box, as above
-    fn slot(&self) -> MutexGuard<'_, Option<Box<HashSet<[u8; 2]>>>> {
+    fn slot(&self) -> MutexGuard<'_, Option<Box<QuerySet>>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// Runs `f` on the set, created on first use.
     pub fn with<R>(&self, f: impl FnOnce(&mut HashSet<[u8; 2]>) -> R) -> R {
-        f(self.slot().get_or_insert_with(Box::default))
+        f(&mut self.slot().get_or_insert_with(Box::default).open)
     }
 
     /// Applies what a message head said; closing a query never allocates the set.
@@ -204,12 +220,50 @@ impl OpenQueries {
         let mut set = self.slot();
         match ev {
             QueryEvent::Opened(id) => {
-                set.get_or_insert_with(Box::default).insert(id);
+                set.get_or_insert_with(Box::default).open.insert(id);
             }
             QueryEvent::Closed(id) => {
-                if let Some(open) = set.as_mut() {
-                    open.remove(&id);
+                if let Some(s) = set.as_mut() {
+                    s.open.remove(&id);
                 }
+            }
+        }
+    }
+
+    /// Applies `ev` unless it opens a new id while `cap` are open; false then (the caller
+    /// answers the client).
+    pub fn apply_capped(&self, ev: QueryEvent, cap: usize) -> bool {
+        if let QueryEvent::Opened(id) = ev {
+            let mut set = self.slot();
+            let s = set.get_or_insert_with(Box::default);
+            if s.open.len() >= cap && !s.open.contains(&id) {
+                return false;
+            }
+            s.open.insert(id);
+            return true;
+        }
+        self.apply(ev);
+        true
+    }
+
+    /// Queues an answer for the client (a refused query); returns how many wait.
+    pub fn refuse(&self, m: GatewayMessage) -> usize {
+        let mut set = self.slot();
+        let s = set.get_or_insert_with(Box::default);
+        s.refused.push_back(m);
+        s.refused.len()
+    }
+
+    /// Answers waiting for the client.
+    pub fn refused(&self) -> usize {
+        self.slot().as_ref().map_or(0, |s| s.refused.len())
+    }
+
+    /// Takes the answers waiting for the client, in order.
+    pub fn take_refused(&self, mut each: impl FnMut(&GatewayMessage)) {
+        if let Some(s) = self.slot().as_mut() {
+            for m in s.refused.drain(..) {
+                each(&m);
             }
         }
     }
@@ -219,7 +273,7 @@ impl OpenQueries {
         self.slot()
             .take()
             .into_iter()
-            .flat_map(|open| open.into_iter())
+            .flat_map(|s| s.open.into_iter())
     }
 }
 
@@ -322,40 +376,6 @@ pub fn judge_head(
 /// Builds the Query Closed message the gateway sends for an open query while draining.
 pub fn query_closed(id: [u8; 2], code: u8) -> [u8; 4] {
     [0x82, id[0], id[1], code]
-}
-
-/// A message the gateway answers a client with itself, instead of the backend: a Query
-/// Closed or a Submission Result (at most 36 bytes, no allocation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct GatewayMessage {
-    bytes: [u8; 36],
-    len: u8,
-}
-
-impl GatewayMessage {
-    /// Query Closed with `code` for query `id`.
-    pub fn query_closed(id: [u8; 2], code: u8) -> Self {
-        let mut bytes = [0u8; 36];
-        bytes[..4].copy_from_slice(&query_closed(id, code));
-        GatewayMessage { bytes, len: 4 }
-    }
-
-    /// Submission Result with `code` for the Submission whose first bytes are `head`: it
-    /// echoes the 32 bytes from [`SUBMISSION_RECORD_OFFSET`], zero-padded when shorter.
-    pub fn submission_result(code: u8, head: &[u8]) -> Self {
-        let mut bytes = [0u8; 36];
-        bytes[0] = 0x83;
-        bytes[3] = code;
-        let id = head.get(SUBMISSION_RECORD_OFFSET..).unwrap_or(&[]);
-        let n = id.len().min(32);
-        bytes[4..4 + n].copy_from_slice(&id[..n]);
-        GatewayMessage { bytes, len: 36 }
-    }
-
-    /// The message's bytes.
-    pub fn as_bytes(&self) -> &[u8] {
-        &self.bytes[..usize::from(self.len)]
-    }
 }
 
 #[cfg(test)]

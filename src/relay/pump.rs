@@ -27,9 +27,11 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 use crate::drain::{DrainSignal, Kick};
 use crate::relay::frame::{encode_close, encode_frame};
 use crate::relay::limiter::{ConnGate, DirLimits, LimitState};
+use crate::relay::mosaic::QueryEvent;
 use crate::relay::mosaic::{
-    query_closed, Direction, GatewayMessage, OpenQueries, Violation, QUERY_CLOSED_SHUTTING_DOWN,
+    Direction, OpenQueries, Violation, MAX_OPEN_QUERIES, MAX_QUEUED_REFUSALS,
 };
+use crate::relay::profile::{Closed, Closing, GatewayMessage};
 use crate::relay::tracker::{Limited, MosaicRules, Scan, Tracker};
 
 /// Read size per wake-up; the buffer exists only while data moves.
@@ -202,8 +204,12 @@ pub struct PumpOptions {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Command {
-    /// Send Query Closed 0x30 for every open query (towards the client only).
+    /// Send Query Closed (shutting down) for every open query, and the version's Closing
+    /// where it has one (towards the client only).
     CloseQueries,
+    /// Send the version's Closing with this reason, where it has one (towards the client
+    /// only, at a message boundary): 2025's 0xFE before the gateway's own close.
+    Closing(Closing),
     /// Send a close frame with this code, then stop forwarding.
     Close(u16),
     /// Send a ping (towards the client only): a live client's pong is traffic and keeps
@@ -226,6 +232,8 @@ struct Control(AtomicU32);
 const CLOSE_QUERIES: u32 = 1;
 const PING: u32 = 2;
 const SIGNAL: u32 = 4;
+const CLOSING_BANNED: u32 = 8;
+const CLOSING_BLOCKED: u32 = 16;
 const CLOSE_SHIFT: u32 = 16;
 
 impl Command {
@@ -234,6 +242,8 @@ impl Command {
         match self {
             Command::CloseQueries => CLOSE_QUERIES,
             Command::Ping => PING,
+            Command::Closing(Closing::Banned) => CLOSING_BANNED,
+            Command::Closing(_) => CLOSING_BLOCKED,
             Command::Close(code) => u32::from(code) << CLOSE_SHIFT,
         }
     }
@@ -263,6 +273,10 @@ impl Control {
         let queued = self.0.load(Ordering::Acquire);
         if queued & CLOSE_QUERIES != 0 {
             Some(Command::CloseQueries)
+        } else if queued & CLOSING_BANNED != 0 {
+            Some(Command::Closing(Closing::Banned))
+        } else if queued & CLOSING_BLOCKED != 0 {
+            Some(Command::Closing(Closing::Blocked))
         } else if queued & PING != 0 {
             Some(Command::Ping)
         } else {
@@ -441,16 +455,18 @@ impl Shared {
         self.send(&self.to_upstream, Command::Close(code));
     }
 
-    /// Encodes the rate limits' answers waiting for the client into `out`; false if none.
+    /// Encodes the gateway's answers waiting for the client (the rate limits', the open-query
+    /// cap's) into `out`; false if none.
     fn take_answers(&self, out: &mut Vec<u8>) -> bool {
-        match self.answers.as_deref() {
-            Some(a) if a.waiting() > 0 => {
-                out.clear();
-                a.take(out);
-                true
-            }
-            _ => false,
+        out.clear();
+        if let Some(a) = self.answers.as_deref().filter(|a| a.waiting() > 0) {
+            a.take(out);
         }
+        if self.queries.refused() > 0 {
+            self.queries
+                .take_refused(|m| encode_frame(out, 0x2, m.as_bytes(), None));
+        }
+        !out.is_empty()
     }
 
     fn traffic(&self) -> Traffic {
@@ -595,7 +611,7 @@ fn forward<'a, R: Source + 'a, W: AsyncWrite + Unpin + 'a>(
             let hold = loop {
                 let pass = match limits.as_deref_mut() {
                     Some(l) if !closing => limited_scan(l, &mut tracker, pending, lane),
-                    _ => plain_scan(&mut tracker, pending, lane.shared, closing),
+                    _ => plain_scan(&mut tracker, pending, lane, closing),
                 };
                 // Only these outlive the write (a future keeps what crosses an await).
                 let (safe, used, then, after) = (pass.safe, pass.used, pass.then, pass.after);
@@ -671,7 +687,9 @@ fn forward<'a, R: Source + 'a, W: AsyncWrite + Unpin + 'a>(
                         continue;
                     }
                     let ready = match cmd {
-                        Command::CloseQueries => tracker.at_message_boundary(),
+                        Command::CloseQueries | Command::Closing(_) => {
+                            tracker.at_message_boundary()
+                        }
                         Command::Close(_) | Command::Ping => tracker.at_frame_boundary(),
                     };
                     if !ready {
@@ -682,9 +700,20 @@ fn forward<'a, R: Source + 'a, W: AsyncWrite + Unpin + 'a>(
                     let mask = (!lane.to_client()).then(random_mask);
                     match cmd {
                         Command::CloseQueries => {
-                            for id in lane.shared.queries.take() {
-                                let msg = query_closed(id, QUERY_CLOSED_SHUTTING_DOWN);
-                                encode_frame(&mut out, 0x2, &msg, mask);
+                            // In the connection's version: 2025 adds Closing after them.
+                            if let Some(p) = tracker.profile() {
+                                for id in lane.shared.queries.take() {
+                                    let m = p.query_closed(id, Closed::ShuttingDown);
+                                    encode_frame(&mut out, 0x2, m.as_bytes(), mask);
+                                }
+                                if let Some(m) = p.closing(Closing::ShuttingDown) {
+                                    encode_frame(&mut out, 0x2, m.as_bytes(), mask);
+                                }
+                            }
+                        }
+                        Command::Closing(why) => {
+                            if let Some(m) = tracker.profile().and_then(|p| p.closing(why)) {
+                                encode_frame(&mut out, 0x2, m.as_bytes(), mask);
                             }
                         }
                         Command::Ping => encode_frame(&mut out, 0x9, b"mosaic-gateway", mask),
@@ -817,13 +846,35 @@ impl Pass {
     }
 }
 
-/// Scans what was read (no rate limits): all of it may pass. While the gateway closes, it
+/// Scans what was read (no rate limits): all of it may pass, but for queries beyond the
+/// built-in open-query cap, which the gateway answers itself. While the gateway closes, it
 /// is discarded instead, up to the peer's close frame.
-fn plain_scan(tracker: &mut Tracker, pending: &BytesMut, shared: &Shared, closing: bool) -> Pass {
+fn plain_scan(
+    tracker: &mut Tracker,
+    pending: &mut BytesMut,
+    lane: Lane<'_>,
+    closing: bool,
+) -> Pass {
+    let shared = lane.shared;
     if pending.is_empty() {
         return Pass::hold(Held::No);
     }
-    let scan = tracker.scan(pending, |q| shared.queries.apply(q));
+    if !closing && shared.queries.refused() >= MAX_QUEUED_REFUSALS {
+        return Pass::hold(Held::Answers);
+    }
+    let scan = tracker.scan_queries(pending, |profile, q| {
+        if shared.queries.apply_capped(q, MAX_OPEN_QUERIES) {
+            return None;
+        }
+        match q {
+            QueryEvent::Opened(id) => Some(profile.query_closed(id, Closed::TooMany)),
+            QueryEvent::Closed(_) => None,
+        }
+    });
+    if let Some(a) = scan.answer {
+        shared.queries.refuse(a);
+        lane.nudge_peer();
+    }
     let used = scan.safe + scan.drop;
     let (safe, after) = match (closing, scan.violation) {
         (true, v) if v.is_some() || tracker.close_seen() => (0, After::PeerClosed),
@@ -834,7 +885,8 @@ fn plain_scan(tracker: &mut Tracker, pending: &BytesMut, shared: &Shared, closin
     Pass {
         safe,
         used,
-        then: Some(Held::No),
+        // A dropped message: scan on after it.
+        then: (scan.drop == 0).then_some(Held::No),
         after,
     }
 }
@@ -1233,13 +1285,17 @@ impl Clock {
     }
 
     /// The client's address is refused now (denied by a reload, banned, blocked over
-    /// NIP-86): 1008 to the client, 1001 to the upstream, at once.
-    // The Mosaic 2025 profile is to precede the client's close with Closing 0xFE, code 48
-    // for `Kick::TempBanned`, 49 otherwise.
+    /// NIP-86): 1008 to the client, 1001 to the upstream, at once. A Mosaic 2025 client hears
+    /// Closing first: IP_TEMP_BANNED 48 for a ban, IP_PERM_BANNED 49 for a block or a deny.
     fn kicked(&mut self, shared: &Shared, why: Kick) {
         self.kicked = true;
         tracing::debug!(?why, "client refused while connected: closing 1008");
         self.closer.get_or_insert(Closer::Gateway);
+        let closing = match why {
+            Kick::TempBanned => Closing::Banned,
+            Kick::Denied | Kick::PermBanned => Closing::Blocked,
+        };
+        shared.send(&shared.to_client, Command::Closing(closing));
         shared.send(&shared.to_client, Command::Close(1008));
         shared.send(&shared.to_upstream, Command::Close(1001));
         self.linger(shared.now_ms());

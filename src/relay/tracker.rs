@@ -15,17 +15,16 @@
 use std::time::Duration;
 
 use crate::relay::frame::{parse_header, unmask_into, FrameHeader, Opcode};
-use crate::relay::mosaic::{
-    judge_head, Direction, GatewayMessage, HeadVerdict, QueryEvent, Validation, Violation,
-};
+use crate::relay::mosaic::{Direction, HeadVerdict, QueryEvent, Violation};
+use crate::relay::profile::{GatewayMessage, Profile};
 
 /// Bytes a held Mosaic message head may span (interleaved control frames included) before
 /// the peer is judged to be stalling the gateway.
 const MAX_HELD_BYTES: usize = 64 * 1024;
 
-/// A message's first bytes a gate may see: enough for every seed-era layout (8), and for a
-/// Submission's type, length and the 32 record-id bytes a Submission Result echoes.
-pub const HEAD_BYTES: usize = 36;
+/// A message's first bytes a gate may see: enough for every header (8), and for the 32
+/// record-id bytes a Submission Result echoes (the seed's [4:36], 2025's [8:40]).
+pub const HEAD_BYTES: usize = 40;
 
 /// The head bytes past the eighth, which a gate that asks for them keeps itself: the
 /// tracker holds 8, so connections without such a gate carry no more.
@@ -63,14 +62,45 @@ pub trait Gate {
     }
     /// A data message starts: its first frame header is in.
     fn message_start(&mut self) -> Admit;
-    /// A client's Mosaic message passed the rules: `head` is its first bytes (up to
-    /// [`HEAD_BYTES`]), `ended` says the message has no more, `query` is the query
+    /// A client's Mosaic message passed the rules of `profile`: `head` is its first bytes
+    /// (up to [`HEAD_BYTES`]), `ended` says the message has no more, `query` is the query
     /// bookkeeping it implies (applied by the gate).
-    fn mosaic_head(&mut self, head: &[u8], ended: bool, query: Option<QueryEvent>) -> Admit;
+    fn mosaic_head(
+        &mut self,
+        profile: Profile,
+        head: &[u8],
+        ended: bool,
+        query: Option<QueryEvent>,
+    ) -> Admit;
 }
 
 /// The gate of connections without limits: every message passes, query events are reported.
 struct Queries<F>(F);
+
+/// The gate of Mosaic connections without limits: query events are reported, and a query
+/// the callback answers (the built-in open-query cap) is skipped.
+struct CappedQueries<F>(F);
+
+impl<F: FnMut(Profile, QueryEvent) -> Option<GatewayMessage>> Gate for CappedQueries<F> {
+    #[inline(always)]
+    fn message_start(&mut self) -> Admit {
+        Admit::Pass
+    }
+
+    #[inline(always)]
+    fn mosaic_head(
+        &mut self,
+        profile: Profile,
+        _head: &[u8],
+        _ended: bool,
+        query: Option<QueryEvent>,
+    ) -> Admit {
+        match query.and_then(|q| (self.0)(profile, q)) {
+            Some(answer) => Admit::Skip(answer),
+            None => Admit::Pass,
+        }
+    }
+}
 
 impl<F: FnMut(QueryEvent)> Gate for Queries<F> {
     #[inline(always)]
@@ -79,7 +109,13 @@ impl<F: FnMut(QueryEvent)> Gate for Queries<F> {
     }
 
     #[inline(always)]
-    fn mosaic_head(&mut self, _head: &[u8], _ended: bool, query: Option<QueryEvent>) -> Admit {
+    fn mosaic_head(
+        &mut self,
+        _profile: Profile,
+        _head: &[u8],
+        _ended: bool,
+        query: Option<QueryEvent>,
+    ) -> Admit {
         if let Some(q) = query {
             (self.0)(q);
         }
@@ -90,8 +126,8 @@ impl<F: FnMut(QueryEvent)> Gate for Queries<F> {
 /// The Mosaic rules applied to one direction.
 #[derive(Debug, Clone, Copy)]
 pub struct MosaicRules {
-    /// Strict layouts or direction only.
-    pub validation: Validation,
+    /// The connection's Mosaic version and validation level.
+    pub profile: Profile,
     /// Largest message allowed, in bytes.
     pub max_message_bytes: u64,
 }
@@ -196,6 +232,11 @@ impl Tracker {
             close_seen: false,
             messages: 0,
         }
+    }
+
+    /// The Mosaic profile this direction is judged by, until the tracker turns transparent.
+    pub fn profile(&self) -> Option<Profile> {
+        self.rules.map(|r| r.profile)
     }
 
     /// Complete data messages seen so far.
@@ -307,6 +348,17 @@ impl Tracker {
         let mut run = None;
         let stop = self.scan_inner(buf, &mut Queries(on_query), &mut run);
         self.scan_result(stop, run, None)
+    }
+
+    /// [`Tracker::scan`] for a connection without rate limits that still caps its open
+    /// queries: `on_query` applies each event, or returns the answer to a query it refuses
+    /// (that message is then dropped as in [`Tracker::scan_gated`]).
+    pub fn scan_queries(
+        &mut self,
+        buf: &mut [u8],
+        on_query: impl FnMut(Profile, QueryEvent) -> Option<GatewayMessage>,
+    ) -> Scan {
+        self.scan_gated(buf, &mut CappedQueries(on_query))
     }
 
     /// [`Tracker::scan`] with the gateway's limits deciding at message boundaries. Stops at
@@ -484,12 +536,12 @@ impl Tracker {
                 };
                 // The message ends here when this is its last frame and the chunk is the rest.
                 let ended = fin && take == chunk.len() && remaining_after == 0;
-                match judge_head(self.dir, rules.validation, head, ended)? {
+                match rules.profile.judge(self.dir, head, ended)? {
                     HeadVerdict::Accept {
                         expected_len,
                         query,
                     } => {
-                        match gate.mosaic_head(head, ended, query) {
+                        match gate.mosaic_head(rules.profile, head, ended, query) {
                             Admit::NeedMore if filled < want && !ended => {}
                             verdict => {
                                 self.judged = true;
@@ -560,10 +612,11 @@ fn compact_controls(region: &mut [u8]) -> usize {
 mod tests {
     use super::*;
     use crate::relay::frame::encode_frame;
+    use crate::relay::mosaic::Validation;
 
     fn rules() -> Option<MosaicRules> {
         Some(MosaicRules {
-            validation: Validation::Strict,
+            profile: Profile::Seed(Validation::Strict),
             max_message_bytes: 1_048_584,
         })
     }
@@ -637,7 +690,7 @@ mod tests {
         let mut t = Tracker::new(
             Direction::UpstreamToClient,
             Some(MosaicRules {
-                validation: Validation::Direction,
+                profile: Profile::Seed(Validation::Direction),
                 max_message_bytes: 10,
             }),
         );
@@ -676,14 +729,20 @@ mod tests {
             Admit::Pass
         }
 
-        fn mosaic_head(&mut self, head: &[u8], ended: bool, q: Option<QueryEvent>) -> Admit {
+        fn mosaic_head(
+            &mut self,
+            profile: Profile,
+            head: &[u8],
+            ended: bool,
+            q: Option<QueryEvent>,
+        ) -> Admit {
             self.heads.push(head.len());
             if head[0] == 0x03 {
                 if head.len() < HEAD_BYTES && !ended {
                     return Admit::NeedMore;
                 }
                 if head.get(4) == Some(&0xEE) {
-                    return Admit::Skip(GatewayMessage::submission_result(0x12, head));
+                    return Admit::Skip(profile.too_fast(head));
                 }
             }
             self.queries.extend(q);
@@ -730,8 +789,8 @@ mod tests {
         assert_eq!((s.safe, s.drop), (after.len(), 0));
         assert!(s.answer.is_none());
         assert_eq!(t.messages(), 1, "only the forwarded message counts");
-        // Asked again until the record id was in: 10 bytes, then 36.
-        assert_eq!(gate.heads, vec![10, 36, 36]);
+        // Asked again until the record id was in: 10 bytes, then 40.
+        assert_eq!(gate.heads, vec![10, 40, 40]);
     }
 
     #[test]

@@ -368,9 +368,8 @@ impl TlsTerminator {
             schemes: hello.signature_schemes(),
         };
         let client_raw = usize::from(offers_raw(hello.client_cert_types()));
-        let ask_key = self.client_auth == ClientAuth::Required
-            || h.schemes.contains(&SignatureScheme::ED25519);
         let choice = self.selector.choose(&h);
+        let ask_key = self.asks_for_key(&choice, &h, client_raw == 1);
         let challenge = matches!(choice, Served::AcmeChallenge);
         let x509 = || self.configs.x509[client_raw][usize::from(ask_key)].clone();
         let config = match choice {
@@ -405,6 +404,23 @@ impl TlsTerminator {
             })?),
         };
         Ok((stream, client_key))
+    }
+}
+
+impl TlsTerminator {
+    /// Whether the handshake sends a CertificateRequest. `required` always does. With
+    /// `optional`, a CA-chain certificate (a browser's or a Mosaic 2025 client's name) asks
+    /// only a client that offered a raw-public-key client certificate (RFC 7250): 2025
+    /// clients use no client certificates and some cannot answer the request at all; the
+    /// raw-key and self-signed paths ask every client that can sign with Ed25519.
+    fn asks_for_key(&self, choice: &Served, h: &Hello<'_>, client_raw: bool) -> bool {
+        if self.client_auth == ClientAuth::Required {
+            return true;
+        }
+        match choice {
+            Served::Chain(_) => client_raw,
+            _ => h.schemes.contains(&SignatureScheme::ED25519),
+        }
     }
 }
 

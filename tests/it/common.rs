@@ -541,6 +541,32 @@ where
     F: Fn(WebSocketStream<TcpStream>) -> Fut + Send + Sync + 'static,
     Fut: std::future::Future<Output = ()> + Send + 'static,
 {
+    scripted_backend("mosaic2024", serve).await
+}
+
+/// A backend that accepts any upgrade answering `token`, sends `bad` (if any) to the client
+/// at once, then reads and answers nothing.
+pub async fn rogue_backend(token: &'static str, bad: Option<Vec<u8>>) -> SocketAddr {
+    scripted_backend(token, move |mut ws| {
+        let bad = bad.clone();
+        async move {
+            if let Some(bad) = bad {
+                let _ = ws.send(Message::Binary(bad.into())).await;
+            }
+            // Read until the gateway closes us.
+            while let Some(Ok(_)) = ws.next().await {}
+        }
+    })
+    .await
+}
+
+/// A backend on loopback that accepts upgrades answering `token` and runs `serve` on each
+/// connection.
+pub async fn scripted_backend<F, Fut>(token: &'static str, serve: F) -> SocketAddr
+where
+    F: Fn(WebSocketStream<TcpStream>) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     use tokio_tungstenite::tungstenite::handshake::server::{Request, Response};
     let l = tokio::net::TcpListener::bind(any_port()).await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -552,7 +578,7 @@ where
                 #[allow(clippy::result_large_err)] // tungstenite's callback signature
                 let cb = |_: &Request, mut r: Response| {
                     r.headers_mut()
-                        .insert("sec-websocket-protocol", "mosaic2024".parse().unwrap());
+                        .insert("sec-websocket-protocol", HeaderValue::from_static(token));
                     Ok(r)
                 };
                 if let Ok(ws) = tokio_tungstenite::accept_hdr_async(s, cb).await {

@@ -89,6 +89,34 @@ fn each_mistake_names_its_key() {
             "mosaic.features[0]:",
         ),
         (
+            "mosaic:\n  features: [\"a,b\"]\n  backends:\n    - url: ws://a:1\n",
+            "mosaic.features[0]:",
+        ),
+        (
+            "mosaic:\n  subprotocols: [mosaic2026]\n  backends:\n    - url: ws://a:1\n",
+            "mosaic.subprotocols[0]: `mosaic2026` is not a Mosaic version token",
+        ),
+        (
+            "mosaic:\n  validate: { mosaic2026: direction }\n  backends:\n    - url: ws://a:1\n",
+            "mosaic.validate.mosaic2026: not a Mosaic version token",
+        ),
+        (
+            "mosaic:\n  validate: { mosaic2025: \"0.9\" }\n  backends:\n    - url: ws://a:1\n",
+            "mosaic.validate.mosaic2025: `0.9` is not a level of mosaic2025",
+        ),
+        (
+            "mosaic:\n  validate: { mosaic2024: \"0.8\" }\n  backends:\n    - url: ws://a:1\n",
+            "mosaic.validate.mosaic2024: `0.8` is not a level of mosaic2024",
+        ),
+        (
+            "mosaic:\n  validate: loose\n  backends:\n    - url: ws://a:1\n",
+            "mosaic.validate: `loose` is not a level",
+        ),
+        (
+            "mosaic:\n  server_authentication: gateway\n  backends:\n    - url: ws://a:1\n",
+            "mosaic.server_key_file:",
+        ),
+        (
             "mosaic:\n  max_message_bytes: 3\n  backends:\n    - url: ws://a:1\n",
             "mosaic.max_message_bytes:",
         ),

@@ -516,7 +516,7 @@ async fn mosaic_subprotocol_token_rules() {
     let rejected: [&[&str]; 4] = [
         &[],
         &["Mosaic2024"],
-        &["mosaic2025"],
+        &["Mosaic2025"],
         &["nostr, mosaic2024x"],
     ];
     for rejected in rejected {
@@ -536,6 +536,14 @@ async fn mosaic_subprotocol_token_rules() {
             "{head}"
         );
     }
+    // Both versions: its own order decides, 2025 first.
+    for both in [&["mosaic2024, mosaic2025"][..], &["mosaic2025"]] {
+        let head = raw_head(addr, &upgrade_request(both)).await;
+        assert!(
+            head.contains("\r\nsec-websocket-protocol: mosaic2025\r\n"),
+            "{head}"
+        );
+    }
 
     // The same through a real client: the handshake error carries the 400.
     let err = tokio_tungstenite::connect_async(format!("ws://{addr}/"))
@@ -545,7 +553,7 @@ async fn mosaic_subprotocol_token_rules() {
         tungstenite::Error::Http(resp) => assert_eq!(resp.status(), StatusCode::BAD_REQUEST),
         other => panic!("expected HTTP 400, got {other:?}"),
     }
-    assert_eq!(backend.request_headers().len(), 3);
+    assert_eq!(backend.request_headers().len(), 5);
 }
 
 #[tokio::test]

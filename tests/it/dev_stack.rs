@@ -64,6 +64,18 @@ async fn dev_serves_mosaic_over_ws_and_wss_and_nostr_from_one_command() {
     let res = recv(&mut m).await;
     assert_eq!((res[0], res[3]), (0x83, 0x01));
 
+    // A Mosaic 2025 client on the same port, as README's example: Submission → ACCEPTED.
+    let mut m25 = RawWs::connect(ws_addr, &["Sec-WebSocket-Protocol: mosaic2025"])
+        .await
+        .unwrap();
+    let record: Vec<u8> = (0u8..64).collect();
+    m25.send_binary(&mosaic_gateway::dev::mosaic2025::wire::submission(&record))
+        .await;
+    match m25.read().await {
+        RawMessage::Binary(r) => assert_eq!(r[..8], [0x83, 40, 0, 0, 2, 0, 0, 0]),
+        other => panic!("expected a Submission Result, got {other:?}"),
+    }
+
     // nostr over the same port.
     let (mut n, _) = connect(ws_addr, &[]).await.unwrap();
     n.send(Message::Text(r#"["REQ","a",{"limit":1}]"#.into()))

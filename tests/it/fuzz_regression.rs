@@ -75,6 +75,11 @@ fn frame_tracker() {
 }
 
 #[test]
+fn tracker_2025() {
+    replay("tracker_2025");
+}
+
+#[test]
 fn mosaic_head() {
     replay("mosaic_head");
 }

@@ -481,7 +481,8 @@ async fn mosaic_hello_headers_pass_both_ways_on_an_h2_stream() {
         any_port(),
         mosaic_gateway::dev::mosaic_backend::MosaicBackendOptions {
             features: vec!["alpha".into()],
-            subprotocol: "mosaic2025".into(),
+            subprotocols: vec!["mosaic2025".into()],
+            ..Default::default()
         },
     )
     .await
@@ -500,14 +501,14 @@ async fn mosaic_hello_headers_pass_both_ways_on_an_h2_stream() {
         &[
             ("sec-websocket-protocol", "mosaic2025"),
             ("x-mosaic-versions", "2025"),
-            ("x-mosaic-features", "alpha;beta"),
+            ("x-mosaic-features", "alpha,beta"),
         ],
     )
     .await
     .expect("mosaic2025 over h2 accepted");
     assert_eq!(header(&resp, "sec-websocket-protocol"), Some("mosaic2025"));
-    assert_eq!(header(&resp, "x-mosaic-features"), Some("alpha"));
+    assert_eq!(header(&resp, "x-mosaic-features-accepted"), Some("alpha"));
     let h = backend.last_request_headers().unwrap();
     assert_eq!(h["x-mosaic-versions"], "2025");
-    assert_eq!(h["x-mosaic-features"], "alpha;beta");
+    assert_eq!(h["x-mosaic-features"], "alpha,beta");
 }

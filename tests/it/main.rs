@@ -23,6 +23,7 @@ mod http2;
 mod memory_after_spike;
 // Named like the crate: only here at the root does `mosaic_gateway` mean this module, so
 // write `::mosaic_gateway` for the crate in this file; the modules are unaffected.
+mod mosaic2025;
 mod mosaic_gateway;
 mod nostr_gateway;
 mod observability;

@@ -326,17 +326,8 @@ async fn oversized_message_is_closed_with_1009_before_it_reaches_the_backend() {
 }
 
 /// A misbehaving backend: accepts the Mosaic upgrade, then sends `bad` to the client.
-#[allow(clippy::result_large_err)] // tungstenite's callback signature, not ours
 async fn rogue_backend(bad: Vec<u8>) -> std::net::SocketAddr {
-    scripted_mosaic_backend(move |mut ws| {
-        let bad = bad.clone();
-        async move {
-            let _ = ws.send(Message::Binary(bad.into())).await;
-            // Read until the gateway closes us.
-            while let Some(Ok(_)) = ws.next().await {}
-        }
-    })
-    .await
+    crate::common::rogue_backend("mosaic2024", Some(bad)).await
 }
 
 #[tokio::test]
@@ -561,43 +552,4 @@ async fn a_close_due_mid_frame_waits_for_the_frame_to_end() {
         RawMessage::Binary(wire::record([1, 1], &record))
     );
     assert_eq!(ws.close_code().await, Some(1003));
-}
-
-#[tokio::test]
-async fn later_spec_tokens_pass_every_x_mosaic_header_both_ways() {
-    let backend = mosaic_gateway::dev::mosaic_backend::MosaicBackend::spawn(
-        any_port(),
-        mosaic_gateway::dev::mosaic_backend::MosaicBackendOptions {
-            features: vec!["alpha".into()],
-            subprotocol: "mosaic2025".into(),
-        },
-    )
-    .await
-    .unwrap();
-    let gw = gateway_for(
-        &backend,
-        None,
-        "  subprotocols: [mosaic2024, mosaic2025]\n  health_check: { interval: 60s }\n",
-    )
-    .await;
-    let ws = RawWs::connect(
-        gw.public_addr,
-        &[
-            "Sec-WebSocket-Protocol: mosaic2025",
-            "X-Mosaic-Versions: 2025",
-            "X-Mosaic-Features: alpha;beta",
-        ],
-    )
-    .await
-    .unwrap();
-    let resp = ws.response.to_ascii_lowercase();
-    assert!(
-        resp.contains("sec-websocket-protocol: mosaic2025\r\n"),
-        "{resp}"
-    );
-    // The backend's answer passes as it is: the gateway owns no mosaic2025 negotiation.
-    assert!(resp.contains("x-mosaic-features: alpha\r\n"), "{resp}");
-    let h = backend.last_request_headers().unwrap();
-    assert_eq!(h["x-mosaic-versions"], "2025");
-    assert_eq!(h["x-mosaic-features"], "alpha;beta");
 }

@@ -148,6 +148,7 @@ fn expected_zero_series() -> Vec<(String, Labels)> {
         "head_too_large",
         "bad_host",
         "bad_target",
+        "bad_hello",
         "malformed_request",
         "route_max_connections",
         "unknown_route",

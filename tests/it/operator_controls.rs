@@ -476,6 +476,9 @@ async fn a_reload_that_denies_an_address_closes_its_open_websockets_while_anothe
     let mut denied_mosaic = ws_as("127.0.0.8", gw.public_addr, Some("mosaic2024"))
         .await
         .unwrap();
+    let mut denied_2025 = ws_as("127.0.0.8", gw.public_addr, Some("mosaic2025"))
+        .await
+        .unwrap();
     let mut kept = ws_from("127.0.0.9", gw.public_addr).await.unwrap();
     echoes(&mut denied, "one").await;
     echoes(&mut kept, "one").await;
@@ -491,6 +494,9 @@ async fn a_reload_that_denies_an_address_closes_its_open_websockets_while_anothe
         reloaded_at.elapsed()
     );
     assert_eq!(close_code(&mut denied_mosaic).await, Some(1008));
+    // A Mosaic 2025 client hears why first: Closing 0xFE with IP_PERM_BANNED 49.
+    assert_eq!(recv(&mut denied_2025).await, [0xFE, 49, 0, 0, 0, 0, 0, 0]);
+    assert_eq!(close_code(&mut denied_2025).await, Some(1008));
     echoes(&mut kept, "two").await;
     assert!(closed_at_accept("127.0.0.8", gw.public_addr).await);
     // Counted once the closed connection's task ends.
@@ -498,7 +504,7 @@ async fn a_reload_that_denies_an_address_closes_its_open_websockets_while_anothe
     while metric(
         &metrics(&gw).await,
         "mosaic_gateway_closes_sent_total{code=\"1008\"}",
-    ) < 2.0
+    ) < 3.0
     {
         assert!(
             start.elapsed() < T,

@@ -244,12 +244,7 @@ async fn verifying_clients_get_the_ca_chain_for_each_name_and_reach_the_relay() 
 
 #[tokio::test]
 async fn openssl_verifies_the_chain_and_the_host_name_per_sni() {
-    if std::process::Command::new("openssl")
-        .arg("version")
-        .output()
-        .is_err()
-    {
-        eprintln!("skipped: openssl not installed (.ci/run installs it)");
+    if openssl_missing() {
         return;
     }
     let ca = TestCa::new();
@@ -342,7 +337,9 @@ async fn mosaic_clients_keep_the_raw_key_and_the_self_signed_master_certificate(
         Some(mopub.clone())
     );
 
-    // Rule 3 with a client key: the CA chain for the name, and the client's key upstream.
+    // Rule 3 with a client key: the CA chain for the name, and no CertificateRequest under
+    // `optional` (Mosaic 2025 clients use none, some cannot answer one): the client stays
+    // anonymous there; raw keys (above) and `required` still carry its key.
     let s = handshake(
         gw.public_addr,
         verifying_client(&ca, Some(&me)),
@@ -352,7 +349,7 @@ async fn mosaic_clients_keep_the_raw_key_and_the_self_signed_master_certificate(
     .expect("CA chain with a client key");
     assert_eq!(served_leaf(&s), relay_cert.leaf);
     mosaic_upgrade(s, "ca-chain").await;
-    assert_eq!(client_key_seen(&backend, "ca-chain"), Some(mopub));
+    assert_eq!(client_key_seen(&backend, "ca-chain"), None);
 
     // A browser-like client (no Ed25519) gets the chain and is not asked for a key.
     let s = handshake(gw.public_addr, verifying_client(&ca, None), "relay.test")
@@ -599,4 +596,96 @@ async fn sighup_rereads_the_certificate_files_at_once() {
         .await
         .unwrap();
     assert_eq!(served_leaf(&s), renewed.leaf);
+}
+
+/// The handshake messages `openssl s_client -msg` saw, connecting with `args`.
+async fn openssl_handshake_messages(addr: std::net::SocketAddr, args: &[&str]) -> String {
+    let out = tokio::process::Command::new("openssl")
+        .args(["s_client", "-connect"])
+        .arg(addr.to_string())
+        .args(args)
+        .args(["-msg", "-alpn", "http/1.1"])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// Mosaic 2025 clients use no client certificates, and one built on Zig's TLS library fails
+/// the handshake on a CertificateRequest: on a CA-chain name the default `client_auth:
+/// optional` sends none, even to a client that offers Ed25519 (OpenSSL does). The
+/// self-signed master certificate (no SNI) still asks, for 2024 clients' keys.
+#[tokio::test]
+async fn a_ca_chain_name_sends_no_certificate_request_with_the_default_client_auth() {
+    if openssl_missing() {
+        return;
+    }
+    let ca = TestCa::new();
+    let relay_cert = ca.issue("relay", &["relay.test"], 90);
+    let (master, _pin) = master_key(ca.dir.path());
+    let (gw, _relay, _backend) =
+        edge_gateway(&tls_section(Some(&master), &[&relay_cert], "")).await;
+    let ca_file = ca.ca_file();
+    let ca_file = ca_file.to_string_lossy();
+    for version in ["-tls1_3", "-tls1_2"] {
+        let chain = openssl_handshake_messages(
+            gw.public_addr,
+            &[version, "-servername", "relay.test", "-CAfile", &ca_file],
+        )
+        .await;
+        assert!(chain.contains("ServerHello"), "{version}: {chain}");
+        assert!(
+            chain.contains("Verify return code: 0"),
+            "{version}: {chain}"
+        );
+        assert!(
+            !chain.contains("CertificateRequest"),
+            "{version}: a CertificateRequest on the CA-chain name: {chain}"
+        );
+    }
+    // A 2025 client over wss:// on the CA-chain name, with the default config: served.
+    let s = handshake(gw.public_addr, verifying_client(&ca, None), "relay.test")
+        .await
+        .expect("CA chain");
+    {
+        use futures_util::{SinkExt, StreamExt};
+        use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+        let mut req = "wss://relay.test/".into_client_request().unwrap();
+        req.headers_mut()
+            .insert("sec-websocket-protocol", "mosaic2025".parse().unwrap());
+        let (mut ws, resp) = tokio_tungstenite::client_async(req, s).await.unwrap();
+        assert_eq!(resp.headers()["sec-websocket-protocol"], "mosaic2025");
+        let record: Vec<u8> = (0u8..64).collect();
+        let sub = mosaic_gateway::dev::mosaic2025::wire::submission(&record);
+        ws.send(Message::Binary(sub.into())).await.unwrap();
+        let answer = tokio::time::timeout(T, ws.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(answer.into_data()[..8], [0x83, 40, 0, 0, 2, 0, 0, 0]);
+    }
+    let master_path =
+        openssl_handshake_messages(gw.public_addr, &["-tls1_3", "-noservername"]).await;
+    assert!(
+        master_path.contains("CertificateRequest"),
+        "the self-signed path asks Ed25519 clients for their key: {master_path}"
+    );
+}
+
+/// Whether `openssl` cannot be run (said once, as a skip).
+fn openssl_missing() -> bool {
+    let missing = std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_err();
+    if missing {
+        eprintln!("skipped: openssl not installed (.ci/run installs it)");
+    }
+    missing
 }
