@@ -8,6 +8,8 @@
 //! inspecting Mosaic messages in flight. Each stage knows only the stages after it; the
 //! shared state they read ([`App`], [`Gateway`]) depends on none of them.
 #![deny(missing_docs)]
+// The one call that needs `unsafe` (mimalloc's collect) lives in the binary, `main.rs`.
+#![forbid(unsafe_code)]
 
 mod acme_http;
 mod admin;
