@@ -11,7 +11,9 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use tokio::sync::Notify;
 
@@ -81,7 +83,7 @@ impl Permit {
         if self.prefix != 0 {
             return Ok(());
         }
-        let mut map = self.limits.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.limits.per_ip.lock();
         let prefix = caps.ipv6_prefix.max(1);
         let n = map.entry(network(client, prefix)).or_insert(0);
         if *n >= caps.max_per_ip {
@@ -109,7 +111,7 @@ impl Limits {
         per_client: bool,
         caps: Caps,
     ) -> Result<Permit, LimitHit> {
-        let mut map = self.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.per_ip.lock();
         if self.total.load(Ordering::Relaxed) >= caps.max_total {
             return Err(LimitHit::Global);
         }
@@ -133,7 +135,7 @@ impl Limits {
 
 impl Drop for Permit {
     fn drop(&mut self) {
-        let mut map = self.limits.per_ip.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.limits.per_ip.lock();
         if self.prefix != 0 {
             let key = network(self.ip, self.prefix);
             if let Some(n) = map.get_mut(&key) {

@@ -6,7 +6,9 @@
 //! bytes the fast path already read.
 
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -96,7 +98,7 @@ impl PermitSlot {
     /// The connection's place for a WebSocket, or a new one (each further WebSocket of an
     /// HTTP/2 connection is a connection of its own for the limits).
     pub(crate) fn take(&self, app: &App, info: &ConnInfo) -> Admission {
-        let permit = self.0.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let permit = self.0.lock().take();
         match permit {
             Some(p) => Ok(p),
             None => app.admit(&app.gateway(), info.peer.ip()),

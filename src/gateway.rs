@@ -7,7 +7,9 @@ use std::collections::HashSet;
 use std::hash::{Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
 
 use tokio::sync::watch;
 
@@ -286,19 +288,15 @@ impl App {
 
     /// The generation new connections use.
     pub fn gateway(&self) -> Arc<Gateway> {
-        self.current
-            .read()
-            .map(|g| g.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        self.current.read().clone()
     }
 
     /// Makes `g` the generation for new connections; its access lists and exemptions
     /// apply to open connections too (the enforcer closes the ones now refused).
     pub fn swap(&self, g: Gateway) {
-        if let Ok(mut cur) = self.current.write() {
-            g.rate.adopt();
-            *cur = Arc::new(g);
-        }
+        let mut cur = self.current.write();
+        g.rate.adopt();
+        *cur = Arc::new(g);
     }
 
     /// The table of standing (access lists, exemptions, bans), shared by every generation.
@@ -390,23 +388,23 @@ impl Hash for Registered {
 impl Relayed {
     pub(crate) fn register(&self, client: std::net::IpAddr) -> Arc<DrainSignal> {
         let signal = Arc::new(DrainSignal::new(client));
-        lock(&self.conns).insert(Registered(signal.clone()));
+        self.conns.lock().insert(Registered(signal.clone()));
         // Checked after inserting: a drain that started meanwhile has either seen this
         // connection in the set or is seen here.
-        if let Some(close_by) = *lock(&self.draining) {
+        if let Some(close_by) = *self.draining.lock() {
             signal.fire(close_by);
         }
         signal
     }
 
     pub(crate) fn unregister(&self, signal: &Arc<DrainSignal>) {
-        lock(&self.conns).remove(&Registered(signal.clone()));
+        self.conns.lock().remove(&Registered(signal.clone()));
     }
 
     /// Kicks every relayed connection `why` has a reason for (by its client's address);
     /// how many were kicked now.
     pub(crate) fn kick_where(&self, why: impl Fn(std::net::IpAddr) -> Option<Kick>) -> usize {
-        let conns = lock(&self.conns);
+        let conns = self.conns.lock();
         conns
             .iter()
             .filter(|s| why(s.0.client()).is_some_and(|k| s.0.kick(k)))
@@ -415,16 +413,11 @@ impl Relayed {
 
     /// Tells every relayed connection, present and future, to drain by `close_by`.
     pub fn drain_all(&self, close_by: tokio::time::Instant) {
-        *lock(&self.draining) = Some(close_by);
-        for s in lock(&self.conns).iter() {
+        *self.draining.lock() = Some(close_by);
+        for s in self.conns.lock().iter() {
             s.0.fire(close_by);
         }
     }
-}
-
-/// Locks a mutex whose data stays consistent even if a holder panicked.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// What the gateway knows about one accepted connection before HTTP starts.
@@ -450,7 +443,7 @@ mod tests {
         let ip = std::net::IpAddr::from([192, 0, 2, 1]);
         let (kept, gone) = (relayed.register(ip), relayed.register(ip));
         relayed.unregister(&gone);
-        assert_eq!(super::lock(&relayed.conns).len(), 1);
+        assert_eq!(relayed.conns.lock().len(), 1);
         let close_by = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
         relayed.drain_all(close_by);
         // Told, with the deadline (kept to the millisecond).

@@ -9,7 +9,9 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Weak};
+
+use parking_lot::{Mutex, RwLock};
 use std::time::{Duration, SystemTime};
 
 use crate::config::{BackendConfig, Balance, HealthCheckConfig, Scheme, UpstreamUrl};
@@ -109,7 +111,7 @@ impl Backend {
 
     /// Records the outcome of a check (for the status page).
     pub fn note_check(&self, ok: bool, detail: impl Into<String>) {
-        *lock(&self.last_check) = Some(CheckOutcome {
+        *self.last_check.lock() = Some(CheckOutcome {
             at: SystemTime::now(),
             ok,
             detail: detail.into(),
@@ -118,7 +120,7 @@ impl Backend {
 
     /// The last check's outcome, if one finished yet.
     pub fn last_check(&self) -> Option<CheckOutcome> {
-        lock(&self.last_check).clone()
+        self.last_check.lock().clone()
     }
 
     /// Whether `other` describes the same backend (so a rebuilt list may keep this one).
@@ -169,11 +171,6 @@ pub struct Pool {
     metrics: Arc<Metrics>,
     /// Removed backends whose open connections still run (for the status page).
     removed: Mutex<Vec<Weak<Backend>>>,
-}
-
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    // Poisoning only means another task panicked mid-update; the data is still usable.
-    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The backends `spec` describes right now: every `url:` entry, and every last resolved
@@ -241,21 +238,18 @@ impl Pool {
             resolved: HashMap::new(),
         };
         let pool = Pool::new(route, name, desired(&spec), balance, metrics);
-        *lock(&pool.spec) = spec;
+        *pool.spec.lock() = spec;
         pool
     }
 
     /// The current backends (draining ones are no longer listed).
     pub fn backends(&self) -> Arc<Vec<Arc<Backend>>> {
-        self.backends
-            .read()
-            .map(|g| g.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        self.backends.read().clone()
     }
 
     /// Removed backends that still carry open connections (they take no new ones).
     pub fn draining_backends(&self) -> Vec<Arc<Backend>> {
-        let mut removed = lock(&self.removed);
+        let mut removed = self.removed.lock();
         let alive: Vec<Arc<Backend>> = removed
             .iter()
             .filter_map(Weak::upgrade)
@@ -267,10 +261,7 @@ impl Pool {
 
     /// The balancing algorithm in force.
     pub fn balance(&self) -> Balance {
-        self.balance
-            .read()
-            .map(|g| *g)
-            .unwrap_or_else(|p| *p.into_inner())
+        *self.balance.read()
     }
 
     /// Whether any backend takes new connections.
@@ -344,7 +335,7 @@ impl Pool {
 
     fn set_health(&self, b: &Backend, healthy: bool) {
         // Serialised with list changes so a late check cannot resurrect a removed label.
-        let _spec = lock(&self.spec);
+        let _spec = self.spec.lock();
         let was = b.healthy.swap(healthy, Ordering::Relaxed);
         if b.is_draining() {
             return;
@@ -391,7 +382,7 @@ impl Pool {
     /// and weight) keep its state, removed ones drain (open connections continue, no new
     /// ones).
     pub fn replace(&self, new: Vec<Arc<Backend>>) {
-        let _spec = lock(&self.spec);
+        let _spec = self.spec.lock();
         self.install(new);
     }
 
@@ -420,7 +411,7 @@ impl Pool {
             if o.active() > 0 {
                 // Pruned here too, not only when the status page reads it: DNS churn with
                 // nobody looking must not grow the list.
-                let mut removed = lock(&self.removed);
+                let mut removed = self.removed.lock();
                 removed.retain(|w| w.strong_count() > 0);
                 removed.push(Arc::downgrade(o));
                 drop(removed);
@@ -443,27 +434,23 @@ impl Pool {
                 .with_label_values(&[&self.route, self.name, &m.label])
                 .set(i64::from(m.is_healthy()));
         }
-        if let Ok(mut g) = self.backends.write() {
-            *g = Arc::new(merged);
-        }
+        *self.backends.write() = Arc::new(merged);
     }
 
     /// Applies a reloaded config: new entries and balancing; backends that stay keep
     /// their health and connection counts, DNS answers for names still listed are kept.
     pub fn reconfigure(&self, entries: &[BackendConfig], balance: Balance) {
-        let mut spec = lock(&self.spec);
+        let mut spec = self.spec.lock();
         spec.entries = entries.to_vec();
         let listed: Vec<String> = dns_names(&spec.entries);
         spec.resolved.retain(|k, _| listed.contains(k));
-        if let Ok(mut b) = self.balance.write() {
-            *b = balance;
-        }
+        *self.balance.write() = balance;
         self.install(desired(&spec));
     }
 
     /// The distinct `dns:` entries (`name:port`) this pool resolves.
     pub fn dns_entries(&self) -> Vec<String> {
-        dns_names(&lock(&self.spec).entries)
+        dns_names(&self.spec.lock().entries)
     }
 
     /// Records the addresses `entry` resolves to now; returns whether the backend list
@@ -472,7 +459,7 @@ impl Pool {
         let mut addrs = addrs.to_vec();
         addrs.sort();
         addrs.dedup();
-        let mut spec = lock(&self.spec);
+        let mut spec = self.spec.lock();
         if !spec.entries.iter().any(|e| e.dns.as_deref() == Some(entry)) {
             return false;
         }

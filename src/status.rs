@@ -7,7 +7,9 @@
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use prometheus::core::Collector;
@@ -113,8 +115,8 @@ impl Status {
         }
     }
 
-    fn history(&self) -> std::sync::MutexGuard<'_, VecDeque<(Instant, Counters)>> {
-        self.history.lock().unwrap_or_else(|p| p.into_inner())
+    fn history(&self) -> parking_lot::MutexGuard<'_, VecDeque<(Instant, Counters)>> {
+        self.history.lock()
     }
 
     fn record(&self, app: &App) {

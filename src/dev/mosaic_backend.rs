@@ -28,7 +28,9 @@ use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -204,11 +206,6 @@ struct Shared {
     blobs: Mutex<HashMap<[u8; 32], Vec<u8>>>,
 }
 
-/// Poisoning only means another connection task panicked; the data is still usable.
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 impl MosaicBackend {
     /// Binds `addr` (port 0 picks a free port) and starts serving in the background.
     pub async fn spawn(addr: SocketAddr, opts: MosaicBackendOptions) -> io::Result<MosaicBackend> {
@@ -251,22 +248,22 @@ impl MosaicBackend {
 
     /// Headers of every upgrade request it accepted, oldest first.
     pub fn request_headers(&self) -> Vec<HeaderMap> {
-        lock(&self.shared.requests).clone()
+        self.shared.requests.lock().clone()
     }
 
     /// Headers of the most recently accepted upgrade request.
     pub fn last_request_headers(&self) -> Option<HeaderMap> {
-        lock(&self.shared.requests).last().cloned()
+        self.shared.requests.lock().last().cloned()
     }
 
     /// Number of distinct records stored so far.
     pub fn record_count(&self) -> usize {
-        lock(&self.shared.store).records.len()
+        self.shared.store.lock().records.len()
     }
 
     /// The stored records, in the order they were stored.
     pub fn records(&self) -> Vec<Vec<u8>> {
-        let store = lock(&self.shared.store);
+        let store = self.shared.store.lock();
         store.records.iter().map(|r| r.to_vec()).collect()
     }
 
@@ -278,7 +275,7 @@ impl MosaicBackend {
     /// How many binary messages with this type byte reached the backend, over every
     /// connection (`wire::QUERY`, `wire::SUBMISSION`…).
     pub fn received(&self, kind: u8) -> usize {
-        lock(&self.shared.received).get(&kind).copied().unwrap_or(0)
+        self.shared.received.lock().get(&kind).copied().unwrap_or(0)
     }
 }
 
@@ -437,7 +434,7 @@ async fn serve_connection(stream: TcpStream, peer: SocketAddr, shared: Arc<Share
     let callback = |req: &Request, resp: Response| {
         let (resp, is_2025) = on_handshake(&shared, req, resp)?;
         v2025 = is_2025;
-        lock(&shared.requests).push(req.headers().clone());
+        shared.requests.lock().push(req.headers().clone());
         guard = Some(ConnectionGuard::new(shared.clone()));
         Ok(resp)
     };
@@ -552,7 +549,7 @@ fn handle_message(
     let Some(&kind) = data.first() else {
         return Outcome::Close(CloseCode::Protocol, "empty message");
     };
-    *lock(&shared.received).entry(kind).or_default() += 1;
+    *shared.received.lock().entry(kind).or_default() += 1;
     match kind {
         wire::QUERY => {
             if data.len() < 8 {
@@ -565,7 +562,7 @@ fn handle_message(
             let id = [data[1], data[2]];
             let filter = data[8..].to_vec();
             let (mut replies, from_seq) = {
-                let store = lock(&shared.store);
+                let store = shared.store.lock();
                 let replies: Vec<Vec<u8>> = store
                     .records
                     .iter()
@@ -632,9 +629,9 @@ fn lagged(v2025: bool, id: [u8; 2]) -> Vec<u8> {
 fn handle_2025(data: &[u8], shared: &Shared, queries: &mut HashMap<[u8; 2], OpenQuery>) -> Outcome {
     use super::mosaic2025::{read, wire as w, Asked};
     if let Some(&kind) = data.first() {
-        *lock(&shared.received).entry(kind).or_default() += 1;
+        *shared.received.lock().entry(kind).or_default() += 1;
     }
-    match read(data, &mut lock(&shared.blobs)) {
+    match read(data, &mut shared.blobs.lock()) {
         Asked::Reply(m) => Outcome::Reply(m),
         Asked::Violation(why) => Outcome::Close(CloseCode::Protocol, why),
         Asked::Unsubscribe(id) => {
@@ -655,7 +652,7 @@ fn handle_2025(data: &[u8], shared: &Shared, queries: &mut HashMap<[u8; 2], Open
             subscribe,
         } => {
             let (mut replies, from_seq) = {
-                let store = lock(&shared.store);
+                let store = shared.store.lock();
                 let wanted = |r: &[u8]| {
                     if ids.is_empty() {
                         matches(filter, r)
@@ -685,7 +682,7 @@ fn handle_2025(data: &[u8], shared: &Shared, queries: &mut HashMap<[u8; 2], Open
 
 /// Stores a record unless already present and returns the Submission Result code.
 fn store(shared: &Shared, record: &[u8]) -> u8 {
-    let mut store = lock(&shared.store);
+    let mut store = shared.store.lock();
     if store.seen.contains(record) {
         return wire::CODE_DUPLICATE;
     }

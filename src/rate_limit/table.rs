@@ -6,9 +6,9 @@
 //! entries: when it is full, the entries used longest ago are evicted, an eighth of the
 //! table at a time, so a spray costs O(1) per new address on average.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::HashMap;
 use std::net::IpAddr;
-use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
 use prometheus::IntGauge;
@@ -70,7 +70,7 @@ impl Table {
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.lock()
     }
 
     /// Takes a token from `key`'s bucket (made full if new); otherwise how long until

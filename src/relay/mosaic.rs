@@ -6,8 +6,8 @@
 //! operator pins that version with `validate: strict`, since later versions changed the
 //! layouts without any signal on the wire.
 
+use parking_lot::{Mutex, MutexGuard};
 use std::collections::{HashSet, VecDeque};
-use std::sync::{Mutex, MutexGuard};
 
 use serde::Deserialize;
 
@@ -207,7 +207,7 @@ pub struct OpenQueries(Mutex<Option<Box<QuerySet>>>);
 impl OpenQueries {
     /// The set's slot, locked; a panic elsewhere leaves the ids consistent.
     fn slot(&self) -> MutexGuard<'_, Option<Box<QuerySet>>> {
-        self.0.lock().unwrap_or_else(|p| p.into_inner())
+        self.0.lock()
     }
 
     /// Runs `f` on the set, created on first use.

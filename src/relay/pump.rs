@@ -12,12 +12,12 @@
 //! its tokens refill, so TCP backpressure slows the client and nothing is lost or reordered.
 //! A connection without limits never touches it.
 
+use parking_lot::Mutex;
 use std::collections::VecDeque;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU16, AtomicU32, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
@@ -376,10 +376,9 @@ struct Answers {
 
 impl Answers {
     fn push(&self, m: GatewayMessage) {
-        if let Ok(mut q) = self.queue.lock() {
-            q.push_back(m);
-            self.waiting.store(q.len(), Ordering::Release);
-        }
+        let mut q = self.queue.lock();
+        q.push_back(m);
+        self.waiting.store(q.len(), Ordering::Release);
     }
 
     fn waiting(&self) -> usize {
@@ -388,12 +387,11 @@ impl Answers {
 
     /// Encodes every queued answer into `out` (unmasked: answers go to the client).
     fn take(&self, out: &mut Vec<u8>) {
-        if let Ok(mut q) = self.queue.lock() {
-            for m in q.drain(..) {
-                encode_frame(out, 0x2, m.as_bytes(), None);
-            }
-            self.waiting.store(0, Ordering::Release);
+        let mut q = self.queue.lock();
+        for m in q.drain(..) {
+            encode_frame(out, 0x2, m.as_bytes(), None);
         }
+        self.waiting.store(0, Ordering::Release);
     }
 }
 
@@ -553,9 +551,7 @@ impl<'a> Lane<'a> {
 /// Records a violation the source of `lane` committed and asks both writers to close.
 fn violated(v: Violation, lane: Lane<'_>) {
     let dir = lane.dir;
-    if let Ok(mut slot) = lane.shared.violation.lock() {
-        slot.get_or_insert((v, dir));
-    }
+    lane.shared.violation.lock().get_or_insert((v, dir));
     let (mine_code, peer_code) = if lane.to_client() {
         (v.client_close_code(dir), v.upstream_close_code(dir))
     } else {
@@ -1327,7 +1323,7 @@ impl Clock {
             messages_down: total.messages_down,
             gateway_close_code: sent(&shared.down),
             closer: self.closer.or(Some(Closer::Gateway)),
-            violation: shared.violation.lock().ok().and_then(|v| *v),
+            violation: *shared.violation.lock(),
             stalled: self.stalled,
             duration: shared.started.elapsed(),
         }

@@ -43,7 +43,9 @@ use std::hash::{BuildHasher, Hasher};
 use std::io::{self, Read, Write};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::Arc;
+
+use parking_lot::RwLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
@@ -367,20 +369,14 @@ impl AcmeManager {
     /// TLS-ALPN-01: the `acmeIdentifier` certificate for `server_name` while its
     /// validation is pending. Call it when the ClientHello offers [`super::ALPN_ACME_TLS`].
     pub fn challenge_certificate(&self, server_name: &str) -> Option<Arc<CertifiedKey>> {
-        let map = self
-            .alpn_certs
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let map = self.alpn_certs.read();
         map.get(&normalize(server_name)).cloned()
     }
 
     /// HTTP-01: the body for `GET /.well-known/acme-challenge/<token>` (serve it as
     /// `text/plain`, or `application/octet-stream`), `None` for unknown tokens (404).
     pub fn http01_response(&self, token: &str) -> Option<String> {
-        let map = self
-            .http_tokens
-            .read()
-            .unwrap_or_else(PoisonError::into_inner);
+        let map = self.http_tokens.read();
         map.get(token).cloned()
     }
 
@@ -827,21 +823,13 @@ struct ChallengeGuard<'a> {
 
 impl ChallengeGuard<'_> {
     fn add_alpn(&mut self, domain: String, cert: Arc<CertifiedKey>) {
-        let mut map = self
-            .manager
-            .alpn_certs
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut map = self.manager.alpn_certs.write();
         map.insert(domain.clone(), cert);
         self.domains.push(domain);
     }
 
     fn add_token(&mut self, token: String, key_authorization: String) {
-        let mut map = self
-            .manager
-            .http_tokens
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut map = self.manager.http_tokens.write();
         map.insert(token.clone(), key_authorization);
         self.tokens.push(token);
     }
@@ -849,20 +837,12 @@ impl ChallengeGuard<'_> {
 
 impl Drop for ChallengeGuard<'_> {
     fn drop(&mut self) {
-        let mut certs = self
-            .manager
-            .alpn_certs
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut certs = self.manager.alpn_certs.write();
         for d in &self.domains {
             certs.remove(d);
         }
         drop(certs);
-        let mut tokens = self
-            .manager
-            .http_tokens
-            .write()
-            .unwrap_or_else(PoisonError::into_inner);
+        let mut tokens = self.manager.http_tokens.write();
         for t in &self.tokens {
             tokens.remove(t);
         }

@@ -8,7 +8,9 @@
 use std::fmt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use rustls::pki_types::pem::PemObject;
@@ -477,10 +479,7 @@ impl CertStore {
 
     /// The current set.
     pub fn current(&self) -> Arc<Vec<ServedCertificate>> {
-        self.served
-            .read()
-            .map(|s| s.clone())
-            .unwrap_or_else(|p| p.into_inner().clone())
+        self.served.read().clone()
     }
 
     /// Whether any certificate is configured.
@@ -493,9 +492,7 @@ impl CertStore {
     pub fn reload(&self, force: bool) -> Reload {
         let now = Self::stamps_of(&self.sources);
         {
-            let Ok(mut last) = self.stamps.lock() else {
-                return Reload::Unchanged;
-            };
+            let mut last = self.stamps.lock();
             if !force && *last == now {
                 return Reload::Unchanged;
             }
@@ -504,9 +501,7 @@ impl CertStore {
         }
         match Self::load_all(&self.sources) {
             Ok((served, warnings)) => {
-                if let Ok(mut s) = self.served.write() {
-                    *s = Arc::new(served);
-                }
+                *self.served.write() = Arc::new(served);
                 Reload::Reloaded(warnings)
             }
             Err(e) => Reload::Failed(e),
