@@ -36,7 +36,7 @@ use crate::rate_limit::{Asked, Refused};
 use crate::request_head::{header_lines, settle, Head, Target};
 use crate::retry::{self, across_pool, Blame, Exhausted};
 use crate::routes::{NoRoute, RouteState};
-use crate::upgrade::{misread, prepare_upgrade, Admission};
+use crate::upgrade::{misread, prepare_extended_connect, prepare_upgrade, Admission};
 use crate::upstream::MAX_RESPONSE_HEADERS;
 
 /// A stream whose first bytes the fast path already read, handed to hyper.
@@ -450,12 +450,35 @@ fn relay_answer(
     response
 }
 
+/// How a WebSocket asked through hyper: a keep-alive connection's later `GET` with
+/// `Upgrade: websocket` (answered 101), or an HTTP/2 extended CONNECT (RFC 8441, answered
+/// 200, counted in `http2_websockets_total`).
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Door {
+    Http11,
+    ExtendedConnect,
+}
+
 /// An upgrade that arrived through hyper (a keep-alive connection's later request).
 pub(crate) async fn upgrade(
     app: Arc<App>,
     info: ConnInfo,
+    req: Request<Incoming>,
+    admission: Admission,
+) -> Response<Body> {
+    hyper_websocket(app, info, req, admission, Door::Http11, ()).await
+}
+
+/// A WebSocket through either hyper door: the same upgrade as the fast path, then the
+/// relay once hyper hands over the stream. `held` lives as long as the relay (an HTTP/2
+/// stream's place among its connection's streams).
+pub(crate) async fn hyper_websocket(
+    app: Arc<App>,
+    info: ConnInfo,
     mut req: Request<Incoming>,
     admission: Admission,
+    door: Door,
+    held: impl Send + 'static,
 ) -> Response<Body> {
     let on_upgrade = hyper::upgrade::on(&mut req);
     let (parts, _body) = req.into_parts();
@@ -466,14 +489,28 @@ pub(crate) async fn upgrade(
         target: Target::Uri(parts.uri.clone()),
         headers: &lines,
     };
-    let mut prepared = match prepare_upgrade(&app, &info, &head, admission).await {
+    let prepared = match door {
+        Door::Http11 => prepare_upgrade(&app, &info, &head, admission).await,
+        Door::ExtendedConnect => prepare_extended_connect(&app, &info, &head, admission).await,
+    };
+    let mut prepared = match prepared {
         Ok(p) => p,
         Err(answer) => return answer.into_response(),
     };
-    let response = switching_protocols(&std::mem::take(&mut prepared.accepted.response));
+    let answer = std::mem::take(&mut prepared.accepted.response);
+    let response = match door {
+        Door::Http11 => switching_protocols(&answer),
+        Door::ExtendedConnect => extended_connect_accepted(&answer),
+    };
     tokio::spawn(async move {
         match on_upgrade.await {
             Ok(upgraded) => {
+                if door == Door::ExtendedConnect {
+                    app.metrics
+                        .http2_websockets_total
+                        .with_label_values(&[prepared.accepted.protocol.label()])
+                        .inc();
+                }
                 let (client, leftover) = unwrap_client(upgraded);
                 run_connection(app, info, prepared, client, leftover).await
             }
@@ -481,7 +518,24 @@ pub(crate) async fn upgrade(
                 tracing::debug!(conn = prepared.id, error = %e, "client upgrade did not complete")
             }
         }
+        drop(held);
     });
+    response
+}
+
+/// The 200 of RFC 8441 from the upgrade's 101: the negotiated headers (subprotocol,
+/// extensions, Mosaic's), without HTTP/1.1's upgrade mechanics.
+pub(crate) fn extended_connect_accepted(answer: &[u8]) -> Response<Body> {
+    let mut response = switching_protocols(answer);
+    *response.status_mut() = StatusCode::OK;
+    let h = response.headers_mut();
+    for name in [
+        hyper::header::UPGRADE,
+        hyper::header::CONNECTION,
+        hyper::header::SEC_WEBSOCKET_ACCEPT,
+    ] {
+        h.remove(name);
+    }
     response
 }
 

@@ -15,7 +15,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use hyper::body::Incoming;
 use hyper::header::{self, HeaderMap, HeaderValue};
 use hyper::server::conn::http2;
@@ -25,12 +24,10 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
 use crate::answer::{reject, Body, Reason, Rejection};
-use crate::connection::{run_connection, ClientIo, Prepared};
 use crate::drain::DrainState;
-use crate::front::{http_passthrough, switching_protocols, PermitSlot};
+use crate::front::{http_passthrough, hyper_websocket, Door, PermitSlot};
 use crate::gateway::{App, ConnInfo, Gateway};
-use crate::request_head::{header_lines, Head, Target};
-use crate::upgrade::{prepare_extended_connect, Admission};
+use crate::upgrade::Admission;
 
 /// Bytes one stream may have queued for the client beyond what its socket took.
 const MAX_SEND_BUF: usize = 64 * 1024;
@@ -169,74 +166,7 @@ async fn handle(
         return Ok(reject(&app.metrics, "", r).into_response());
     }
     let admission = slot.take(&app, &info);
-    Ok(websocket_stream(app, info, guard, req, admission).await)
-}
-
-/// An extended CONNECT for a WebSocket: the upgrade, then the relay on the stream.
-async fn websocket_stream(
-    app: Arc<App>,
-    info: ConnInfo,
-    guard: StreamGuard,
-    mut req: Request<Incoming>,
-    admission: Admission,
-) -> Response<Body> {
-    let on_upgrade = hyper::upgrade::on(&mut req);
-    let (parts, _body) = req.into_parts();
-    let lines = header_lines(&parts.headers);
-    let head = Head {
-        method: parts.method.as_str(),
-        http11: false,
-        target: Target::Uri(parts.uri.clone()),
-        headers: &lines,
-    };
-    let mut prepared = match prepare_extended_connect(&app, &info, &head, admission).await {
-        Ok(p) => p,
-        Err(answer) => return answer.into_response(),
-    };
-    let response = accepted(&std::mem::take(&mut prepared.accepted.response));
-    tokio::spawn(async move {
-        match on_upgrade.await {
-            Ok(stream) => {
-                app.metrics
-                    .http2_websockets_total
-                    .with_label_values(&[prepared.accepted.protocol.label()])
-                    .inc();
-                relay(app, info, prepared, stream).await;
-            }
-            Err(e) => {
-                tracing::debug!(conn = prepared.id, error = %e, "client stream did not open")
-            }
-        }
-        drop(guard);
-    });
-    response
-}
-
-/// Relays the stream as the client side, like any upgraded connection.
-async fn relay(
-    app: Arc<App>,
-    info: ConnInfo,
-    prepared: Box<Prepared>,
-    stream: hyper::upgrade::Upgraded,
-) {
-    let client = ClientIo::Other(Box::new(TokioIo::new(stream)));
-    run_connection(app, info, prepared, client, BytesMut::new()).await
-}
-
-/// The 200 of RFC 8441 from the upgrade's 101: the negotiated headers (subprotocol,
-/// extensions, Mosaic's), without HTTP/1.1's upgrade mechanics.
-fn accepted(answer: &[u8]) -> Response<Body> {
-    let mut response = switching_protocols(answer);
-    *response.status_mut() = StatusCode::OK;
-    let h = response.headers_mut();
-    for name in [
-        header::UPGRADE,
-        header::CONNECTION,
-        header::SEC_WEBSOCKET_ACCEPT,
-    ] {
-        h.remove(name);
-    }
-    response
+    Ok(hyper_websocket(app, info, req, admission, Door::ExtendedConnect, guard).await)
 }
 
 /// Gives an HTTP/2 request the headers an HTTP/1.1 one carries: `Host` from `:authority`,
@@ -339,7 +269,7 @@ mod tests {
     #[test]
     fn the_200_keeps_what_was_negotiated_and_drops_the_upgrade_mechanics() {
         let answer = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: abc\r\nsec-websocket-protocol: mosaic2025\r\nx-mosaic-features: x\r\n\r\n";
-        let r = accepted(answer);
+        let r = crate::front::extended_connect_accepted(answer);
         assert_eq!(r.status(), StatusCode::OK);
         let h = r.headers();
         assert_eq!(h["sec-websocket-protocol"], "mosaic2025");
