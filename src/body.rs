@@ -1,14 +1,15 @@
 //! A plain request's body on its way to the relay: streamed frame by frame (never held
 //! whole), counted against `http.max_body_bytes`, and watched for its end, from which
-//! `http.response_timeout` runs.
+//! `http.response_timeout` runs (a body that makes no progress for as long is cut: 408).
 //!
 //! An upload takes as long as the client takes to send it: a timer from the start of the
 //! request (the connect timeout, before) cut a 30 MB Blossom upload at 5 s with a 504.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body, Frame, Incoming, SizeHint};
@@ -17,6 +18,8 @@ use tokio::sync::Notify;
 /// What the gateway learns of a body while the relay reads it.
 #[derive(Default)]
 pub(crate) struct BodyWatch {
+    /// Data frames handed on so far: progress, for a client that stops sending.
+    frames: AtomicU64,
     ended: AtomicBool,
     over: AtomicBool,
     changed: Notify,
@@ -32,6 +35,21 @@ impl BodyWatch {
                 return;
             }
             notified.await;
+        }
+    }
+
+    /// `true` once the body has ended; `false` once it made no progress for a whole
+    /// `period` (a client that stopped sending holds its connection and the relay's, and no
+    /// other timer runs while a body streams).
+    pub(crate) async fn ended_or_stalled(&self, period: Duration) -> bool {
+        loop {
+            let seen = self.frames.load(Ordering::Acquire);
+            if tokio::time::timeout(period, self.ended()).await.is_ok() {
+                return true;
+            }
+            if self.frames.load(Ordering::Acquire) == seen {
+                return false;
+            }
         }
     }
 
@@ -97,6 +115,7 @@ impl Body for Watched {
         match this.inner.as_mut().poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
+                    this.watch.frames.fetch_add(1, Ordering::Release);
                     *this.seen += data.len() as u64;
                     if *this.seen > *this.max {
                         this.watch.over.store(true, Ordering::Release);

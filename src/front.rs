@@ -327,6 +327,8 @@ enum RelayError {
     TimedOut,
     /// The body is over `http.max_body_bytes`: 413.
     TooLarge,
+    /// The client stopped sending its body for `http.response_timeout`: 408.
+    BodyStalled,
 }
 
 /// Passes a plain request to a healthy relay of the pool: the connection is made through
@@ -377,13 +379,17 @@ async fn forward(
     let (body, watch) = Watched::new(body, http.max_body_bytes);
     let mut req = Request::from_parts(parts, body);
     rewrite(&mut req, &out, &relay.url.authority());
+    let period = http.response_timeout.0;
     let answered = async {
-        watch.ended().await;
-        tokio::time::sleep(http.response_timeout.0).await;
+        if !watch.ended_or_stalled(period).await {
+            return RelayError::BodyStalled;
+        }
+        tokio::time::sleep(period).await;
+        RelayError::TimedOut
     };
     let result = tokio::select! {
         r = sender.send_request(req) => r,
-        () = answered => return Err(RelayError::TimedOut),
+        e = answered => return Err(e),
     };
     match result {
         Ok(mut resp) => {
@@ -431,6 +437,15 @@ fn relay_answer(
         }
         Err(RelayError::TimedOut) => {
             status_text(StatusCode::GATEWAY_TIMEOUT, "nostr relay timed out\n")
+        }
+        Err(RelayError::BodyStalled) => {
+            let mut r = status_text(
+                StatusCode::REQUEST_TIMEOUT,
+                "request body stopped arriving\n",
+            );
+            r.headers_mut()
+                .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+            r
         }
         Err(RelayError::TooLarge) => {
             let mut r = status_text(

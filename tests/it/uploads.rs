@@ -137,3 +137,20 @@ async fn a_relay_that_never_answers_gets_504_after_the_response_timeout() {
     .await;
     assert!(answer.starts_with("HTTP/1.1 504"), "{answer}");
 }
+
+#[tokio::test]
+async fn a_client_that_stops_sending_its_body_gets_408_after_the_response_timeout() {
+    let relay = Recorder::start(Answer::Serve).await;
+    let gw = gateway(&format!(
+        "{UNUSED_MOSAIC}nostr:\n  upstream: ws://{}\nhttp:\n  response_timeout: 300ms\n",
+        relay.addr()
+    ))
+    .await;
+    let mut s = TcpStream::connect(gw.public_addr).await.unwrap();
+    s.write_all(b"PUT /upload HTTP/1.1\r\nHost: r.test\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    // 90 bytes never come: without a timer, this held both connections for good.
+    let answer = answer_of(&mut s).await;
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+}
