@@ -208,6 +208,8 @@ pub enum Misread {
     NoHost,
     /// More than one `Host` line.
     TwoHosts,
+    /// A `Host` that is not visible ASCII (routing would read it as no name at all).
+    HostValue,
     /// An absolute-form target whose authority is not the `Host`.
     HostMismatch,
     /// `*` on a method other than OPTIONS, or an authority-form target.
@@ -222,6 +224,7 @@ impl Misread {
         match self {
             Misread::NoHost => "HTTP/1.1 request without a Host header",
             Misread::TwoHosts => "more than one Host header",
+            Misread::HostValue => "the Host header is not visible ASCII",
             Misread::HostMismatch => "the request target's authority is not the Host header",
             Misread::TargetForm => "this request target form is not served",
             Misread::BadPath => "the request path has an escape that is not allowed here",
@@ -254,7 +257,10 @@ pub fn settle<'a>(
     headers: &'a (impl Fields + ?Sized),
 ) -> Result<Settled<'a>, Misread> {
     let mut hosts = headers.values("host");
-    let host = hosts.next().map(|v| visible_ascii(v).unwrap_or("").trim());
+    let host = match hosts.next() {
+        Some(v) => Some(visible_ascii(v).ok_or(Misread::HostValue)?.trim()),
+        None => None,
+    };
     if hosts.next().is_some() {
         return Err(Misread::TwoHosts);
     }
@@ -532,6 +538,10 @@ mod tests {
         assert_eq!(
             bad("GET http://a.test/ HTTP/1.1\r\nHost: b.test\r\n\r\n"),
             Misread::HostMismatch
+        );
+        assert_eq!(
+            bad("GET / HTTP/1.1\r\nHost: a\u{e9}.test\r\n\r\n"),
+            Misread::HostValue
         );
         assert_eq!(
             bad("GET * HTTP/1.1\r\nHost: a\r\n\r\n"),

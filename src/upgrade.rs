@@ -183,7 +183,9 @@ async fn prepare(
 /// The refusal of a request the front's rules do not take (400).
 pub(crate) fn misread(m: Misread) -> Rejection {
     let label = match m {
-        Misread::NoHost | Misread::TwoHosts | Misread::HostMismatch => Reason::BAD_HOST,
+        Misread::NoHost | Misread::TwoHosts | Misread::HostValue | Misread::HostMismatch => {
+            Reason::BAD_HOST
+        }
         Misread::TargetForm | Misread::BadPath => Reason::BAD_TARGET,
     };
     Rejection::bad(m.reason(), label)
