@@ -128,7 +128,7 @@ async fn run(path: PathBuf) -> Result<(), CliError> {
     let config = crate::config::load(&path)?;
     crate::logging::init(config.log.format, &config.log.level);
     let running = crate::runtime::start(config, None).await?;
-    let reason = crate::shutdown::wait_for_stop(running.app.clone(), Some(path))
+    let reason = crate::ops::shutdown::wait_for_stop(running.app.clone(), Some(path))
         .await
         .map_err(CliError::Signals)?;
     tracing::info!(?reason, "stopping");

@@ -16,7 +16,10 @@ use crate::relay::profile::{MosaicVersion, Profile};
 use crate::tls::{CertificateMode, ClientAuth, MinVersion};
 
 mod routes;
-pub use routes::{NostrProbe, RouteConfig, RouteLimitsConfig};
+pub use routes::{
+    BadHost, BadPrefix, HostPattern, NostrProbe, PathPrefix, RouteConfig, RouteLimitsConfig,
+    RESERVED_NAME,
+};
 mod http;
 pub use http::HttpConfig;
 mod rate_limits;

@@ -13,19 +13,20 @@ use parking_lot::{Mutex, RwLock};
 
 use tokio::sync::watch;
 
-use crate::admission::{Caps, LimitHit, Limits, Permit};
-use crate::client_addr::TrustedProxies;
 use crate::config::{AcmeChallenge, AcmeConfig, Config, ServerAuthentication, TlsConfig};
 use crate::drain::{DrainSignal, DrainState, Kick};
-use crate::hello::ServerSigner;
 use crate::keys::KeyError;
 use crate::metrics::Metrics;
-use crate::pool::Pool;
+use crate::protocol::hello::ServerSigner;
+use crate::rate_limit::admission::{Caps, LimitHit, Limits, Permit};
+use crate::rate_limit::client_addr::TrustedProxies;
 use crate::rate_limit::{BanKind, Standing, Verdict};
-use crate::routes::Routes;
+use crate::routing::Routes;
 use crate::tls::acme::{AcmeError, AcmeManager, AcmeSettings, Challenge};
 use crate::tls::certs::{CertStore, CertificateSource, NamePattern};
 use crate::tls::{AcmeCertificates, TerminatorParts, TlsError, TlsTerminator};
+use crate::upstreams::discovery::DnsTargets;
+use crate::upstreams::pool::Pool;
 
 /// One configuration generation: what new connections use. A reload builds a new one;
 /// open connections keep the one they started with.
@@ -105,9 +106,38 @@ impl Gateway {
         })
     }
 
+    /// What the certificate upkeep needs of this generation: its TLS and how often to look
+    /// at the certificate files.
+    pub(crate) fn tls_upkeep(&self) -> Option<crate::tls::upkeep::Current> {
+        let every = self
+            .config
+            .tls
+            .as_ref()
+            .map_or(std::time::Duration::from_secs(10), |t| t.watch_interval.0);
+        Some((self.tls.clone()?, every))
+    }
+
+    /// What the ACME HTTP listener needs of this generation.
+    pub(crate) fn acme_http(&self) -> crate::tls::acme_http::Current {
+        crate::tls::acme_http::Current {
+            acme: self.tls.as_ref().and_then(|t| t.acme()).cloned(),
+            https_port: self.config.listen_addr().port(),
+        }
+    }
+
     /// Every pool of every route, for health checks, discovery and readiness.
     pub fn pools(&self) -> Vec<Arc<Pool>> {
         self.routes.pools()
+    }
+}
+
+impl DnsTargets for Gateway {
+    fn pools(&self) -> Vec<Arc<Pool>> {
+        Gateway::pools(self)
+    }
+
+    fn dns_refresh(&self) -> std::time::Duration {
+        self.routes.dns_refresh(self.config.mosaic.dns_refresh.0)
     }
 }
 

@@ -1,61 +1,50 @@
 //! mosaic-gateway: one public WebSocket endpoint for Mosaic and nostr clients.
 //!
-//! [`runtime`] binds the listeners and starts the background tasks; `server` assembles the
-//! connection pipeline in one function: the PROXY header ([`proxy_protocol`]), TLS
-//! ([`tls`]), the first request head, then either the hyper path for plain HTTP (`front`)
-//! or the upgrade (`upgrade`: limits, [`route`], the backend pool, the upstream's handshake
-//! first), and finally the relay (`connection`, [`relay`]) that moves frames both ways,
-//! inspecting Mosaic messages in flight. Each stage knows only the stages after it; the
-//! shared state they read ([`App`], [`Gateway`]) depends on none of them.
+//! The folders are the parts, listed here from the top of the pipeline down; each imports
+//! only the parts after it (`tests/it/structure.rs` checks the order):
+//! - [`cli`] and [`runtime`] start everything; [`dev`] runs local backends for `dev`.
+//! - `ops`: the admin listener, the status page, NIP-86, signals, reload and drain.
+//! - `pipeline`: what each accepted connection goes through, in order: accept, PROXY
+//!   header, TLS hand-off, the first request head, then the hyper doors for plain HTTP and
+//!   HTTP/2 or the upgrade, and the connection's relay hand-off.
+//! - [`Gateway`] and [`App`]: the shared state the stages read (one configuration
+//!   generation; the process).
+//! - [`routing`]: which host/path route a request belongs to, and its pools.
+//! - [`upstreams`]: the pools of backends and relays, their health, DNS discovery,
+//!   connecting and retrying.
+//! - `rate_limit`: admission, rate limits, access lists, bans.
+//! - [`config`], [`tls`] (certificates, ACME and their upkeep), [`protocol`] (the pure
+//!   rules of request heads, upgrades, PROXY headers and HELLO), [`relay`] (moving frames
+//!   both ways, inspecting Mosaic messages in flight).
 #![deny(missing_docs)]
 // The one call that needs `unsafe` (mimalloc's collect) lives in the binary, `main.rs`.
 #![forbid(unsafe_code)]
 
-mod acme_http;
-mod admin;
-mod admission;
-mod answer;
-mod body;
-mod certificates;
-mod client_addr;
-mod connection;
 mod drain;
-mod enforcer;
-mod front;
-mod front_h2;
 mod gateway;
-mod health;
 mod logging;
 mod metrics;
-mod nip86;
-mod pool;
+mod ops;
+mod pipeline;
 mod rate_limit;
-mod retry;
-mod routes;
-mod server;
-mod status;
-mod upgrade;
-mod upstream;
-mod workers;
 
 pub mod cli;
 pub mod config;
 pub mod dev;
-pub mod discovery;
-pub mod fields;
-pub mod handshake;
-pub mod hello;
 pub mod keys;
-pub mod proxy_protocol;
+pub mod protocol;
 pub mod relay;
-pub mod request_head;
-pub mod route;
-pub mod route_table;
+pub mod routing;
 pub mod runtime;
-pub mod shutdown;
 pub mod tls;
+pub mod upstreams;
 
-pub use admission::Limits;
-pub use answer::Rejection;
+// The paths outside code (tests, fuzz targets) has used since the modules were at the root.
+pub use ops::shutdown;
+pub use protocol::{fields, handshake, hello, proxy_protocol, request_head};
+pub use upstreams::discovery;
+
 pub use gateway::{App, BuildError, Gateway, NotReady};
 pub use metrics::Metrics;
+pub use protocol::reason::Rejection;
+pub use rate_limit::admission::Limits;

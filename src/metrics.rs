@@ -9,11 +9,14 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+use crate::protocol::reason::Reason;
 use crate::relay::mosaic::{Direction, Violation};
 use crate::relay::pump::{Stalled, SENT_CLOSE_CODES};
 use crate::tls::{CLIENT_AUTH_LABELS, FAILURE_REASONS};
-use crate::upstream::UpstreamError;
 
+/// Every `upstream_failures_total{kind}` label, in the order of `UpstreamError::kind`
+/// (the error's own module reads them from here, so the series preset cannot drift).
+pub const UPSTREAM_FAILURE_KINDS: [&str; 4] = ["connect", "timeout", "refused", "bad_response"];
 /// Every `http_requests_total{status}` label, in the order [`status_class`] picks them.
 pub const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
 
@@ -362,7 +365,7 @@ impl Metrics {
 
     /// Makes every series whose label values are known without a config exist with 0, so
     /// the first scrape already has them (`rate()` and alerts see 0, not nothing). The
-    /// rejection reasons are preset by `answer::preset_metrics`, pools by
+    /// rejection reasons are preset by [`Metrics::preset_rejections`], pools by
     /// [`Metrics::preset_pool`].
     fn preset(&self) {
         for (protocol, limit) in RATE_LIMITED_SERIES {
@@ -409,6 +412,15 @@ impl Metrics {
         }
     }
 
+    /// Makes every `handshake_rejections_total{route,reason}` series of `route` exist with 0
+    /// (`""`: refusals before a route is known).
+    pub fn preset_rejections(&self, route: &str) {
+        for r in Reason::ALL {
+            self.handshake_rejections_total
+                .with_label_values(&[route, r]);
+        }
+    }
+
     /// The series of a Mosaic pool: its connect-time histogram and its failures.
     pub fn preset_pool(&self, pool: &str) {
         self.backend_connect_duration_seconds
@@ -418,7 +430,7 @@ impl Metrics {
 
     /// `upstream_failures_total{pool,kind}` for every kind (the nostr relay is pool `nostr`).
     pub fn preset_upstream_failures(&self, pool: &str) {
-        for kind in UpstreamError::KINDS {
+        for kind in UPSTREAM_FAILURE_KINDS {
             self.upstream_failures_total
                 .with_label_values(&[pool, kind]);
         }

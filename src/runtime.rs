@@ -15,12 +15,12 @@ use std::time::Duration;
 use tokio::net::TcpListener;
 
 use crate::config::Config;
-use crate::discovery::{Resolve, SystemResolver};
 use crate::gateway::{App, BuildError, Gateway};
 use crate::metrics::Metrics;
-use crate::server::{serve, Place};
+use crate::pipeline::accept::{serve, Place};
+use crate::pipeline::workers::Workers;
 use crate::tls::TlsTerminator;
-use crate::workers::Workers;
+use crate::upstreams::discovery::{Resolve, SystemResolver};
 
 /// Why the gateway could not start; `Display` is the one line the operator sees.
 #[derive(Debug, thiserror::Error)]
@@ -170,7 +170,7 @@ pub async fn start_with(
     resolver: Arc<dyn Resolve>,
 ) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
-    crate::answer::preset_metrics(&metrics, "");
+    metrics.preset_rejections("");
     let public = config.listen_addr();
     let admin = config.admin_addr();
     let acme_http_addr = config
@@ -181,7 +181,7 @@ pub async fn start_with(
         .and_then(|a| a.parse::<SocketAddr>().ok());
     let gateway = Gateway::build(config, &metrics)?;
     // A first answer for `dns:` backends before serving, so the pool is not empty at start.
-    crate::discovery::refresh(&gateway, resolver.as_ref()).await;
+    crate::upstreams::discovery::refresh(&gateway, resolver.as_ref()).await;
     let workers = gateway.config.worker_count();
     let bind_err = |key, addr| move |source| StartError::Bind { key, addr, source };
     let public_l = bind_group(public, workers).map_err(bind_err("listen", public))?;
@@ -206,7 +206,10 @@ pub async fn start_with(
     let app = App::new(gateway, metrics);
     // Expiry series from the first scrape on; the certificate task keeps them current.
     if let Some(tls) = app.gateway().tls.clone() {
-        crate::certificates::publish_expiry(&app, &tls);
+        crate::tls::upkeep::publish_expiry(
+            &app.metrics.tls_certificate_expiry_timestamp_seconds,
+            &tls,
+        );
     }
     let public_addr = public_l[0]
         .local_addr()
@@ -253,17 +256,40 @@ pub async fn start_with(
     // The sockets are listening (the kernel queues connections) from here on.
     app.listening
         .store(true, std::sync::atomic::Ordering::Relaxed);
-    let status = Arc::new(crate::status::Status::new());
+    let status = Arc::new(crate::ops::status::Status::new());
     let mut tasks = vec![
-        tokio::spawn(crate::admin::serve(app.clone(), status.clone(), admin_l)),
-        tokio::spawn(crate::status::sample(app.clone(), status)),
-        tokio::spawn(crate::health::run(app.clone())),
-        tokio::spawn(crate::discovery::run(app.clone(), resolver)),
-        tokio::spawn(crate::certificates::run(app.clone())),
-        tokio::spawn(crate::enforcer::run(app.clone())),
+        tokio::spawn(crate::ops::admin::serve(
+            app.clone(),
+            status.clone(),
+            admin_l,
+        )),
+        tokio::spawn(crate::ops::status::sample(app.clone(), status)),
+        tokio::spawn(crate::upstreams::health::run({
+            let app = app.clone();
+            move || app.gateway().routes.health_targets()
+        })),
+        tokio::spawn(crate::upstreams::discovery::run(
+            {
+                let app = app.clone();
+                move || app.gateway()
+            },
+            resolver,
+        )),
+        tokio::spawn(crate::tls::upkeep::run(
+            {
+                let app = app.clone();
+                move || app.gateway().tls_upkeep()
+            },
+            app.metrics.tls_certificate_expiry_timestamp_seconds.clone(),
+        )),
+        tokio::spawn(crate::ops::enforcer::run(app.clone())),
     ];
     if let Some(l) = acme_http_l {
-        tasks.push(tokio::spawn(crate::acme_http::serve(app.clone(), l)));
+        let app = app.clone();
+        tasks.push(tokio::spawn(crate::tls::acme_http::serve(
+            move || app.gateway().acme_http(),
+            l,
+        )));
     }
     tasks.extend(spawn_memory_upkeep());
     tracing::info!(%public_addr, %admin_addr, workers, "mosaic-gateway listening");
@@ -280,7 +306,7 @@ pub async fn start_with(
 impl Running {
     /// Drains (as on SIGTERM) and stops every task and worker.
     pub async fn shutdown(self) {
-        crate::shutdown::drain(&self.app).await;
+        crate::ops::shutdown::drain(&self.app).await;
     }
 }
 

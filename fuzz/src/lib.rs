@@ -11,7 +11,9 @@ use std::net::{IpAddr, SocketAddr};
 use hyper::header::{HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, StatusCode, Version};
 
+use mosaic_gateway::config::HostPattern;
 use mosaic_gateway::handshake;
+use mosaic_gateway::protocol::subprotocol::{self, Choice};
 use mosaic_gateway::proxy_protocol::{self, Command, Parsed, ProxyError};
 use mosaic_gateway::relay::frame;
 use mosaic_gateway::relay::mosaic::{self, Direction, HeadVerdict, QueryEvent, Validation};
@@ -21,8 +23,7 @@ use mosaic_gateway::relay::tracker::{
     Admit, Gate, Limited, MosaicRules, Tracker, HEAD_BYTES, HEAD_REST,
 };
 use mosaic_gateway::request_head::{normalise_path, settle, Misread, Target};
-use mosaic_gateway::route::{self, Route};
-use mosaic_gateway::route_table::{HostPattern, RouteTable};
+use mosaic_gateway::routing::table::RouteTable;
 
 /// The names of every target, as used for `fuzz/corpus/<name>/` and the fuzz binaries.
 pub const TARGETS: [&str; 8] = [
@@ -178,16 +179,16 @@ pub fn upgrade_route(data: &[u8]) {
             "token {t:?}"
         );
     }
-    match route::route(&offered, &mosaic_tokens, nostr) {
-        Route::Mosaic(t) => {
+    match subprotocol::choose(&offered, &mosaic_tokens, nostr) {
+        Choice::Mosaic(t) => {
             // The operator's first listed token among those offered.
             let first = mosaic_tokens.iter().find(|m| offered.contains(m));
             assert_eq!(Some(t.as_str()), first.map(String::as_str));
         }
-        Route::Nostr => {
+        Choice::Nostr => {
             assert!(nostr && !offered.iter().any(|o| mosaic_tokens.contains(o)));
         }
-        Route::Refuse => {
+        Choice::Refuse => {
             assert!(!nostr && !offered.iter().any(|o| mosaic_tokens.contains(o)));
         }
     }

@@ -1,10 +1,143 @@
 //! `routes:` and the nostr relay pool (`nostr.upstreams`, `balance`, `health_check`,
 //! `max_tries`): schema and validation, every problem naming its key.
 
+use std::fmt;
+use std::net::IpAddr;
+
 use serde::Deserialize;
 
 use super::{check_backend, BackendConfig, MosaicConfig, NostrConfig, Scheme, UpstreamUrl};
-use crate::route_table::{HostPattern, PathPrefix, RESERVED_NAME};
+use crate::tls::certs::NamePattern;
+
+/// The `route` label of the top-level (default) route; no entry of `routes:` may take it.
+pub const RESERVED_NAME: &str = "default";
+
+/// An entry of `routes[i].hosts`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    /// One name (lowercase) or address.
+    Exact(String),
+    /// `*.suffix`: any name ending in `.suffix` (the suffix is stored lowercase).
+    Wildcard(String),
+}
+
+/// Why a `hosts` entry can never match a request.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum BadHost {
+    /// `name:port`.
+    #[error("`{0}` cannot match: hosts are compared without the port; write the name alone")]
+    Port(String),
+    /// `name/path`.
+    #[error("`{0}` cannot match: a host has no path (use path_prefix)")]
+    Path(String),
+    /// Anything else that is not a name, `*.name` or an address.
+    #[error("`{0}` cannot match any host: not a host name (like relay.example.com or *.example.com) or an IP address")]
+    NotAName(String),
+}
+
+impl HostPattern {
+    /// Parses `relay.example.com`, `*.example.com`, `127.0.0.1` or `::1` / `[::1]`.
+    pub fn parse(s: &str) -> Result<Self, BadHost> {
+        let t = s.trim();
+        let bare = t.strip_prefix('[').and_then(|r| r.strip_suffix(']'));
+        if let Ok(ip) = bare.unwrap_or(t).parse::<IpAddr>() {
+            return Ok(HostPattern::Exact(ip.to_string()));
+        }
+        if t.contains('/') {
+            return Err(BadHost::Path(s.to_string()));
+        }
+        if t.contains(':') {
+            return Err(BadHost::Port(s.to_string()));
+        }
+        let p = NamePattern::parse(t).map_err(|_| BadHost::NotAName(s.to_string()))?;
+        let text = p.to_string();
+        Ok(match text.strip_prefix("*.") {
+            Some(suffix) if p.is_wildcard() => HostPattern::Wildcard(suffix.to_string()),
+            _ => HostPattern::Exact(text),
+        })
+    }
+
+    /// Whether `host` (already without its port) is covered.
+    pub fn matches(&self, host: &str) -> bool {
+        match self {
+            HostPattern::Exact(n) => host.eq_ignore_ascii_case(n),
+            HostPattern::Wildcard(suffix) => {
+                // Bytes, not str slices: a peer's host name never makes this panic.
+                let (h, s) = (host.as_bytes(), suffix.as_bytes());
+                h.len() > s.len() + 1
+                    && h[h.len() - s.len() - 1] == b'.'
+                    && h[h.len() - s.len()..].eq_ignore_ascii_case(s)
+            }
+        }
+    }
+
+    /// How specific a match is: exact names beat every wildcard, longer suffixes beat
+    /// shorter ones, and any pattern beats "any host" (0).
+    pub(crate) fn rank(&self) -> usize {
+        match self {
+            HostPattern::Exact(_) => usize::MAX,
+            HostPattern::Wildcard(s) => 1 + s.len(),
+        }
+    }
+}
+
+impl fmt::Display for HostPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HostPattern::Exact(n) => f.write_str(n),
+            HostPattern::Wildcard(s) => write!(f, "*.{s}"),
+        }
+    }
+}
+
+/// A `path_prefix`: `/inbox` takes `/inbox`, `/inbox/…` and `/inbox?…`, not `/inboxes`;
+/// `/inbox/` takes only what is below it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathPrefix(String);
+
+/// Why a `path_prefix` is not one.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` must start with `/` and hold no `?`, `#` or spaces")]
+pub struct BadPrefix(pub String);
+
+impl PathPrefix {
+    /// Parses a path prefix.
+    pub fn parse(s: &str) -> Result<Self, BadPrefix> {
+        let ok = s.starts_with('/')
+            && !s
+                .bytes()
+                .any(|b| b == b'?' || b == b'#' || b.is_ascii_whitespace() || b.is_ascii_control());
+        if ok {
+            Ok(PathPrefix(s.to_string()))
+        } else {
+            Err(BadPrefix(s.to_string()))
+        }
+    }
+
+    /// The prefix as written.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// `target` (a path this prefix matches, and its query) without the prefix: `/inbox/x?q`
+    /// is `/x?q` and `/inbox` is `/` under `/inbox` or `/inbox/`.
+    pub fn strip<'a>(&self, target: &'a str) -> std::borrow::Cow<'a, str> {
+        let p = self.0.trim_end_matches('/');
+        let rest = target.get(p.len()..).unwrap_or("");
+        if rest.starts_with('/') {
+            std::borrow::Cow::Borrowed(rest)
+        } else {
+            std::borrow::Cow::Owned(format!("/{rest}"))
+        }
+    }
+
+    /// Whether `path` (without its query) is this prefix or below it.
+    pub fn matches(&self, path: &str) -> bool {
+        let p = &self.0;
+        path.starts_with(p.as_str())
+            && (p.ends_with('/') || path.len() == p.len() || path.as_bytes()[p.len()] == b'/')
+    }
+}
 
 /// One entry of `routes:`: which requests it takes (`hosts`, `path_prefix`) and where they
 /// go (its own `nostr` and `mosaic` sections, with every key the top-level ones have).

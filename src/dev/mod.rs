@@ -154,7 +154,7 @@ pub async fn run(opts: DevOptions) -> Result<(), DevError> {
          in a container: mount it at /etc/mosaic-gateway/proxy.yaml and pass\n    \
          run --config /etc/mosaic-gateway/proxy.yaml"
     );
-    let _ = crate::shutdown::wait_for_stop(running.app.clone(), None)
+    let _ = crate::ops::shutdown::wait_for_stop(running.app.clone(), None)
         .await
         .map_err(DevError::Signals)?;
     running.shutdown().await;

@@ -236,7 +236,7 @@ fn blob_submission(data: &[u8], blobs: &mut HashMap<[u8; 32], Vec<u8>>) -> Vec<u
 pub(crate) fn hello_ack(
     request: &HeaderMap,
     served: &[String],
-    signer: &crate::hello::ServerSigner,
+    signer: &crate::protocol::hello::ServerSigner,
     service_url: Option<&str>,
     out: &mut HeaderMap,
 ) {

@@ -201,7 +201,7 @@ struct Shared {
     /// Binary messages received, by type byte.
     received: Mutex<HashMap<u8, usize>>,
     /// The key 2025 nonces are signed with.
-    signer: crate::hello::ServerSigner,
+    signer: crate::protocol::hello::ServerSigner,
     /// BLOBs (2025) by BLAKE3 hash.
     blobs: Mutex<HashMap<[u8; 32], Vec<u8>>>,
 }
@@ -219,7 +219,7 @@ impl MosaicBackend {
             connections: AtomicUsize::new(0),
             requests: Mutex::new(Vec::new()),
             received: Mutex::new(HashMap::new()),
-            signer: crate::hello::ServerSigner::new(random_key()),
+            signer: crate::protocol::hello::ServerSigner::new(random_key()),
             blobs: Mutex::new(HashMap::new()),
         });
         let (shutdown, shutdown_rx) = watch::channel(false);

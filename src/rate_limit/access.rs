@@ -4,8 +4,8 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::client_addr::canonical;
 use crate::config::parse_cidr;
+use crate::rate_limit::client_addr::canonical;
 
 /// Validated CIDR lists; deny wins over allow, a non-empty allow list admits only its own.
 #[derive(Debug, Clone, Default)]

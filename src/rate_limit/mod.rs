@@ -7,7 +7,7 @@
 //!
 //! | limit | decided by | applied in | answer |
 //! |---|---|---|---|
-//! | `access.allow` / `deny`, bans, NIP-86 blocks | [`Policy::refuses_at_accept`], [`Policy::refuses_forwarded`], reading the [`Standing`] | `server` (right after accept and the PROXY header, before TLS); `upgrade`, `front` per request behind a trusted X-Forwarded-For proxy; open connections after a change (`enforcer`) | connection closed; 403 per request; close 1008 |
+//! | `access.allow` / `deny`, bans, NIP-86 blocks | [`Policy::refuses_at_accept`], [`Policy::refuses_forwarded`], reading the [`Standing`] | `pipeline::accept` (right after accept and the PROXY header, before TLS); `upgrade`, `front` per request behind a trusted X-Forwarded-For proxy; open connections after a change (`enforcer`) | connection closed; 403 per request; close 1008 |
 //! | `connections_per_ip` | [`Policy::admit_connection`] | `upgrade`, before routing | 429 with `Retry-After` |
 //! | `messages_per_connection`, `bytes_per_connection`, `mosaic_submissions`, `mosaic_open_queries` | the connection's [`ConnLimiter`] | the relay, through its `Limiter` interface, at the tracker's message boundaries | throttle (stop reading), close 1008, Submission Result 0x12, Query Closed 0x11 |
 //!
@@ -19,8 +19,10 @@
 //! violations count as trips towards a ban. Throttling is pacing, not a trip.
 
 mod access;
+pub mod admission;
 mod bans_file;
 mod bucket;
+pub mod client_addr;
 mod conn;
 mod standing;
 mod table;
@@ -36,10 +38,10 @@ use prometheus::IntCounter;
 
 use ipnet::IpNet;
 
-use crate::client_addr::{canonical, TrustedProxies};
 use crate::config::LimitAction;
 use crate::config::{ByteDirection, Config, RateConfig, RateLimitsConfig, SubmissionScope};
 use crate::metrics::{Metrics, RATE_LIMITER_TABLES};
+use crate::rate_limit::client_addr::{canonical, TrustedProxies};
 
 use crate::relay::limiter::{Limiter, Limiters};
 use bucket::{now_ns, Spec};

@@ -26,9 +26,9 @@ use prometheus::{IntCounter, IntGauge};
 use serde::{Deserialize, Serialize};
 
 use super::access::AccessList;
-use crate::client_addr::canonical;
 use crate::config::{parse_cidr, Config};
 use crate::metrics::Metrics;
+use crate::rate_limit::client_addr::canonical;
 
 /// What the table says about an address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

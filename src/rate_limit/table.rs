@@ -14,7 +14,7 @@ use std::time::Duration;
 use prometheus::IntGauge;
 
 use super::bucket::{Bucket, Spec};
-use crate::client_addr::canonical;
+use crate::rate_limit::client_addr::canonical;
 
 /// Refilled entries are swept at least this often (nanoseconds).
 const SWEEP_EVERY_NS: u64 = 5_000_000_000;

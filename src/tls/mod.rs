@@ -24,9 +24,11 @@ use rustls::sign::CertifiedKey;
 use crate::keys;
 
 pub(crate) mod acme;
+pub(crate) mod acme_http;
 pub mod certs;
 mod client;
 mod terminator;
+pub(crate) mod upkeep;
 mod verify;
 
 pub use client::{

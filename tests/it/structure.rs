@@ -1,20 +1,22 @@
-//! The source tree keeps its shape: the modules of `src/` import each other in one
-//! direction only (the connection pipeline flows one way, and shared state depends on no
-//! stage), so a change finds one place to go and no module needs a stage above it.
+//! The source tree keeps its shape: the folders of `src/` are the parts, in a fixed order
+//! from the top of the pipeline down, and each imports only the parts after it; inside the
+//! pipeline the stages do the same. So a change finds one place to go from the folder names
+//! alone, and no module needs a part above it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
-/// The top-level module a source file belongs to (`relay/pump.rs` → `relay`).
-fn module_of(src: &Path, file: &Path) -> Option<String> {
-    let rel = file.strip_prefix(src).ok()?;
-    let first = rel
+/// The unit a source file belongs to at `depth` path components: at 1, its folder (or root
+/// file); at 2, `pipeline/front.rs` is `pipeline::front` and `pipeline/mod.rs` is `pipeline`.
+fn unit_of(src: &Path, file: &Path, depth: usize) -> Option<String> {
+    let rel = file.strip_prefix(src).ok()?.with_extension("");
+    let parts: Vec<String> = rel
         .components()
-        .next()?
-        .as_os_str()
-        .to_string_lossy()
-        .into_owned();
-    let name = first.strip_suffix(".rs").unwrap_or(&first).to_string();
+        .map(|c| c.as_os_str().to_string_lossy().into_owned())
+        .filter(|p| p != "mod")
+        .take(depth)
+        .collect();
+    let name = parts.join("::");
     (name != "lib" && name != "main").then_some(name)
 }
 
@@ -29,14 +31,35 @@ fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
-/// `crate::NAME` references in code (comments and doc links left out), by module.
-fn import_graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
+/// The unit a `crate::a::b::…` reference names: the longest prefix (up to `depth`
+/// segments) that is a unit.
+fn referenced(rest: &str, depth: usize, units: &BTreeSet<String>) -> Option<String> {
+    let segments: Vec<String> = rest
+        .split("::")
+        .take(depth)
+        .map(|s| {
+            s.chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect()
+        })
+        .collect();
+    (1..=segments.len())
+        .rev()
+        .map(|n| segments[..n].join("::"))
+        .find(|name| units.contains(name))
+}
+
+/// `crate::NAME` references in code (comments and doc links left out), by unit.
+fn import_graph(src: &Path, depth: usize) -> BTreeMap<String, BTreeSet<String>> {
     let mut files = Vec::new();
     rust_files(src, &mut files);
-    let modules: BTreeSet<String> = files.iter().filter_map(|f| module_of(src, f)).collect();
+    let units: BTreeSet<String> = files
+        .iter()
+        .filter_map(|f| unit_of(src, f, depth))
+        .collect();
     let mut graph: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
     for file in &files {
-        let Some(from) = module_of(src, file) else {
+        let Some(from) = unit_of(src, file, depth) else {
             continue;
         };
         let text = std::fs::read_to_string(file).unwrap();
@@ -47,12 +70,10 @@ fn import_graph(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
             }
             for (i, _) in line.match_indices("crate::") {
                 let rest = &line[i + "crate::".len()..];
-                let name: String = rest
-                    .chars()
-                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                    .collect();
-                if modules.contains(&name) && name != from {
-                    edges.insert(name);
+                if let Some(name) = referenced(rest, depth, &units) {
+                    if name != from {
+                        edges.insert(name);
+                    }
                 }
             }
         }
@@ -95,8 +116,8 @@ fn find_cycle(graph: &BTreeMap<String, BTreeSet<String>>) -> Option<Vec<String>>
 #[test]
 fn src_modules_import_each_other_in_one_direction_only() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let graph = import_graph(&src);
-    assert!(graph.len() > 10, "too few modules found: {graph:?}");
+    let graph = import_graph(&src, 1);
+    assert!(graph.len() > 10, "too few parts found: {graph:?}");
     if let Some(cycle) = find_cycle(&graph) {
         panic!("import cycle among src/ modules: {}", cycle.join(" -> "));
     }
@@ -116,11 +137,91 @@ fn the_cycle_check_finds_a_cycle() {
     assert_eq!(cycle, ["front", "upgrade", "front"]);
 }
 
+/// The parts of `src/`, from the top down: each folder (or root file) may import only the
+/// parts after it. A new folder must be placed here.
+const PARTS: &[&str] = &[
+    "cli",
+    "dev",
+    "runtime",
+    "ops",
+    "pipeline",
+    "gateway",
+    "routing",
+    "upstreams",
+    "rate_limit",
+    "metrics",
+    "logging",
+    "config",
+    "tls",
+    "protocol",
+    "relay",
+    "keys",
+    "drain",
+];
+
+/// Every import of a part above the importer (or of a part in no place of `parts`), and
+/// every part that has no place, as one line each.
+fn out_of_order(graph: &BTreeMap<String, BTreeSet<String>>, parts: &[&str]) -> Vec<String> {
+    let place = |p: &str| parts.iter().position(|q| *q == p);
+    let mut wrong = Vec::new();
+    for (part, imports) in graph {
+        let Some(at) = place(part) else {
+            wrong.push(format!("src/{part} has no place in PARTS"));
+            continue;
+        };
+        for import in imports {
+            if place(import).is_none_or(|below| below <= at) {
+                wrong.push(format!("{part} imports {import}, a part above it"));
+            }
+        }
+    }
+    wrong
+}
+
+#[test]
+fn the_folders_import_only_the_parts_after_them() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let graph = import_graph(&src, 1);
+    let wrong = out_of_order(&graph, PARTS);
+    assert!(wrong.is_empty(), "{}", wrong.join("\n"));
+    assert_eq!(
+        graph.len(),
+        PARTS.len(),
+        "a part of PARTS is gone from src/"
+    );
+}
+
+#[test]
+fn the_order_check_finds_an_import_upwards() {
+    let mut g: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    g.entry("pipeline".into())
+        .or_default()
+        .insert("relay".into());
+    g.entry("relay".into())
+        .or_default()
+        .insert("pipeline".into());
+    g.entry("extra".into()).or_default();
+    assert_eq!(
+        out_of_order(&g, &["pipeline", "relay"]),
+        [
+            "src/extra has no place in PARTS",
+            "relay imports pipeline, a part above it"
+        ]
+    );
+}
+
 #[test]
 fn the_pipeline_stages_know_only_the_stages_after_them() {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
-    let graph = import_graph(&src);
-    let stages = ["server", "front", "upgrade", "connection", "relay"];
+    let graph = import_graph(&src, 2);
+    let stages = [
+        "pipeline::accept",
+        "pipeline::front_h2",
+        "pipeline::front",
+        "pipeline::upgrade",
+        "pipeline::connection",
+        "relay::pump",
+    ];
     for (i, stage) in stages.iter().enumerate() {
         for earlier in &stages[..i] {
             assert!(
@@ -129,10 +230,9 @@ fn the_pipeline_stages_know_only_the_stages_after_them() {
             );
         }
     }
-    // The relay's message rules (relay::mosaic) are plain types the config names; the
-    // stages that handle connections are what shared state must never reach.
-    for shared in ["gateway", "answer", "config", "metrics", "drain"] {
-        for stage in &stages[..4] {
+    // The state every stage reads depends on no stage.
+    for shared in ["gateway", "pipeline::answer", "config", "metrics", "drain"] {
+        for stage in &stages[..5] {
             assert!(
                 !graph[shared].contains(*stage),
                 "{shared} (shared state) imports the stage {stage}"

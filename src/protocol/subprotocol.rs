@@ -1,4 +1,5 @@
-//! The routing decision: which upstream gets an upgrade, from its offered subprotocols.
+//! The protocol choice: whether an upgrade is Mosaic or nostr, from its offered subprotocols
+//! (which host/path route it takes is `routing`'s question).
 //!
 //! Pure and total so it can be unit-tested and fuzzed: tokens in, decision out.
 
@@ -14,9 +15,9 @@ impl Subprotocol {
     }
 }
 
-/// Where an upgrade goes.
+/// Which protocol an upgrade speaks.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Route {
+pub enum Choice {
     /// A Mosaic backend, answering with exactly this token.
     Mosaic(Subprotocol),
     /// The nostr relay, with the client's offered protocols passed on.
@@ -25,21 +26,25 @@ pub enum Route {
     Refuse,
 }
 
-/// Decides the route. A client that offers any Mosaic token is Mosaic (`chat, mosaic2024`
+/// Chooses the protocol. A client that offers any Mosaic token is Mosaic (`chat, mosaic2024`
 /// too), with the operator's first listed token among those offered, so 2025 is preferred
 /// by default when a client offers both; without a Mosaic token a connection is never
 /// Mosaic.
-pub fn route(offered: &[impl AsRef<str>], mosaic_tokens: &[String], nostr_enabled: bool) -> Route {
+pub fn choose(
+    offered: &[impl AsRef<str>],
+    mosaic_tokens: &[String],
+    nostr_enabled: bool,
+) -> Choice {
     if let Some(t) = mosaic_tokens
         .iter()
         .find(|m| offered.iter().any(|t| t.as_ref() == m.as_str()))
     {
-        return Route::Mosaic(Subprotocol(t.clone()));
+        return Choice::Mosaic(Subprotocol(t.clone()));
     }
     if nostr_enabled {
-        Route::Nostr
+        Choice::Nostr
     } else {
-        Route::Refuse
+        Choice::Refuse
     }
 }
 
@@ -55,22 +60,22 @@ mod tests {
     fn token_lists() {
         let m = v(&["mosaic2024"]);
         assert_eq!(
-            route(&v(&["chat", "mosaic2024"]), &m, true),
-            Route::Mosaic(Subprotocol("mosaic2024".into()))
+            choose(&v(&["chat", "mosaic2024"]), &m, true),
+            Choice::Mosaic(Subprotocol("mosaic2024".into()))
         );
-        assert_eq!(route(&v(&["Mosaic2024"]), &m, true), Route::Nostr);
-        assert_eq!(route(&v(&["Mosaic2024"]), &m, false), Route::Refuse);
-        assert_eq!(route(&[] as &[&str], &m, true), Route::Nostr);
+        assert_eq!(choose(&v(&["Mosaic2024"]), &m, true), Choice::Nostr);
+        assert_eq!(choose(&v(&["Mosaic2024"]), &m, false), Choice::Refuse);
+        assert_eq!(choose(&[] as &[&str], &m, true), Choice::Nostr);
         // The operator's order decides, not the client's.
         let both = v(&["mosaic2025", "mosaic2024"]);
         assert_eq!(
-            route(&v(&["mosaic2024", "mosaic2025"]), &both, false),
-            Route::Mosaic(Subprotocol("mosaic2025".into()))
+            choose(&v(&["mosaic2024", "mosaic2025"]), &both, false),
+            Choice::Mosaic(Subprotocol("mosaic2025".into()))
         );
         let seed_first = v(&["mosaic2024", "mosaic2025"]);
         assert_eq!(
-            route(&v(&["mosaic2025", "mosaic2024"]), &seed_first, false),
-            Route::Mosaic(Subprotocol("mosaic2024".into()))
+            choose(&v(&["mosaic2025", "mosaic2024"]), &seed_first, false),
+            Choice::Mosaic(Subprotocol("mosaic2024".into()))
         );
     }
 }

@@ -3,18 +3,18 @@
 //! Every accepted connection goes through these stages, in this order, each in its own
 //! module and each knowing only the stages after it:
 //!
-//! 1. the PROXY header from a trusted load balancer ([`crate::proxy_protocol`]), then the
+//! 1. the PROXY header from a trusted load balancer ([`crate::protocol::proxy_protocol`]), then the
 //!    the access lists on the client's address ([`crate::rate_limit`]): a refused address
 //!    is closed here, before TLS;
 //! 2. TLS ([`crate::tls`]), which also yields the client's ed25519 key;
-//! 3. the first request head ([`crate::request_head`]): a plain request goes to the hyper
-//!    path ([`crate::front`]), an upgrade stays on the fast path below; a TLS client that
-//!    chose HTTP/2 by ALPN goes to [`crate::front_h2`], whose WebSocket streams take
+//! 3. the first request head ([`crate::protocol::request_head`]): a plain request goes to the hyper
+//!    path ([`crate::pipeline::front`]), an upgrade stays on the fast path below; a TLS client that
+//!    chose HTTP/2 by ALPN goes to [`crate::pipeline::front_h2`], whose WebSocket streams take
 //!    stages 4 and 5 as an upgrade does;
-//! 4. the upgrade ([`crate::upgrade`]): checks, limits, routing, and the upstream's side of
+//! 4. the upgrade ([`crate::pipeline::upgrade`]): checks, limits, routing, and the upstream's side of
 //!    the handshake, all before the client hears 101, so every failure is an HTTP status
 //!    and retries stay invisible;
-//! 5. the relay ([`crate::connection`]) until the connection ends.
+//! 5. the relay ([`crate::pipeline::connection`]) until the connection ends.
 //!
 //! The PROXY header, TLS and the request head share one deadline
 //! (`limits.handshake_timeout`).
@@ -31,17 +31,18 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::time::Instant;
 
-use crate::answer::{reject, Answer, Reason, Rejection};
-use crate::connection::{run_connection, ClientIo, ClientStream, Prepared};
 use crate::drain::DrainState;
-use crate::front::{serve_http, Rewind};
-use crate::front_h2::serve_h2;
 use crate::gateway::{App, ConnInfo, Gateway};
-use crate::handshake::wants_websocket;
-use crate::request_head::{parse_head, read_request_head, HeadError, MAX_HEADERS};
+use crate::pipeline::answer::{reject, Answer};
+use crate::pipeline::connection::{run_connection, ClientIo, ClientStream, Prepared};
+use crate::pipeline::front::{serve_http, Rewind};
+use crate::pipeline::front_h2::serve_h2;
+use crate::pipeline::upgrade::{prepare_upgrade, Admission};
+use crate::pipeline::workers::{move_to, Workers};
+use crate::protocol::handshake::wants_websocket;
+use crate::protocol::reason::{Reason, Rejection};
+use crate::protocol::request_head::{parse_head, read_request_head, HeadError, MAX_HEADERS};
 use crate::tls::{HandshakeError, TlsTerminator};
-use crate::upgrade::{prepare_upgrade, Admission};
-use crate::workers::{move_to, Workers};
 
 /// Where a listener runs: its worker among all of them.
 pub struct Place {
@@ -196,7 +197,8 @@ async fn real_peer(
     if !(gw.config.forwarded.proxy_protocol && gw.trusted.contains(peer.ip())) {
         return Some(peer);
     }
-    match tokio::time::timeout_at(deadline, crate::proxy_protocol::read_header(tcp)).await {
+    match tokio::time::timeout_at(deadline, crate::protocol::proxy_protocol::read_header(tcp)).await
+    {
         Ok(Ok(source)) => Some(source.unwrap_or(peer)),
         Ok(Err(e)) => {
             tracing::info!(client = %peer, error = %e, "bad PROXY header: connection closed");

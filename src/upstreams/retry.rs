@@ -11,8 +11,8 @@ use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 
-use crate::pool::{affinity, Backend, Pool};
-use crate::upstream::UpstreamError;
+use crate::upstreams::connect::UpstreamError;
+use crate::upstreams::pool::{affinity, Backend, Pool};
 
 /// Who an attempt's failure is blamed on.
 pub(crate) enum Blame<E> {

@@ -22,22 +22,23 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::admission::Permit;
-use crate::answer::{full, refusal, reject, Body, Rejection};
-use crate::body::Watched;
-use crate::client_addr::real_client;
 use crate::config::{HttpConfig, NostrConfig};
-use crate::connection::{run_connection, unwrap_client};
 use crate::drain::DrainState;
 use crate::gateway::{App, ConnInfo, Gateway};
-use crate::handshake::{header_value, wants_websocket, ForwardedClient, UpstreamFilter};
-use crate::pool::{Backend, Pool};
+use crate::pipeline::answer::{full, refusal, reject, Body};
+use crate::pipeline::body::Watched;
+use crate::pipeline::connection::{run_connection, unwrap_client};
+use crate::pipeline::upgrade::{misread, prepare_extended_connect, prepare_upgrade, Admission};
+use crate::protocol::handshake::{header_value, wants_websocket, ForwardedClient, UpstreamFilter};
+use crate::protocol::reason::Rejection;
+use crate::protocol::request_head::{header_lines, settle, Head, Target};
+use crate::rate_limit::admission::Permit;
+use crate::rate_limit::client_addr::real_client;
 use crate::rate_limit::{Asked, Refused};
-use crate::request_head::{header_lines, settle, Head, Target};
-use crate::retry::{self, across_pool, Blame, Exhausted};
-use crate::routes::{NoRoute, RouteState};
-use crate::upgrade::{misread, prepare_extended_connect, prepare_upgrade, Admission};
-use crate::upstream::MAX_RESPONSE_HEADERS;
+use crate::routing::{NoRoute, RouteState};
+use crate::upstreams::connect::MAX_RESPONSE_HEADERS;
+use crate::upstreams::pool::{Backend, Pool};
+use crate::upstreams::retry::{self, across_pool, Blame, Exhausted};
 
 /// A stream whose first bytes the fast path already read, handed to hyper.
 pub(crate) struct Rewind<S> {

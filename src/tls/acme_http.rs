@@ -15,20 +15,31 @@ use hyper::{Request, Response, StatusCode};
 use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
-use crate::gateway::App;
+use crate::protocol::request_head::bare_host;
+use crate::tls::acme::AcmeManager;
 
 const CHALLENGE_PREFIX: &str = "/.well-known/acme-challenge/";
 
-/// Serves the listener until the task is aborted.
-pub async fn serve(app: Arc<App>, listener: TcpListener) {
+/// What the listener reads of the current generation: its ACME manager, if any, and the
+/// port of the public listener, where every other request is sent.
+pub(crate) struct Current {
+    pub(crate) acme: Option<Arc<AcmeManager>>,
+    pub(crate) https_port: u16,
+}
+
+/// Serves the listener until the task is aborted; `current` reads the generation.
+pub(crate) async fn serve<F>(current: F, listener: TcpListener)
+where
+    F: Fn() -> Current + Clone + Send + Sync + 'static,
+{
     loop {
         let Ok((tcp, _)) = listener.accept().await else {
             tokio::time::sleep(std::time::Duration::from_millis(50)).await;
             continue;
         };
-        let app = app.clone();
+        let current = current.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| answer(app.clone(), req));
+            let svc = service_fn(move |req| answer(current(), req));
             // One request per connection: a challenge or a redirect needs no keep-alive, and
             // an idle connection held open by a peer would cost a socket for nothing.
             let _ = http1::Builder::new()
@@ -50,16 +61,11 @@ fn reply(status: StatusCode, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
 }
 
 async fn answer(
-    app: Arc<App>,
+    current: Current,
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
-    let gw = app.gateway();
     if let Some(token) = req.uri().path().strip_prefix(CHALLENGE_PREFIX) {
-        let key_auth = gw
-            .tls
-            .as_ref()
-            .and_then(|t| t.acme())
-            .and_then(|a| a.http01_response(token));
+        let key_auth = current.acme.as_ref().and_then(|a| a.http01_response(token));
         return Ok(match key_auth {
             Some(k) => reply(StatusCode::OK, k),
             None => reply(StatusCode::NOT_FOUND, "no such challenge\n"),
@@ -74,7 +80,7 @@ async fn answer(
     let Some(host) = host.filter(|h| !h.is_empty()) else {
         return Ok(reply(StatusCode::BAD_REQUEST, "a Host header is needed\n"));
     };
-    let port = gw.config.listen_addr().port();
+    let port = current.https_port;
     let authority = if port == 443 {
         host
     } else {
@@ -94,7 +100,7 @@ async fn answer(
 /// `example.com:80` → `example.com`, `[2001:db8::1]:80` → `[2001:db8::1]` (brackets kept
 /// for the URL).
 fn host_without_port(h: &str) -> String {
-    let name = crate::route_table::bare_host(h);
+    let name = bare_host(h);
     if name.contains(':') {
         format!("[{name}]")
     } else {

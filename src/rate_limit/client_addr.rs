@@ -5,7 +5,7 @@ use std::net::IpAddr;
 
 use ipnet::IpNet;
 
-use crate::fields::{visible_ascii, Fields};
+use crate::protocol::fields::{visible_ascii, Fields};
 
 /// The trusted proxy ranges.
 #[derive(Debug, Clone, Default)]

@@ -9,9 +9,9 @@
 use hyper::header::HeaderValue;
 use hyper::{Method, Request, StatusCode, Version};
 
-use crate::answer::Reason;
-pub use crate::answer::Rejection;
-pub use crate::fields::{visible_ascii, Fields};
+pub use crate::protocol::fields::{visible_ascii, Fields};
+use crate::protocol::reason::Reason;
+pub use crate::protocol::reason::Rejection;
 
 /// `X-Mosaic-Features`.
 pub const X_MOSAIC_FEATURES: &str = "x-mosaic-features";

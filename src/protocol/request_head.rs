@@ -7,7 +7,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 
 use std::borrow::Cow;
 
-use crate::fields::{visible_ascii, Fields};
+use crate::protocol::fields::{visible_ascii, Fields};
 
 /// Why a request head could not be read.
 pub(crate) enum HeadError {
@@ -389,6 +389,21 @@ fn decode_unreserved(b: &[u8]) -> Result<String, Misread> {
         i += 3;
     }
     String::from_utf8(out).map_err(|_| Misread::BadPath)
+}
+
+/// `host` without its port, brackets or trailing dot.
+pub fn bare_host(host: &str) -> &str {
+    let h = host.trim();
+    let h = match h.strip_prefix('[') {
+        Some(rest) => rest.split_once(']').map_or(rest, |(inside, _)| inside),
+        None => match h.split_once(':') {
+            // One colon: name:port. More: a bare IPv6 address (not valid in Host, but an
+            // address all the same).
+            Some((name, port)) if !port.contains(':') => name,
+            _ => h,
+        },
+    };
+    h.strip_suffix('.').unwrap_or(h)
 }
 
 #[cfg(test)]

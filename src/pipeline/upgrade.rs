@@ -2,7 +2,7 @@
 //! decision by subprotocol, and the upstream's side of the handshake (with retries across
 //! the route's Mosaic pool or nostr relay pool), before the client hears 101.
 //!
-//! What comes out is a [`Prepared`] connection for [`crate::connection`] to relay, or the
+//! What comes out is a [`Prepared`] connection for [`crate::pipeline::connection`] to relay, or the
 //! HTTP answer that refuses it.
 
 use std::sync::atomic::Ordering;
@@ -11,28 +11,31 @@ use std::time::Instant;
 
 use hyper::StatusCode;
 
-use crate::admission::{LimitHit, Permit};
-use crate::answer::{refusal, reject, Answer, Reason, Rejection};
-use crate::client_addr::real_client;
 use crate::config::ServerAuthentication;
-use crate::connection::{Accepted, ActiveConnection, Prepared, Protocol};
-use crate::fields::Fields;
 use crate::gateway::{App, ConnInfo, Gateway};
-use crate::handshake::{
+use crate::pipeline::answer::{refusal, reject, Answer};
+use crate::pipeline::connection::{Accepted, ActiveConnection, Prepared, Protocol};
+use crate::protocol::fields::Fields;
+use crate::protocol::handshake::{
     check_extended_connect, check_upgrade, feature_list, negotiate_features, offered_tokens,
     upstream_request_head, Destination, ForwardedClient, HostLine, X_MOSAIC_FEATURES,
 };
-use crate::pool::{Backend, BackendGuard, Pool};
+use crate::protocol::reason::{Reason, Rejection};
+use crate::protocol::request_head::{settle, Head, Misread, Settled};
+use crate::protocol::subprotocol::{self, Choice};
+use crate::rate_limit::admission::{LimitHit, Permit};
+use crate::rate_limit::client_addr::real_client;
 use crate::rate_limit::{Asked, Refused};
 use crate::relay::limiter::LimitState;
 use crate::relay::profile::MosaicVersion;
 use crate::relay::pump::PumpOptions;
 use crate::relay::tracker::MosaicRules;
-use crate::request_head::{settle, Head, Misread, Settled};
-use crate::retry::{self, across_pool, blame, Exhausted};
-use crate::route::{route, Route};
-use crate::routes::{MosaicSide, NoRoute, NostrSide, RouteState};
-use crate::upstream::{connect_and_upgrade, Upgraded, UpstreamError, MAX_RESPONSE_HEADERS};
+use crate::routing::{MosaicSide, NoRoute, NostrSide, RouteState};
+use crate::upstreams::connect::{
+    connect_and_upgrade, Upgraded, UpstreamError, MAX_RESPONSE_HEADERS,
+};
+use crate::upstreams::pool::{Backend, BackendGuard, Pool};
+use crate::upstreams::retry::{self, across_pool, blame, Exhausted};
 
 /// The connection's place in the limits, taken at accept, or the limit that was full.
 pub(crate) type Admission = Result<Permit, LimitHit>;
@@ -99,8 +102,8 @@ async fn prepare(
     };
     let (who, permit) = admit(app, &gw, info, req, admission).map_err(refuse)?;
     let offered: Vec<&str> = offered_tokens(req.headers).collect();
-    let asked = || match crate::route::route(&offered, route.mosaic_tokens(), true) {
-        Route::Mosaic(_) => Asked::Mosaic,
+    let asked = || match subprotocol::choose(&offered, route.mosaic_tokens(), true) {
+        Choice::Mosaic(_) => Asked::Mosaic,
         _ => Asked::Nostr,
     };
     // A route with its own rate limits uses them instead of the global ones; the access
@@ -260,12 +263,12 @@ impl UpgradeContext<'_> {
     async fn connect_upstream(&self) -> Result<Accepted, Rejection> {
         let r = self.route;
         match (
-            route(self.offered, r.mosaic_tokens(), r.serves_nostr()),
+            subprotocol::choose(self.offered, r.mosaic_tokens(), r.serves_nostr()),
             &r.mosaic,
             &r.nostr,
         ) {
-            (Route::Nostr, _, Some(nostr)) => self.upgrade_nostr(nostr).await,
-            (Route::Mosaic(token), Some(mosaic), _) => {
+            (Choice::Nostr, _, Some(nostr)) => self.upgrade_nostr(nostr).await,
+            (Choice::Mosaic(token), Some(mosaic), _) => {
                 self.upgrade_mosaic(mosaic, token.as_str()).await
             }
             _ => Err(Rejection::new(
@@ -388,7 +391,7 @@ impl UpgradeContext<'_> {
         let hello_in =
             |t: &&str| MosaicVersion::from_token(t).is_some_and(|v| v.hello_in_headers());
         if offered.iter().any(hello_in) {
-            crate::hello::check_hello(self.req.headers)?;
+            crate::protocol::hello::check_hello(self.req.headers)?;
         }
         let tries = Tries {
             pool,
@@ -419,7 +422,7 @@ impl UpgradeContext<'_> {
                 .filter(|_| m.server_authentication == ServerAuthentication::Gateway);
             let acked = upstream.headers(&mut lines);
             let limit = m.features.as_deref();
-            crate::hello::hello_ack(self.req.headers, acked, limit, signer, |n, v| {
+            crate::protocol::hello::hello_ack(self.req.headers, acked, limit, signer, |n, v| {
                 response.header(n, v)
             });
         } else if let Some(client) = feature_list(self.req.headers, X_MOSAIC_FEATURES, sep) {

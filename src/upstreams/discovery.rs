@@ -12,7 +12,17 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::gateway::{App, Gateway};
+use crate::upstreams::pool::Pool;
+
+/// What discovery reads of one configuration generation. The gateway's generation
+/// implements it: the hub owns the pools, so discovery takes it as a trait instead of
+/// importing the hub.
+pub(crate) trait DnsTargets: Send + Sync {
+    /// Every pool of the generation.
+    fn pools(&self) -> Vec<Arc<Pool>>;
+    /// How often to resolve again: the shortest `mosaic.dns_refresh` of any route.
+    fn dns_refresh(&self) -> Duration;
+}
 
 /// The future a [`Resolve`] returns.
 pub type Lookup<'a> = Pin<Box<dyn Future<Output = io::Result<Vec<SocketAddr>>> + Send + 'a>>;
@@ -40,7 +50,7 @@ const GENERATION_POLL: Duration = Duration::from_millis(100);
 
 /// Resolves every `dns:` entry of every pool of `gw` once (each name once) and applies
 /// the answers. Returns how many pools changed.
-pub async fn refresh(gw: &Gateway, resolver: &dyn Resolve) -> usize {
+pub(crate) async fn refresh(gw: &dyn DnsTargets, resolver: &dyn Resolve) -> usize {
     let pools = gw.pools();
     let mut names: Vec<String> = Vec::new();
     for p in &pools {
@@ -50,7 +60,7 @@ pub async fn refresh(gw: &Gateway, resolver: &dyn Resolve) -> usize {
             }
         }
     }
-    let timeout = LOOKUP_TIMEOUT.min(dns_refresh(gw).max(Duration::from_millis(500)));
+    let timeout = LOOKUP_TIMEOUT.min(gw.dns_refresh().max(Duration::from_millis(500)));
     let mut changed = 0;
     for name in names {
         let answer = match tokio::time::timeout(timeout, resolver.resolve(&name)).await {
@@ -78,25 +88,21 @@ pub async fn refresh(gw: &Gateway, resolver: &dyn Resolve) -> usize {
     changed
 }
 
-/// The refresh interval: the shortest `mosaic.dns_refresh` of any route.
-fn dns_refresh(gw: &Gateway) -> Duration {
-    gw.routes.dns_refresh(gw.config.mosaic.dns_refresh.0)
-}
-
 /// Re-resolves every `mosaic.dns_refresh` (of the current generation) and right after
-/// each reload, until the process ends.
-pub async fn run(app: Arc<App>, resolver: Arc<dyn Resolve>) {
+/// each reload (`current` returns the generation new connections use), until the process
+/// ends.
+pub(crate) async fn run<G: DnsTargets>(current: impl Fn() -> Arc<G>, resolver: Arc<dyn Resolve>) {
     loop {
-        let gw = app.gateway();
-        refresh(&gw, resolver.as_ref()).await;
-        let next = tokio::time::Instant::now() + dns_refresh(&gw);
+        let gw = current();
+        refresh(gw.as_ref(), resolver.as_ref()).await;
+        let next = tokio::time::Instant::now() + gw.dns_refresh();
         loop {
             let now = tokio::time::Instant::now();
             if now >= next {
                 break;
             }
             tokio::time::sleep((next - now).min(GENERATION_POLL)).await;
-            if !Arc::ptr_eq(&app.gateway(), &gw) {
+            if !Arc::ptr_eq(&current(), &gw) {
                 break;
             }
         }

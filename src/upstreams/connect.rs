@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::config::{Scheme, UpstreamUrl};
-use crate::fields::{visible_ascii, Fields};
+use crate::protocol::fields::{visible_ascii, Fields};
 use crate::tls::BackendConnector;
 
 /// Largest upstream response head the gateway reads.
@@ -91,9 +91,6 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    /// Every `upstream_failures_total{kind}` label, in the order of [`UpstreamError::kind`].
-    pub const KINDS: [&'static str; 4] = ["connect", "timeout", "refused", "bad_response"];
-
     /// The `upstream_failures_total{kind}` label.
     pub fn kind(&self) -> &'static str {
         let i = match self {
@@ -102,7 +99,7 @@ impl UpstreamError {
             UpstreamError::Refused(_) => 2,
             UpstreamError::BadResponse(_) => 3,
         };
-        Self::KINDS[i]
+        crate::metrics::UPSTREAM_FAILURE_KINDS[i]
     }
 }
 

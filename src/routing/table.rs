@@ -1,145 +1,13 @@
 //! The route table: which `routes:` entry a request belongs to, from its host name and path.
 //!
-//! Pure and total, like [`crate::route`]: host and path in, route index out (`None` for the
-//! default route). The most specific match wins: an exact host over a wildcard (a longer
+//! Pure and total, like [`crate::protocol::subprotocol`]: host and path in, route index out
+//! (`None` for the default route); the patterns are `config`'s [`HostPattern`] and
+//! [`PathPrefix`]. The most specific match wins: an exact host over a wildcard (a longer
 //! wildcard suffix over a shorter one) over a route without hosts, then a longer path
 //! prefix over a shorter one. Host names compare without the port and in any case; a
 //! wildcard `*.example.com` covers every name below `example.com`, as nginx and Envoy match.
 
-use std::fmt;
-use std::net::IpAddr;
-
-use crate::tls::certs::NamePattern;
-
-/// The `route` label of the top-level (default) route; no entry of `routes:` may take it.
-pub const RESERVED_NAME: &str = "default";
-
-/// An entry of `routes[i].hosts`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum HostPattern {
-    /// One name (lowercase) or address.
-    Exact(String),
-    /// `*.suffix`: any name ending in `.suffix` (the suffix is stored lowercase).
-    Wildcard(String),
-}
-
-/// Why a `hosts` entry can never match a request.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum BadHost {
-    /// `name:port`.
-    #[error("`{0}` cannot match: hosts are compared without the port; write the name alone")]
-    Port(String),
-    /// `name/path`.
-    #[error("`{0}` cannot match: a host has no path (use path_prefix)")]
-    Path(String),
-    /// Anything else that is not a name, `*.name` or an address.
-    #[error("`{0}` cannot match any host: not a host name (like relay.example.com or *.example.com) or an IP address")]
-    NotAName(String),
-}
-
-impl HostPattern {
-    /// Parses `relay.example.com`, `*.example.com`, `127.0.0.1` or `::1` / `[::1]`.
-    pub fn parse(s: &str) -> Result<Self, BadHost> {
-        let t = s.trim();
-        let bare = t.strip_prefix('[').and_then(|r| r.strip_suffix(']'));
-        if let Ok(ip) = bare.unwrap_or(t).parse::<IpAddr>() {
-            return Ok(HostPattern::Exact(ip.to_string()));
-        }
-        if t.contains('/') {
-            return Err(BadHost::Path(s.to_string()));
-        }
-        if t.contains(':') {
-            return Err(BadHost::Port(s.to_string()));
-        }
-        let p = NamePattern::parse(t).map_err(|_| BadHost::NotAName(s.to_string()))?;
-        let text = p.to_string();
-        Ok(match text.strip_prefix("*.") {
-            Some(suffix) if p.is_wildcard() => HostPattern::Wildcard(suffix.to_string()),
-            _ => HostPattern::Exact(text),
-        })
-    }
-
-    /// Whether `host` (already without its port) is covered.
-    pub fn matches(&self, host: &str) -> bool {
-        match self {
-            HostPattern::Exact(n) => host.eq_ignore_ascii_case(n),
-            HostPattern::Wildcard(suffix) => {
-                // Bytes, not str slices: a peer's host name never makes this panic.
-                let (h, s) = (host.as_bytes(), suffix.as_bytes());
-                h.len() > s.len() + 1
-                    && h[h.len() - s.len() - 1] == b'.'
-                    && h[h.len() - s.len()..].eq_ignore_ascii_case(s)
-            }
-        }
-    }
-
-    /// How specific a match is: exact names beat every wildcard, longer suffixes beat
-    /// shorter ones, and any pattern beats "any host" (0).
-    fn rank(&self) -> usize {
-        match self {
-            HostPattern::Exact(_) => usize::MAX,
-            HostPattern::Wildcard(s) => 1 + s.len(),
-        }
-    }
-}
-
-impl fmt::Display for HostPattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            HostPattern::Exact(n) => f.write_str(n),
-            HostPattern::Wildcard(s) => write!(f, "*.{s}"),
-        }
-    }
-}
-
-/// A `path_prefix`: `/inbox` takes `/inbox`, `/inbox/…` and `/inbox?…`, not `/inboxes`;
-/// `/inbox/` takes only what is below it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PathPrefix(String);
-
-/// Why a `path_prefix` is not one.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("`{0}` must start with `/` and hold no `?`, `#` or spaces")]
-pub struct BadPrefix(pub String);
-
-impl PathPrefix {
-    /// Parses a path prefix.
-    pub fn parse(s: &str) -> Result<Self, BadPrefix> {
-        let ok = s.starts_with('/')
-            && !s
-                .bytes()
-                .any(|b| b == b'?' || b == b'#' || b.is_ascii_whitespace() || b.is_ascii_control());
-        if ok {
-            Ok(PathPrefix(s.to_string()))
-        } else {
-            Err(BadPrefix(s.to_string()))
-        }
-    }
-
-    /// The prefix as written.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-
-    /// `target` (a path this prefix matches, and its query) without the prefix: `/inbox/x?q`
-    /// is `/x?q` and `/inbox` is `/` under `/inbox` or `/inbox/`.
-    pub fn strip<'a>(&self, target: &'a str) -> std::borrow::Cow<'a, str> {
-        let p = self.0.trim_end_matches('/');
-        let rest = target.get(p.len()..).unwrap_or("");
-        if rest.starts_with('/') {
-            std::borrow::Cow::Borrowed(rest)
-        } else {
-            std::borrow::Cow::Owned(format!("/{rest}"))
-        }
-    }
-
-    /// Whether `path` (without its query) is this prefix or below it.
-    pub fn matches(&self, path: &str) -> bool {
-        let p = &self.0;
-        path.starts_with(p.as_str())
-            && (p.ends_with('/') || path.len() == p.len() || path.as_bytes()[p.len()] == b'/')
-    }
-}
+use crate::config::{HostPattern, PathPrefix};
 
 /// One (host pattern, path prefix) a route claims.
 #[derive(Debug, Clone)]
@@ -192,7 +60,7 @@ impl RouteTable {
         if self.entries.is_empty() {
             return None;
         }
-        let host = host.map(bare_host);
+        let host = host.map(crate::protocol::request_head::bare_host);
         let mut best: Option<((usize, usize), usize)> = None;
         for e in &self.entries {
             let host_rank = match (&e.host, host) {
@@ -202,7 +70,7 @@ impl RouteTable {
             };
             let prefix_rank = match &e.prefix {
                 None => 0,
-                Some(p) if p.matches(path) => p.0.len(),
+                Some(p) if p.matches(path) => p.as_str().len(),
                 Some(_) => continue,
             };
             let rank = (host_rank, prefix_rank);
@@ -220,24 +88,10 @@ impl RouteTable {
     }
 }
 
-/// `host` without its port, brackets or trailing dot.
-pub(crate) fn bare_host(host: &str) -> &str {
-    let h = host.trim();
-    let h = match h.strip_prefix('[') {
-        Some(rest) => rest.split_once(']').map_or(rest, |(inside, _)| inside),
-        None => match h.split_once(':') {
-            // One colon: name:port. More: a bare IPv6 address (not valid in Host, but an
-            // address all the same).
-            Some((name, port)) if !port.contains(':') => name,
-            _ => h,
-        },
-    };
-    h.strip_suffix('.').unwrap_or(h)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::BadHost;
 
     #[test]
     fn a_stripped_prefix_leaves_an_absolute_path() {

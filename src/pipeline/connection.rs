@@ -9,19 +9,19 @@ use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
 
-use crate::admission::Permit;
 use crate::drain::DrainSignal;
 use crate::gateway::{App, ConnInfo};
-use crate::handshake::ForwardedClient;
 use crate::metrics::ProtocolMetrics;
-use crate::pool::BackendGuard;
+use crate::protocol::handshake::ForwardedClient;
+use crate::rate_limit::admission::Permit;
 use crate::relay::limiter::LimitState;
 use crate::relay::mosaic::Direction;
 use crate::relay::pump::{
     relay, Buffered, Pump, PumpOptions, RelayReport, Shared, Side, Source, Traffic,
 };
-use crate::routes::{RouteSlot, RouteState};
-use crate::upstream::{Upgraded, UpstreamStream};
+use crate::routing::{RouteSlot, RouteState};
+use crate::upstreams::connect::{Upgraded, UpstreamStream};
+use crate::upstreams::pool::BackendGuard;
 
 /// The protocol a relayed connection speaks, for metrics and logs.
 #[derive(Clone, Copy, PartialEq, Eq)]

@@ -23,11 +23,12 @@ use hyper::{Method, Request, Response, StatusCode, Uri, Version};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::io::{AsyncRead, AsyncWrite};
 
-use crate::answer::{reject, Body, Reason, Rejection};
 use crate::drain::DrainState;
-use crate::front::{http_passthrough, hyper_websocket, Door, PermitSlot};
 use crate::gateway::{App, ConnInfo, Gateway};
-use crate::upgrade::Admission;
+use crate::pipeline::answer::{reject, Body};
+use crate::pipeline::front::{http_passthrough, hyper_websocket, Door, PermitSlot};
+use crate::pipeline::upgrade::Admission;
+use crate::protocol::reason::{Reason, Rejection};
 
 /// Bytes one stream may have queued for the client beyond what its socket took.
 const MAX_SEND_BUF: usize = 64 * 1024;
@@ -269,7 +270,7 @@ mod tests {
     #[test]
     fn the_200_keeps_what_was_negotiated_and_drops_the_upgrade_mechanics() {
         let answer = b"HTTP/1.1 101 Switching Protocols\r\nupgrade: websocket\r\nconnection: Upgrade\r\nsec-websocket-accept: abc\r\nsec-websocket-protocol: mosaic2025\r\nx-mosaic-features: x\r\n\r\n";
-        let r = crate::front::extended_connect_accepted(answer);
+        let r = crate::pipeline::front::extended_connect_accepted(answer);
         assert_eq!(r.status(), StatusCode::OK);
         let h = r.headers();
         assert_eq!(h["sec-websocket-protocol"], "mosaic2025");

@@ -17,18 +17,35 @@ use tokio::io::AsyncWriteExt;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::gateway::App;
-use crate::handshake::{upstream_request_head, Destination, ForwardedClient, HostLine};
-use crate::pool::{Backend, Pool};
+use crate::config::HealthCheckConfig;
+use crate::protocol::handshake::{upstream_request_head, Destination, ForwardedClient, HostLine};
 use crate::relay::frame::encode_close;
-use crate::routes::{HealthTarget, Probe};
-use crate::upstream::{connect_and_upgrade, UpstreamError, UpstreamStream};
+use crate::upstreams::connect::{connect_and_upgrade, UpstreamError, UpstreamStream};
+use crate::upstreams::pool::{Backend, Pool};
 
 fn random_key() -> String {
     let mut raw = [0u8; 16];
     // A weak key only matters to caches between us and the backend; there are none.
     let _ = getrandom::fill(&mut raw);
     base64_16(&raw)
+}
+
+/// How a pool's members are probed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum Probe {
+    /// A Mosaic upgrade offering these tokens; the 101 must select one of them.
+    Mosaic(Vec<String>),
+    /// A NIP-11 `GET`.
+    Nip11,
+    /// A WebSocket upgrade with no subprotocol; any 101 passes.
+    WebSocket,
+}
+
+/// A pool, how its members are probed, and the interval and thresholds that apply.
+pub(crate) struct HealthTarget {
+    pub(crate) pool: Arc<Pool>,
+    pub(crate) probe: Probe,
+    pub(crate) hc: HealthCheckConfig,
 }
 
 /// Base64 of exactly 16 bytes (a Sec-WebSocket-Key).
@@ -142,7 +159,7 @@ pub async fn check(b: &Backend, tokens: &[String], timeout: Duration) -> Result<
         "health check",
         Some([0x5a, 0x17, 0x33, 0xc1]),
     );
-    let _ = tokio::time::timeout(crate::pool::CHECK_CLOSE_WAIT, async {
+    let _ = tokio::time::timeout(crate::upstreams::pool::CHECK_CLOSE_WAIT, async {
         match up.stream {
             UpstreamStream::Tcp(mut s) => {
                 let _ = s.write_all(&close).await;
@@ -195,13 +212,13 @@ struct Schedule {
 
 /// Checks each pool at start and then every `health_check.interval` of its own section
 /// (counted from the start of its previous round, and never two rounds of one pool at
-/// once), always with the current generation's pools and settings, until the process
-/// ends.
-pub async fn run(app: Arc<App>) {
+/// once), always with the current generation's pools and settings (`targets` reads them),
+/// until the process ends.
+pub async fn run(targets: impl Fn() -> Vec<HealthTarget>) {
     // Keyed by the pool's address: a pool kept across reloads keeps its schedule.
     let mut schedules: HashMap<usize, Schedule> = HashMap::new();
     loop {
-        let targets = app.gateway().routes.health_targets();
+        let targets = targets();
         let now = Instant::now();
         let mut next = now + GENERATION_POLL;
         let mut live = Vec::with_capacity(targets.len());

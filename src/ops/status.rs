@@ -19,7 +19,7 @@ use serde::Serialize;
 use crate::config::Balance;
 use crate::drain::DrainState;
 use crate::gateway::App;
-use crate::pool::{Backend, Pool};
+use crate::upstreams::pool::{Backend, Pool};
 
 /// How often the counters are sampled.
 pub const SAMPLE_EVERY: Duration = Duration::from_secs(5);

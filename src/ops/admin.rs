@@ -18,7 +18,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 
 use crate::gateway::App;
-use crate::status::Status;
+use crate::ops::status::Status;
 
 fn text(
     status: StatusCode,
@@ -38,7 +38,7 @@ async fn handle(
     req: Request<Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     if req.method() == Method::POST && req.uri().path() == "/" {
-        return Ok(crate::nip86::handle(&app, req).await);
+        return Ok(crate::ops::nip86::handle(&app, req).await);
     }
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return Ok(text(
@@ -68,7 +68,7 @@ async fn handle(
         "/" | "/status" => {
             let mut r = text(
                 StatusCode::OK,
-                crate::status::html(&status.report(&app)),
+                crate::ops::status::html(&status.report(&app)),
                 "text/html; charset=utf-8",
             );
             r.headers_mut().insert(

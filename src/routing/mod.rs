@@ -8,17 +8,19 @@
 //! connections, and its connection count carries on. The pools of a route that goes away
 //! drain like removed backends: its open connections keep running, nothing new reaches it.
 
+pub mod table;
+
 use std::borrow::Cow;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use crate::config::{
-    Config, HealthCheckConfig, MosaicConfig, NostrConfig, NostrProbe, RateLimitsConfig,
-};
+use crate::config::{Config, MosaicConfig, NostrConfig, NostrProbe, RateLimitsConfig};
+use crate::config::{PathPrefix, RESERVED_NAME};
 use crate::metrics::{Metrics, ProtocolMetrics};
-use crate::pool::Pool;
 use crate::rate_limit::{Policy, Standing, Tables};
-use crate::route_table::{PathPrefix, RouteTable, RESERVED_NAME};
+use crate::routing::table::RouteTable;
+use crate::upstreams::health::{HealthTarget, Probe};
+use crate::upstreams::pool::Pool;
 
 /// A route's Mosaic side: its settings and pools.
 pub struct MosaicSide {
@@ -153,24 +155,6 @@ pub(crate) enum NoRoute {
     Unknown,
     /// Over TLS, `Host` names another route than the SNI name did: 421.
     Misdirected,
-}
-
-/// How a pool's members are probed.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) enum Probe {
-    /// A Mosaic upgrade offering these tokens; the 101 must select one of them.
-    Mosaic(Vec<String>),
-    /// A NIP-11 `GET`.
-    Nip11,
-    /// A WebSocket upgrade with no subprotocol; any 101 passes.
-    WebSocket,
-}
-
-/// A pool, how its members are probed, and the interval and thresholds that apply.
-pub(crate) struct HealthTarget {
-    pub(crate) pool: Arc<Pool>,
-    pub(crate) probe: Probe,
-    pub(crate) hc: HealthCheckConfig,
 }
 
 /// Every route of a generation and the table that chooses among them.
@@ -345,7 +329,7 @@ impl Spec<'_> {
         standing: &Arc<Standing>,
     ) -> RouteState {
         let name: Arc<str> = old.map_or_else(|| Arc::from(self.name), |o| o.name.clone());
-        crate::answer::preset_metrics(metrics, &name);
+        metrics.preset_rejections(&name);
         let old_mosaic = old.and_then(|o| o.mosaic.as_ref());
         let mosaic = match self.mosaic {
             Some(m) => Some(mosaic_side(&name, m, old_mosaic, metrics)),

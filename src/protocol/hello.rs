@@ -11,9 +11,9 @@
 use base64::Engine as _;
 use ed25519_dalek::SigningKey;
 
-use crate::answer::{Reason, Rejection};
-use crate::fields::{visible_ascii, Fields};
-use crate::handshake::{feature_list, negotiate_features};
+use crate::protocol::fields::{visible_ascii, Fields};
+use crate::protocol::handshake::{feature_list, negotiate_features};
+use crate::protocol::reason::{Reason, Rejection};
 use crate::relay::profile::MosaicVersion;
 
 /// The client's nonce the server signs.
@@ -159,7 +159,7 @@ pub fn hello_ack(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::handshake::tests::headers;
+    use crate::protocol::handshake::tests::headers;
     use ed25519_dalek::{Signature, Verifier as _};
 
     #[test]

@@ -9,9 +9,9 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use prometheus::GaugeVec;
 use tokio::sync::watch;
 
-use crate::gateway::App;
 use crate::tls::acme::AcmeManager;
 use crate::tls::certs::Reload;
 use crate::tls::TlsTerminator;
@@ -22,12 +22,17 @@ struct RunningAcme {
     stop: watch::Sender<bool>,
 }
 
-/// Checks the certificates every `tls.watch_interval` until the task is aborted.
-pub async fn run(app: Arc<App>) {
+/// What the upkeep reads of the current generation: its TLS terminator and
+/// `tls.watch_interval` (`None` when it serves no TLS).
+pub(crate) type Current = (Arc<TlsTerminator>, Duration);
+
+/// Checks the certificates every `tls.watch_interval` of the current generation (`current`
+/// reads it) until the task is aborted; `expiry` is
+/// `tls_certificate_expiry_timestamp_seconds`.
+pub(crate) async fn run(current: impl Fn() -> Option<Current>, expiry: GaugeVec) {
     let mut acme: Option<RunningAcme> = None;
     loop {
-        let gw = app.gateway();
-        let Some(tls) = gw.tls.clone() else {
+        let Some((tls, every)) = current() else {
             stop_acme(&mut acme);
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
@@ -36,13 +41,8 @@ pub async fn run(app: Arc<App>) {
         if let Reload::Failed(e) = tls.certificates().reload(false) {
             tracing::error!(error = %e, "certificate files changed but do not load: the old certificates stay");
         }
-        publish_expiry(&app, &tls);
-        let every = gw
-            .config
-            .tls
-            .as_ref()
-            .map_or(Duration::from_secs(10), |t| t.watch_interval.0);
-        drop(gw);
+        publish_expiry(&expiry, &tls);
+        drop(tls);
         tokio::time::sleep(every).await;
     }
 }
@@ -77,8 +77,7 @@ fn stop_acme(running: &mut Option<RunningAcme>) {
 /// One expiry series per served certificate, named by its first name. Series are set, never
 /// cleared first, so no scrape finds one missing; a certificate renamed by a reload leaves
 /// its old series until restart.
-pub(crate) fn publish_expiry(app: &App, tls: &TlsTerminator) {
-    let gauge = &app.metrics.tls_certificate_expiry_timestamp_seconds;
+pub(crate) fn publish_expiry(gauge: &GaugeVec, tls: &TlsTerminator) {
     let unix = |t: SystemTime| {
         t.duration_since(UNIX_EPOCH)
             .map_or(0.0, |d| d.as_secs_f64())
