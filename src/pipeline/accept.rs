@@ -360,7 +360,7 @@ mod budget {
     fn a_connection_task_fits_the_allocator_bin_it_was_measured_in() {
         // tokio's task cell adds 104 bytes (header, scheduler, trailer) and rounds up to its
         // 128-byte alignment: up to 1,048 bytes here the cell is 1,152 bytes, mimalloc's
-        // 1,280-byte bin; past that it is 1,280 bytes and takes 1,536 (README, memory). The
+        // 1,280-byte bin; past that it is 1,280 bytes and takes 1,536 (docs/architecture.md). The
         // release build (what runs, and what the bench measures) lays it out in 1,032 bytes
         // (the relay's part is 1,024), the unoptimised test build in 1,048: each profile
         // checks its own measured size, so growth in either fails.

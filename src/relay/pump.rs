@@ -1055,7 +1055,7 @@ pin_project_lite::pin_project! {
         #[pin]
         down: D,
         // Boxed: 112 bytes that would take the connection's task past 1,152 bytes, where its
-        // 128-byte alignment makes the allocator round it up to 1,536 (see README, memory).
+        // 128-byte alignment makes the allocator round it up to 1,536 (docs/architecture.md).
         timer: Pin<Box<tokio::time::Sleep>>,
         // The timer fired: re-arm it on the next turn even if the deadline is unchanged.
         rearm: bool,

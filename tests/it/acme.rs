@@ -25,7 +25,7 @@ use tokio_tungstenite::tungstenite::Message;
 const DOMAIN: &str = "gw.mosaic.test";
 const EXPIRY: &str =
     "mosaic_gateway_tls_certificate_expiry_timestamp_seconds{name=\"gw.mosaic.test\"}";
-/// `tls.acme.challenge` values, as the README documents them.
+/// `tls.acme.challenge` values, as docs/tls.md documents them.
 const TLS_ALPN_01: &str = "tls-alpn-01";
 const HTTP_01: &str = "http-01";
 /// How long a first issuance may take before the scenario fails with Pebble's logs.

@@ -64,7 +64,7 @@ async fn dev_serves_mosaic_over_ws_and_wss_and_nostr_from_one_command() {
     let res = recv(&mut m).await;
     assert_eq!((res[0], res[3]), (0x83, 0x01));
 
-    // A Mosaic 2025 client on the same port, as README's example: Submission → ACCEPTED.
+    // A Mosaic 2025 client on the same port, as docs/mosaic.md's example: Submission → ACCEPTED.
     let mut m25 = RawWs::connect(ws_addr, &["Sec-WebSocket-Protocol: mosaic2025"])
         .await
         .unwrap();

@@ -102,7 +102,7 @@ async fn first_scrape() -> String {
 }
 
 /// Every series the first scrape must have, as (name, labels), with the value 0 unless
-/// the name is listed in `nonzero`. The lists are README's and CONTRACT.md's.
+/// the name is listed in `nonzero`. The lists are docs/operations.md's and CONTRACT.md's.
 fn expected_zero_series() -> Vec<(String, Labels)> {
     let mut out = Vec::new();
     let mut add = |name: &str, labels: &[(&str, &str)]| {

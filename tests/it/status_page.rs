@@ -4,7 +4,7 @@
 //! backends and a real nostr relay, and after one backend is killed.
 //!
 //! `STATUS_SCREENSHOT=docs/status-page.png cargo test --test it status_page::` writes the
-//! README's screenshot.
+//! screenshot in docs/operations.md.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
