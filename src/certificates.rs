@@ -34,7 +34,7 @@ pub async fn run(app: Arc<App>) {
         };
         keep_acme_running(&mut acme, tls.acme());
         if let Reload::Failed(e) = tls.certificates().reload(false) {
-            tracing::error!(error = %e, "certificate files changed but do not load: the old certificates stay");
+            tracing::error!(error = %crate::error::Chain(&e), "certificate files changed but do not load: the old certificates stay");
         }
         publish_expiry(&app, &tls);
         let every = gw

@@ -17,6 +17,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
+use crate::error::Chain;
 use crate::gateway::App;
 use crate::handshake::{upstream_request_head, Destination, ForwardedClient, HostLine};
 use crate::pool::{Backend, Pool};
@@ -54,7 +55,7 @@ fn base64_16(raw: &[u8; 16]) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum CheckFailure {
     /// The connect or the upgrade failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Upstream(#[from] UpstreamError),
     /// The backend answered 101 without the Mosaic subprotocol.
     #[error("101 without the Mosaic subprotocol")]
@@ -173,8 +174,8 @@ async fn check_pool(target: HealthTarget) {
             match &outcome {
                 Ok(()) => b.note_check(true, "ok"),
                 Err(e) => {
-                    tracing::debug!(route = %pool.route, pool = pool.name, backend = %b.label, error = %e, "health check failed");
-                    b.note_check(false, e.to_string());
+                    tracing::debug!(route = %pool.route, pool = pool.name, backend = %b.label, error = %Chain(e), "health check failed");
+                    b.note_check(false, Chain(e).to_string());
                 }
             }
             pool.record_check(&b, outcome.is_ok(), &hc);

@@ -42,6 +42,7 @@ pub mod cli;
 pub mod config;
 pub mod dev;
 pub mod discovery;
+pub mod error;
 pub mod fields;
 pub mod handshake;
 pub mod hello;

@@ -16,6 +16,7 @@ use crate::answer::{refusal, reject, Answer, Reason, Rejection};
 use crate::client_addr::real_client;
 use crate::config::ServerAuthentication;
 use crate::connection::{Accepted, ActiveConnection, Prepared, Protocol};
+use crate::error::Chain;
 use crate::fields::Fields;
 use crate::gateway::{App, ConnInfo, Gateway};
 use crate::handshake::{
@@ -476,12 +477,12 @@ impl UpgradeContext<'_> {
             }
         };
         let on_fault = |b: &Backend, e: &UpstreamError| {
-            tracing::warn!(route = %pool.route, pool = pool.name, backend = %b.label, error = %e, "{} failed the upgrade", t.what);
+            tracing::warn!(route = %pool.route, pool = pool.name, backend = %b.label, error = %Chain(e), "{} failed the upgrade", t.what);
             metrics
                 .upstream_failures_total
                 .with_label_values(&[pool.name, e.kind()])
                 .inc();
-            b.note_check(false, format!("client upgrade: {e}"));
+            b.note_check(false, format!("client upgrade: {}", Chain(e)));
         };
         across_pool(tries, attempt, on_fault)
             .await
@@ -503,7 +504,7 @@ impl UpgradeContext<'_> {
     /// An upstream's refusal of this client's upgrade (a 4xx), passed on with its status;
     /// counted in `upstream_failures_total{kind="refused"}` but not held against it.
     fn passed_on(&self, pool: &Pool, e: &UpstreamError) -> Rejection {
-        tracing::debug!(route = %pool.route, pool = pool.name, error = %e, "upstream refused the client's upgrade: passed on");
+        tracing::debug!(route = %pool.route, pool = pool.name, error = %Chain(e), "upstream refused the client's upgrade: passed on");
         self.app
             .metrics
             .upstream_failures_total
