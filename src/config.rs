@@ -574,7 +574,7 @@ pub enum ValueError {
     #[error("`{0}` has no host")]
     NoHost(String),
     /// Neither a CIDR nor an address.
-    #[error("{0}")]
+    #[error(transparent)]
     NotACidr(#[from] std::net::AddrParseError),
 }
 
@@ -1077,7 +1077,7 @@ pub(crate) fn check_backend(key: &str, b: &BackendConfig, errs: &mut Vec<String>
     }
     if let Some(p) = &b.pin {
         if let Err(e) = crate::keys::parse_server_key(p) {
-            errs.push(format!("{key}.pin: {e}"));
+            errs.push(format!("{key}.pin: {}", crate::error::Chain(&e)));
         }
         let is_wss = b
             .url

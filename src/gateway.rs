@@ -237,13 +237,13 @@ fn acme_settings(a: &AcmeConfig) -> AcmeSettings {
 #[derive(Debug, thiserror::Error)]
 pub enum BuildError {
     /// `tls.key_file` could not be loaded (the message names the file).
-    #[error("tls.key_file: {0}")]
+    #[error("tls.key_file")]
     Key(#[from] KeyError),
     /// The TLS terminator could not be set up.
-    #[error("tls: {0}")]
+    #[error("tls")]
     Tls(#[from] TlsError),
     /// The ACME manager could not start (its cache or the ACME server's roots).
-    #[error("tls.acme: {0}")]
+    #[error("tls.acme")]
     Acme(#[from] AcmeError),
 }
 

@@ -132,7 +132,7 @@ pub enum KeyStringError {
         prefix: &'static str,
     },
     /// The part after the prefix is not a key.
-    #[error("invalid {what} key: {source}")]
+    #[error("invalid {what} key")]
     Invalid {
         /// "server" or "user".
         what: &'static str,
@@ -194,7 +194,7 @@ impl fmt::Display for KeyError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             KeyError::Missing(p) => write!(f, "key file {}: no such file", p.display()),
-            KeyError::Unreadable(p, e) => write!(f, "key file {}: cannot read: {e}", p.display()),
+            KeyError::Unreadable(p, _) => write!(f, "key file {}: cannot read", p.display()),
             KeyError::Exposed(e) => write!(f, "key file {e}"),
             KeyError::NotPem(p) => write!(
                 f,
@@ -214,7 +214,7 @@ impl fmt::Display for KeyError {
                 "key file {}: already exists, refusing to overwrite",
                 p.display()
             ),
-            KeyError::Write(p, e) => write!(f, "key file {}: cannot write: {e}", p.display()),
+            KeyError::Write(p, _) => write!(f, "key file {}: cannot write", p.display()),
             KeyError::Generate(p, e) => {
                 write!(f, "key file {}: cannot generate key: {e}", p.display())
             }

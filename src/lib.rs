@@ -15,7 +15,7 @@
 //! - `rate_limit`: admission, rate limits, access lists, bans.
 //! - [`config`], [`tls`] (certificates, ACME and their upkeep), [`protocol`] (the pure
 //!   rules of request heads, upgrades, PROXY headers and HELLO), [`relay`] (moving frames
-//!   both ways, inspecting Mosaic messages in flight).
+//!   both ways, inspecting Mosaic messages in flight); [`error`] prints an error's causes.
 #![deny(missing_docs)]
 // The one call that needs `unsafe` (mimalloc's collect) lives in the binary, `main.rs`.
 #![forbid(unsafe_code)]
@@ -31,6 +31,7 @@ mod rate_limit;
 pub mod cli;
 pub mod config;
 pub mod dev;
+pub mod error;
 pub mod keys;
 pub mod protocol;
 pub mod relay;

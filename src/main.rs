@@ -15,7 +15,7 @@ fn main() {
     mosaic_gateway::runtime::set_memory_upkeep(collect_freed_memory);
     let cli = mosaic_gateway::cli::Cli::parse();
     if let Err(e) = mosaic_gateway::cli::execute(cli) {
-        eprintln!("mosaic-gateway: {}", one_line(&e));
+        eprintln!("mosaic-gateway: {}", mosaic_gateway::error::Chain(&e));
         std::process::exit(1);
     }
 }
@@ -27,20 +27,4 @@ fn collect_freed_memory() {
     // SAFETY: mi_collect has no preconditions; it works on the calling thread's heap and the
     // shared arenas under mimalloc's own synchronisation.
     unsafe { libmimalloc_sys::mi_collect(false) }
-}
-
-/// The error and every cause it does not already quote, as one line: an operator reads
-/// "cache: cannot create /var/lib/…: Permission denied", not only its first half.
-fn one_line(e: &dyn std::error::Error) -> String {
-    let mut line = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        let text = s.to_string();
-        if !line.contains(&text) {
-            line.push_str(": ");
-            line.push_str(&text);
-        }
-        source = s.source();
-    }
-    line
 }

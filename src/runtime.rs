@@ -29,7 +29,7 @@ pub enum StartError {
     #[error(transparent)]
     Build(#[from] BuildError),
     /// A listener could not be bound.
-    #[error("{key}: cannot bind {addr}: {source}")]
+    #[error("{key}: cannot bind {addr}")]
     Bind {
         /// The config key of the listener (`listen`, `admin.listen`).
         key: &'static str,
@@ -40,7 +40,7 @@ pub enum StartError {
         source: std::io::Error,
     },
     /// A worker thread or its event loop could not start.
-    #[error("cannot start worker {worker}: {source}")]
+    #[error("cannot start worker {worker}")]
     Worker {
         /// The worker's number.
         worker: usize,

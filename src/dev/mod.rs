@@ -30,17 +30,17 @@ pub struct DevOptions {
 #[derive(Debug, thiserror::Error)]
 pub enum DevError {
     /// The embedded nostr relay could not start.
-    #[error("embedded nostr relay: {0}")]
+    #[error("cannot start the embedded nostr relay")]
     Relay(#[source] std::io::Error),
     /// The embedded Mosaic backend could not start.
-    #[error("embedded Mosaic backend: {0}")]
+    #[error("cannot start the embedded Mosaic backend")]
     Backend(#[source] std::io::Error),
     /// The generated config is invalid (a bug, or a bad address on the command line).
     #[error(transparent)]
     Config(#[from] crate::config::ConfigErrors),
     /// No randomness for the ephemeral key.
-    #[error("no OS randomness for the dev key: {0}")]
-    Random(getrandom::Error),
+    #[error("no OS randomness for the dev key")]
+    Random(#[source] getrandom::Error),
     /// The TLS listener's terminator could not be built.
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
@@ -48,7 +48,7 @@ pub enum DevError {
     #[error(transparent)]
     Start(#[from] crate::runtime::StartError),
     /// Signal handlers could not be installed.
-    #[error("signals: {0}")]
+    #[error("cannot install the signal handlers")]
     Signals(#[source] std::io::Error),
     /// The browser certificate could not be made.
     #[error("dev certificate for localhost: {0}")]

@@ -64,7 +64,7 @@ pub fn reload(app: &App, path: &std::path::Path) {
             app.swap(g);
             tracing::info!(config = %path.display(), "config reloaded");
         }
-        Err(e) => tracing::error!(error = %e, "reload ignored"),
+        Err(e) => tracing::error!(error = %crate::error::Chain(&e), "reload ignored"),
     }
 }
 

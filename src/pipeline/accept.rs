@@ -251,7 +251,7 @@ async fn serve_tls(
         Ok(Err(HandshakeError::AcmeChallengeServed)) => {
             tracing::debug!(client = %peer, "ACME TLS-ALPN-01 validation answered");
         }
-        Ok(Err(e)) => tls_failed(&app, peer, e.reason(), &e),
+        Ok(Err(e)) => tls_failed(&app, peer, e.reason(), &crate::error::Chain(&e)),
         Err(_) => tls_failed(&app, peer, crate::tls::TIMEOUT_REASON, &"timed out"),
     }
     None

@@ -24,6 +24,7 @@ use tokio::net::TcpStream;
 
 use crate::config::{HttpConfig, NostrConfig};
 use crate::drain::DrainState;
+use crate::error::Chain;
 use crate::gateway::{App, ConnInfo, Gateway};
 use crate::pipeline::answer::{full, refusal, reject, Body};
 use crate::pipeline::body::Watched;
@@ -149,7 +150,7 @@ pub(crate) async fn serve_http<I>(
     let finished = tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
-                tracing::debug!(client = %info.peer, error = %e, "HTTP connection ended with an error");
+                tracing::debug!(client = %info.peer, error = %Chain(&e), "HTTP connection ended with an error");
             }
             true
         }
@@ -398,7 +399,10 @@ async fn forward(
             Ok(resp)
         }
         Err(_) if watch.over_limit() => Err(RelayError::TooLarge),
-        Err(e) => Err(RelayError::Failed(relay.label.clone(), e.to_string())),
+        Err(e) => Err(RelayError::Failed(
+            relay.label.clone(),
+            Chain(&e).to_string(),
+        )),
     }
 }
 
@@ -410,7 +414,7 @@ async fn open_relay(b: &Backend) -> Result<SendRequest<Watched>, String> {
     let _ = tcp.set_nodelay(true);
     let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp))
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| Chain(&e).to_string())?;
     tokio::spawn(async move {
         let _ = conn.await;
     });
@@ -531,7 +535,7 @@ pub(crate) async fn hyper_websocket(
                 run_connection(app, info, prepared, client, leftover).await
             }
             Err(e) => {
-                tracing::debug!(conn = prepared.id, error = %e, "client upgrade did not complete")
+                tracing::debug!(conn = prepared.id, error = %Chain(&e), "client upgrade did not complete")
             }
         }
         drop(held);

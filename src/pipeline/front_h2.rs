@@ -81,7 +81,7 @@ pub(crate) async fn serve_h2<I>(
     tokio::select! {
         r = conn.as_mut() => {
             if let Err(e) = r {
-                tracing::debug!(client = %info.peer, error = %e, "HTTP/2 connection ended with an error");
+                tracing::debug!(client = %info.peer, error = %crate::error::Chain(&e), "HTTP/2 connection ended with an error");
             }
             return;
         }

@@ -12,6 +12,7 @@ use std::time::Instant;
 use hyper::StatusCode;
 
 use crate::config::ServerAuthentication;
+use crate::error::Chain;
 use crate::gateway::{App, ConnInfo, Gateway};
 use crate::pipeline::answer::{refusal, reject, Answer};
 use crate::pipeline::connection::{Accepted, ActiveConnection, Prepared, Protocol};
@@ -479,12 +480,12 @@ impl UpgradeContext<'_> {
             }
         };
         let on_fault = |b: &Backend, e: &UpstreamError| {
-            tracing::warn!(route = %pool.route, pool = pool.name, backend = %b.label, error = %e, "{} failed the upgrade", t.what);
+            tracing::warn!(route = %pool.route, pool = pool.name, backend = %b.label, error = %Chain(e), "{} failed the upgrade", t.what);
             metrics
                 .upstream_failures_total
                 .with_label_values(&[pool.name, e.kind()])
                 .inc();
-            b.note_check(false, format!("client upgrade: {e}"));
+            b.note_check(false, format!("client upgrade: {}", Chain(e)));
         };
         across_pool(tries, attempt, on_fault)
             .await
@@ -506,7 +507,7 @@ impl UpgradeContext<'_> {
     /// An upstream's refusal of this client's upgrade (a 4xx), passed on with its status;
     /// counted in `upstream_failures_total{kind="refused"}` but not held against it.
     fn passed_on(&self, pool: &Pool, e: &UpstreamError) -> Rejection {
-        tracing::debug!(route = %pool.route, pool = pool.name, error = %e, "upstream refused the client's upgrade: passed on");
+        tracing::debug!(route = %pool.route, pool = pool.name, error = %Chain(e), "upstream refused the client's upgrade: passed on");
         self.app
             .metrics
             .upstream_failures_total

@@ -445,13 +445,13 @@ fn check_tlvs(mut tlvs: &[u8]) -> Result<(), ProxyError> {
 #[derive(Debug, thiserror::Error)]
 pub enum ReadHeaderError {
     /// The socket failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     /// The peer closed before the header was complete.
     #[error("connection closed {0} the PROXY header")]
     Closed(&'static str),
     /// The bytes are not a PROXY header the gateway accepts.
-    #[error("{0}")]
+    #[error(transparent)]
     Invalid(#[from] ProxyError),
 }
 

@@ -66,6 +66,8 @@ use rustls::{ClientConfig, RootCertStore};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 
+use crate::error::Chain;
+
 /// First retry delay after a failed order; doubles per failure.
 const RETRY_INITIAL: Duration = Duration::from_secs(5);
 /// Cap of the retry delay.
@@ -187,18 +189,6 @@ fn cache_err<'a>(op: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> 
         path: path.to_owned(),
         source,
     }
-}
-
-/// `err: cause: cause ...` for one log line.
-fn chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut cur = err.source();
-    while let Some(e) = cur {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        cur = e.source();
-    }
-    out
 }
 
 /// The certificate being served.
@@ -346,7 +336,7 @@ impl AcmeManager {
                 manager.current.store(Some(Arc::new(issued)));
             }
             Ok(None) => {}
-            Err(e) => warn!(error = %chain(&e), "ACME: ignoring cached certificate"),
+            Err(e) => warn!(error = %Chain(&e), "ACME: ignoring cached certificate"),
         }
         Ok(manager)
     }
@@ -427,7 +417,7 @@ impl AcmeManager {
                     failures = failures.saturating_add(1);
                     let delay = backoff(failures);
                     warn!(
-                        error = %chain(&e),
+                        error = %Chain(&e),
                         attempt = failures,
                         retry_in = ?delay,
                         domains = ?self.settings.domains,
@@ -511,7 +501,7 @@ impl AcmeManager {
                 (default, issued.not_after)
             }
             Err(e) => {
-                warn!(error = %chain(&e), "ACME: renewal info unavailable, using 2/3 of the lifetime");
+                warn!(error = %Chain(&e), "ACME: renewal info unavailable, using 2/3 of the lifetime");
                 *account = None;
                 (default, now + MAX_SLEEP)
             }
@@ -544,7 +534,7 @@ impl AcmeManager {
             Some(id) => match account.new_order(&NewOrder::new(&ids).replaces(id)).await {
                 Ok(order) => order,
                 Err(e) => {
-                    debug!(error = %chain(&e), "ACME: order with `replaces` not accepted, ordering without it");
+                    debug!(error = %Chain(&e), "ACME: order with `replaces` not accepted, ordering without it");
                     account
                         .new_order(&NewOrder::new(&ids))
                         .await

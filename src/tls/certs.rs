@@ -112,7 +112,7 @@ pub struct CertificateSource {
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
     /// A file could not be read.
-    #[error("{key}: cannot read {}: {source}", path.display())]
+    #[error("{key}: cannot read {}", path.display())]
     Read {
         /// `tls.certificates[i].cert_file` or `.key_file`.
         key: String,
@@ -161,7 +161,7 @@ pub enum CertError {
         key: String,
     },
     /// A listed name is not a host name.
-    #[error("{key}: {source}")]
+    #[error("{key}")]
     Name {
         /// `tls.certificates[i].names[j]`.
         key: String,

@@ -117,28 +117,28 @@ pub fn peer_key(cert: &CertificateDer<'_>) -> Option<[u8; 32]> {
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
     /// The ed25519 key could not be encoded as PKCS#8.
-    #[error("cannot encode the ed25519 key as PKCS#8: {0}")]
+    #[error("cannot encode the ed25519 key as PKCS#8")]
     EncodeKey(#[source] ed25519_dalek::pkcs8::Error),
     /// rcgen refused the key.
-    #[error("rcgen cannot use the ed25519 key: {0}")]
+    #[error("rcgen cannot use the ed25519 key")]
     CertificateKey(#[source] rcgen::Error),
     /// rcgen could not make the self-signed certificate.
-    #[error("cannot make the self-signed certificate: {0}")]
+    #[error("cannot make the self-signed certificate")]
     SelfSigned(#[source] rcgen::Error),
     /// rustls cannot sign with the key.
-    #[error("rustls cannot load the ed25519 key: {0}")]
+    #[error("rustls cannot load the ed25519 key")]
     LoadKey(#[source] rustls::Error),
     /// rustls refused the server configuration.
-    #[error("TLS server configuration: {0}")]
+    #[error("rustls refused the TLS server configuration")]
     ServerConfig(#[source] rustls::Error),
     /// rustls refused the client configuration.
-    #[error("TLS client configuration: {0}")]
+    #[error("rustls refused the TLS client configuration")]
     ClientConfig(#[source] rustls::Error),
     /// An operator certificate cannot be served.
     #[error(transparent)]
     Certificate(#[from] certs::CertError),
     /// rustls refused the client certificate.
-    #[error("TLS client certificate: {0}")]
+    #[error("rustls refused the TLS client certificate")]
     ClientCertificate(#[source] rustls::Error),
 }
 

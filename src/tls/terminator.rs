@@ -192,14 +192,14 @@ impl ResolvesServerCert for ChallengeResolver {
 #[derive(Debug, thiserror::Error)]
 pub enum HandshakeError {
     /// Not a TLS ClientHello, or the peer went away before sending one.
-    #[error("no usable ClientHello: {0}")]
+    #[error("no usable ClientHello")]
     ClientHello(#[source] io::Error),
     /// Nothing to serve this client (no master key for it, no certificate).
     #[error("no certificate for this client (SNI {0:?}, no default certificate)")]
     NoCertificate(Option<String>),
     /// The handshake itself failed (alerts, unsupported parameters, client key refused).
-    #[error("{0}")]
-    Handshake(#[source] io::Error),
+    #[error(transparent)]
+    Handshake(io::Error),
     /// Not a failure: the connection was an ACME TLS-ALPN-01 validation, answered with the
     /// challenge certificate and closed (it carries no application data).
     #[error("ACME TLS-ALPN-01 validation answered")]

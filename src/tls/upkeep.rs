@@ -39,7 +39,7 @@ pub(crate) async fn run(current: impl Fn() -> Option<Current>, expiry: GaugeVec)
         };
         keep_acme_running(&mut acme, tls.acme());
         if let Reload::Failed(e) = tls.certificates().reload(false) {
-            tracing::error!(error = %e, "certificate files changed but do not load: the old certificates stay");
+            tracing::error!(error = %crate::error::Chain(&e), "certificate files changed but do not load: the old certificates stay");
         }
         publish_expiry(&expiry, &tls);
         drop(tls);

@@ -77,7 +77,7 @@ impl Upgraded {
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     /// TCP or TLS connect failed.
-    #[error("connect failed: {0}")]
+    #[error("connect failed")]
     Connect(#[source] io::Error),
     /// Connect plus upgrade took longer than allowed.
     #[error("timed out")]

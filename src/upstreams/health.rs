@@ -18,6 +18,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::config::HealthCheckConfig;
+use crate::error::Chain;
 use crate::protocol::handshake::{upstream_request_head, Destination, ForwardedClient, HostLine};
 use crate::relay::frame::encode_close;
 use crate::upstreams::connect::{connect_and_upgrade, UpstreamError, UpstreamStream};
@@ -71,7 +72,7 @@ fn base64_16(raw: &[u8; 16]) -> String {
 #[derive(Debug, thiserror::Error)]
 pub enum CheckFailure {
     /// The connect or the upgrade failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Upstream(#[from] UpstreamError),
     /// The backend answered 101 without the Mosaic subprotocol.
     #[error("101 without the Mosaic subprotocol")]
@@ -190,8 +191,8 @@ async fn check_pool(target: HealthTarget) {
             match &outcome {
                 Ok(()) => b.note_check(true, "ok"),
                 Err(e) => {
-                    tracing::debug!(route = %pool.route, pool = pool.name, backend = %b.label, error = %e, "health check failed");
-                    b.note_check(false, e.to_string());
+                    tracing::debug!(route = %pool.route, pool = pool.name, backend = %b.label, error = %Chain(e), "health check failed");
+                    b.note_check(false, Chain(e).to_string());
                 }
             }
             pool.record_check(&b, outcome.is_ok(), &hc);

@@ -157,6 +157,7 @@ const PARTS: &[&str] = &[
     "relay",
     "keys",
     "drain",
+    "error",
 ];
 
 /// Every import of a part above the importer (or of a part in no place of `parts`), and

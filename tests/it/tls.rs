@@ -59,7 +59,7 @@ async fn start_server(term: TlsTerminator) -> (SocketAddr, mpsc::UnboundedReceiv
                         let _ = stream.shutdown().await;
                     }
                     Ok(Err(e)) => {
-                        let _ = tx.send(Err(e.to_string()));
+                        let _ = tx.send(Err(mosaic_gateway::error::Chain(&e).to_string()));
                     }
                     Err(_) => {
                         let _ = tx.send(Err("server handshake timed out".to_string()));

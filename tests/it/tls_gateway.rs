@@ -1118,7 +1118,8 @@ async fn a_group_readable_key_file_stops_the_gateway_and_check_config_says_chmod
         ),
         "{err:?}"
     );
-    let text = err.to_string();
+    // What the operator reads: the error and its causes, one line.
+    let text = mosaic_gateway::error::Chain(&err).to_string();
     assert!(
         text.starts_with("tls.key_file: ") && text.contains("chmod 600") && text.contains("640"),
         "{text}"
