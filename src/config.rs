@@ -218,7 +218,7 @@ fn default_admin_listen() -> String {
     "127.0.0.1:9090".into()
 }
 
-/// Balancing algorithms for the Mosaic pool.
+/// Balancing algorithms of a pool (Mosaic backends or nostr relays).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum Balance {

@@ -1,4 +1,5 @@
-//! The Mosaic backend pool: balancing, passive and active health, reconfiguration.
+//! A pool of upstreams, Mosaic backends or nostr relays alike: balancing, passive and active
+//! health, reconfiguration.
 //!
 //! A pool holds its config entries (`url:` and `dns:`), the addresses last resolved for
 //! each `dns:` name, and the current backend list built from both. Picking a backend takes
