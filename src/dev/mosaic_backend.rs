@@ -11,9 +11,9 @@
 //! - The handshake requires one of the configured subprotocol tokens (exact, case-sensitive,
 //!   from a comma-separated list over any number of header lines; its own order decides,
 //!   2025 first) or answers HTTP 400. A 2025 upgrade is answered with the HELLO ACK
-//!   headers, the nonce signed by the backend's own random key ([`MosaicBackend::public_key`]). Every
-//!   accepted request's headers are recorded before the 101 is written, so they can be
-//!   inspected as soon as the client's connect returns.
+//!   headers, the nonce signed by the backend's own random key
+//!   ([`MosaicBackend::public_key`]). Every accepted request's headers are recorded before
+//!   the 101 is written, so they can be inspected as soon as the client's connect returns.
 //! - `X-Mosaic-Features` is negotiated as in mosaic-wire.md §1.
 //! - A malformed message, a server-type message (>= 0x80 except 0xF0) or an unknown client
 //!   type closes the connection with 1002; a text message closes it with 1003; 0xF0 is

@@ -3,18 +3,18 @@
 //! Every accepted connection goes through these stages, in this order, each in its own
 //! module and each knowing only the stages after it:
 //!
-//! 1. the PROXY header from a trusted load balancer ([`crate::protocol::proxy_protocol`]), then the
-//!    the access lists on the client's address ([`crate::rate_limit`]): a refused address
-//!    is closed here, before TLS;
+//! 1. the PROXY header from a trusted load balancer ([`crate::protocol::proxy_protocol`]),
+//!    then the access lists on the client's address ([`crate::rate_limit`]): a refused
+//!    address is closed here, before TLS;
 //! 2. TLS ([`crate::tls`]), which also yields the client's ed25519 key;
-//! 3. the first request head ([`crate::protocol::request_head`]): a plain request goes to the hyper
-//!    path ([`crate::pipeline::front`]), an upgrade stays on the fast path below; a TLS client that
-//!    chose HTTP/2 by ALPN goes to [`crate::pipeline::front_h2`], whose WebSocket streams take
-//!    stages 4 and 5 as an upgrade does;
-//! 4. the upgrade ([`crate::pipeline::upgrade`]): checks, limits, routing, and the upstream's side of
+//! 3. the first request head ([`crate::protocol::request_head`]): a plain request goes to
+//!    the hyper path ([`super::front`]), an upgrade stays on the fast path below; a TLS
+//!    client that chose HTTP/2 by ALPN goes to [`super::front_h2`], whose WebSocket streams
+//!    take stages 4 and 5 as an upgrade does;
+//! 4. the upgrade ([`super::upgrade`]): checks, limits, routing, and the upstream's side of
 //!    the handshake, all before the client hears 101, so every failure is an HTTP status
 //!    and retries stay invisible;
-//! 5. the relay ([`crate::pipeline::connection`]) until the connection ends.
+//! 5. the relay ([`super::connection`]) until the connection ends.
 //!
 //! The PROXY header, TLS and the request head share one deadline
 //! (`limits.handshake_timeout`).

@@ -1,8 +1,8 @@
-//! The upgrade itself: the route (by host and path), validation, limits, the routing
-//! decision by subprotocol, and the upstream's side of the handshake (with retries across
-//! the route's Mosaic pool or nostr relay pool), before the client hears 101.
+//! The upgrade itself: the route (by host and path), validation, limits, the choice of
+//! Mosaic or nostr by subprotocol, and the upstream's side of the handshake (with retries
+//! across the route's Mosaic pool or nostr relay pool), before the client hears 101.
 //!
-//! What comes out is a [`Prepared`] connection for [`crate::pipeline::connection`] to relay, or the
+//! What comes out is a [`Prepared`] connection for [`super::connection`] to relay, or the
 //! HTTP answer that refuses it.
 
 use std::sync::atomic::Ordering;
