@@ -4,14 +4,18 @@
 //! Everything comes from state the gateway keeps anyway (the metrics, the pools, the
 //! certificate store, the drain); rates and "recent" counts are differences against samples
 //! of the counters taken every [`SAMPLE_EVERY`] by [`sample`].
+//!
+//! [`Status::report`] reads each section with its own function into a [`Report`], which
+//! `/status.json` serialises as it is; [`html`] renders it with maud templates, one per
+//! section of the page, so every value is escaped on its way in.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::fmt::Write as _;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use maud::{html, Markup, PreEscaped, DOCTYPE};
 use prometheus::core::Collector;
 use prometheus::proto::MetricType;
 use serde::Serialize;
@@ -19,6 +23,8 @@ use serde::Serialize;
 use crate::config::Balance;
 use crate::drain::DrainState;
 use crate::gateway::App;
+use crate::metrics::Metrics;
+use crate::tls::TlsTerminator;
 use crate::upstreams::pool::{Backend, Pool};
 
 /// How often the counters are sampled.
@@ -132,10 +138,47 @@ impl Status {
         }
     }
 
-    /// Everything the page shows, as of now.
+    /// Everything the page shows, as of now: each section read by its own function.
     pub fn report(&self, app: &App) -> Report {
-        let now = Instant::now();
         let wall = SystemTime::now();
+        let gw = app.gateway();
+        let m = &app.metrics;
+        let (traffic, rejections) = self.rates_and_recent(app);
+        let (draining, drain_seconds_left) = drain_state(app);
+        let readiness = app.readiness();
+        let (bans_active, bans) = ban_rows(app, wall);
+        Report {
+            version: env!("CARGO_PKG_VERSION"),
+            started_at: unix(self.started_at),
+            now: unix(wall),
+            uptime_seconds: self.started.elapsed().as_secs(),
+            ready: readiness.is_ok(),
+            not_ready: readiness.err().map(|e| e.to_string()),
+            draining,
+            drain_seconds_left,
+            connections: connection_rows(m),
+            traffic,
+            rate_window_seconds: RATE_WINDOW.as_secs(),
+            pools: gw.pools().iter().map(|p| pool_report(p, wall)).collect(),
+            rejections,
+            recent_window_seconds: RECENT_WINDOW.as_secs(),
+            tls: gw.tls.is_some(),
+            certificates: gw
+                .tls
+                .as_deref()
+                .map(|tls| certificate_rows(tls, wall))
+                .unwrap_or_default(),
+            tls_handshakes: totals_by(&m.tls_handshakes_total, "client_auth"),
+            tls_handshake_failures: totals_by(&m.tls_handshake_failures_total, "reason"),
+            bans_active,
+            bans,
+        }
+    }
+
+    /// The traffic rates and the recent rejections: the counters now against the samples
+    /// at the start of each window.
+    fn rates_and_recent(&self, app: &App) -> (Vec<TrafficRow>, Vec<RejectionRow>) {
+        let now = Instant::now();
         let current = Counters::read(app);
         let history = self.history();
         // The oldest sample inside a window (the start, while the gateway is younger).
@@ -145,161 +188,158 @@ impl Status {
                 .find(|(at, _)| now.duration_since(*at) <= window)
                 .or(history.back())
         };
-        let rate_base = baseline(RATE_WINDOW);
-        let recent_base = baseline(RECENT_WINDOW);
-        let gw = app.gateway();
-        let m = &app.metrics;
+        let rate_base = baseline(RATE_WINDOW).map(|(at, c)| (now.duration_since(*at), c));
+        let recent_base = baseline(RECENT_WINDOW).map(|(_, c)| c);
+        (
+            traffic_rows(&current, rate_base),
+            rejection_rows(&current, recent_base),
+        )
+    }
+}
 
-        let totals = series(&m.connections_total);
-        let connections = series(&m.connections_active)
-            .into_iter()
-            .map(|(labels, active)| {
-                let total = totals
-                    .iter()
-                    .find(|(l, _)| *l == labels)
-                    .map_or(0.0, |(_, v)| *v);
-                ConnectionRow {
-                    labels: labels.into_iter().collect(),
-                    active: active as i64,
-                    total: total as u64,
-                }
-            })
-            .collect();
-
-        let mut traffic: BTreeMap<Vec<(String, String)>, TrafficRow> = BTreeMap::new();
-        for ((name, labels), v) in &current.values {
-            let slot = match *name {
-                "messages" => 0,
-                "bytes" => 2,
-                _ => continue,
-            };
-            let up = labels
+/// `connections_active` beside `connections_total`, by label set.
+fn connection_rows(m: &Metrics) -> Vec<ConnectionRow> {
+    let totals = series(&m.connections_total);
+    series(&m.connections_active)
+        .into_iter()
+        .map(|(labels, active)| {
+            let total = totals
                 .iter()
-                .any(|(k, v)| k == "direction" && v == "client_to_upstream");
-            let key: Vec<(String, String)> = labels
-                .iter()
-                .filter(|(k, _)| k != "direction")
-                .cloned()
-                .collect();
-            let row = traffic.entry(key.clone()).or_insert_with(|| TrafficRow {
-                labels: key.into_iter().collect(),
-                ..TrafficRow::default()
-            });
-            let rate = rate_base.and_then(|(at, base)| {
-                let secs = now.duration_since(*at).as_secs_f64();
-                (secs >= 1.0).then(|| (v - base.get(name, labels)).max(0.0) / secs)
-            });
-            let i = slot + usize::from(!up);
-            let cell = match i {
-                0 => &mut row.messages_per_second_up,
-                1 => &mut row.messages_per_second_down,
-                2 => &mut row.bytes_per_second_up,
-                _ => &mut row.bytes_per_second_down,
-            };
-            *cell = rate;
-            if slot == 0 {
-                if up {
-                    row.messages_total_up = *v as u64;
-                } else {
-                    row.messages_total_down = *v as u64;
-                }
+                .find(|(l, _)| *l == labels)
+                .map_or(0.0, |(_, v)| *v);
+            ConnectionRow {
+                labels: labels.into_iter().collect(),
+                active: active as i64,
+                total: total as u64,
             }
+        })
+        .collect()
+}
+
+/// Messages and bytes by label set, both directions in one row; `base` is the sample at
+/// the start of the rate window and how long ago it was taken.
+fn traffic_rows(current: &Counters, base: Option<(Duration, &Counters)>) -> Vec<TrafficRow> {
+    let mut rows: BTreeMap<LabelSet, TrafficRow> = BTreeMap::new();
+    for ((name, labels), v) in &current.values {
+        if !matches!(*name, "messages" | "bytes") {
+            continue;
         }
-
-        let mut rejections: Vec<RejectionRow> = current
-            .values
+        let up = labels
             .iter()
-            .filter(|((name, _), _)| *name == "rejections")
-            .map(|((name, labels), v)| RejectionRow {
-                labels: labels.iter().cloned().collect(),
-                recent: recent_base.map_or(0.0, |(_, b)| (v - b.get(name, labels)).max(0.0)) as u64,
-                total: *v as u64,
-            })
+            .any(|(k, v)| k == "direction" && v == "client_to_upstream");
+        let key: LabelSet = labels
+            .iter()
+            .filter(|(k, _)| k != "direction")
+            .cloned()
             .collect();
-        rejections.sort_by_key(|r| std::cmp::Reverse((r.recent, r.total)));
-        drop(history);
+        let row = rows.entry(key.clone()).or_insert_with(|| TrafficRow {
+            labels: key.into_iter().collect(),
+            ..TrafficRow::default()
+        });
+        // Under a second of history a difference says more about timing than traffic.
+        let rate = base.and_then(|(ago, base)| {
+            let secs = ago.as_secs_f64();
+            (secs >= 1.0).then(|| (v - base.get(name, labels)).max(0.0) / secs)
+        });
+        row.set(name, up, rate, *v);
+    }
+    rows.into_values().collect()
+}
 
-        let pools = gw.pools().iter().map(|p| pool_report(p, wall)).collect();
-        let certificates = gw
-            .tls
-            .as_ref()
-            .map(|tls| {
-                let mut out: Vec<CertificateRow> = tls
-                    .certificates()
-                    .current()
-                    .iter()
-                    .map(|c| CertificateRow {
-                        name: c.label.clone(),
-                        source: "file".into(),
-                        names: c.names.iter().map(|n| format!("{n}")).collect(),
-                        not_after: Some(unix(c.not_after)),
-                        days_left: Some(days_between(wall, c.not_after)),
-                    })
-                    .collect();
-                if let Some(acme) = tls.acme() {
-                    let at = acme.not_after();
-                    out.push(CertificateRow {
-                        name: acme.label(),
-                        source: "acme".into(),
-                        names: Vec::new(),
-                        not_after: at.map(unix),
-                        days_left: at.map(|at| days_between(wall, at)),
-                    });
-                }
-                out
-            })
-            .unwrap_or_default();
-        let (draining, drain_seconds_left) = match *app.drain.borrow() {
-            DrainState::Draining { close_by } => (
-                true,
-                Some(
-                    close_by
-                        .saturating_duration_since(tokio::time::Instant::now())
-                        .as_secs_f64(),
-                ),
-            ),
-            _ => (false, None),
-        };
-        let by = |c: &dyn Collector, label: &str| -> BTreeMap<String, u64> {
-            series(c)
-                .into_iter()
-                .filter_map(|(labels, v)| {
-                    let key = labels.into_iter().find(|(k, _)| k == label)?.1;
-                    Some((key, v as u64))
-                })
-                .collect()
-        };
-        let readiness = app.readiness();
-        let all_bans = app.standing().list();
-        let bans_active = all_bans.len();
-        let bans = all_bans
-            .into_iter()
-            .take(MAX_BANS_SHOWN)
-            .map(|(net, ban)| BanRow::new(net, ban, unix(wall) * 1000))
-            .collect();
-        Report {
-            bans_active,
-            bans,
-            version: env!("CARGO_PKG_VERSION"),
-            started_at: unix(self.started_at),
-            now: unix(wall),
-            uptime_seconds: self.started.elapsed().as_secs(),
-            ready: readiness.is_ok(),
-            not_ready: readiness.err().map(|e| e.to_string()),
-            draining,
-            drain_seconds_left,
-            connections,
-            traffic: traffic.into_values().collect(),
-            rate_window_seconds: RATE_WINDOW.as_secs(),
-            pools,
-            rejections,
-            recent_window_seconds: RECENT_WINDOW.as_secs(),
-            tls: gw.tls.is_some(),
-            certificates,
-            tls_handshakes: by(&m.tls_handshakes_total, "client_auth"),
-            tls_handshake_failures: by(&m.tls_handshake_failures_total, "reason"),
+impl TrafficRow {
+    /// Puts one direction of `messages` or `bytes` into its cells.
+    fn set(&mut self, name: &str, up: bool, rate: Option<f64>, total: f64) {
+        match (name, up) {
+            ("messages", true) => {
+                self.messages_per_second_up = rate;
+                self.messages_total_up = total as u64;
+            }
+            ("messages", false) => {
+                self.messages_per_second_down = rate;
+                self.messages_total_down = total as u64;
+            }
+            (_, true) => self.bytes_per_second_up = rate,
+            (_, false) => self.bytes_per_second_down = rate,
         }
     }
+}
+
+/// Rejections by label set, the most recent first; `base` is the sample at the start of
+/// the recent window.
+fn rejection_rows(current: &Counters, base: Option<&Counters>) -> Vec<RejectionRow> {
+    let mut rows: Vec<RejectionRow> = current
+        .values
+        .iter()
+        .filter(|((name, _), _)| *name == "rejections")
+        .map(|((name, labels), v)| RejectionRow {
+            labels: labels.iter().cloned().collect(),
+            recent: base.map_or(0.0, |b| (v - b.get(name, labels)).max(0.0)) as u64,
+            total: *v as u64,
+        })
+        .collect();
+    rows.sort_by_key(|r| std::cmp::Reverse((r.recent, r.total)));
+    rows
+}
+
+/// The certificates from files, then the ACME one.
+fn certificate_rows(tls: &TlsTerminator, wall: SystemTime) -> Vec<CertificateRow> {
+    let mut rows: Vec<CertificateRow> = tls
+        .certificates()
+        .current()
+        .iter()
+        .map(|c| CertificateRow {
+            name: c.label.clone(),
+            source: "file".into(),
+            names: c.names.iter().map(|n| format!("{n}")).collect(),
+            not_after: Some(unix(c.not_after)),
+            days_left: Some(days_between(wall, c.not_after)),
+        })
+        .collect();
+    if let Some(acme) = tls.acme() {
+        let at = acme.not_after();
+        rows.push(CertificateRow {
+            name: acme.label(),
+            source: "acme".into(),
+            names: Vec::new(),
+            not_after: at.map(unix),
+            days_left: at.map(|at| days_between(wall, at)),
+        });
+    }
+    rows
+}
+
+/// Whether the drain runs, and the seconds it has left.
+fn drain_state(app: &App) -> (bool, Option<f64>) {
+    match *app.drain.borrow() {
+        DrainState::Draining { close_by } => {
+            let left = close_by.saturating_duration_since(tokio::time::Instant::now());
+            (true, Some(left.as_secs_f64()))
+        }
+        _ => (false, None),
+    }
+}
+
+/// A metric vector's values by one of its labels.
+fn totals_by(c: &dyn Collector, label: &str) -> BTreeMap<String, u64> {
+    series(c)
+        .into_iter()
+        .filter_map(|(labels, v)| {
+            let key = labels.into_iter().find(|(k, _)| k == label)?.1;
+            Some((key, v as u64))
+        })
+        .collect()
+}
+
+/// How many bans are in force, and the first [`MAX_BANS_SHOWN`] of them.
+fn ban_rows(app: &App, wall: SystemTime) -> (usize, Vec<BanRow>) {
+    let all = app.standing().list();
+    let active = all.len();
+    let shown = all
+        .into_iter()
+        .take(MAX_BANS_SHOWN)
+        .map(|(net, ban)| BanRow::new(net, ban, unix(wall) * 1000))
+        .collect();
+    (active, shown)
 }
 
 fn unix(t: SystemTime) -> u64 {
@@ -382,9 +422,8 @@ pub struct Report {
     pub traffic: Vec<TrafficRow>,
     /// The window the rates are averaged over.
     pub rate_window_seconds: u64,
-    /// Every Mosaic pool.
+    /// Every pool: the Mosaic pools, then the nostr relay's when served.
     pub pools: Vec<PoolReport>,
-    /// The nostr relay, when served.
     /// `handshake_rejections_total` by reason: within the recent window and since start.
     pub rejections: Vec<RejectionRow>,
     /// The window of `rejections[].recent`.
@@ -546,22 +585,6 @@ pub async fn sample(app: Arc<App>, status: Arc<Status>) {
 // ---------------------------------------------------------------------------
 // HTML
 
-/// Escapes text for HTML element content and quoted attribute values.
-pub fn escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        match c {
-            '&' => out.push_str("&amp;"),
-            '<' => out.push_str("&lt;"),
-            '>' => out.push_str("&gt;"),
-            '"' => out.push_str("&quot;"),
-            '\'' => out.push_str("&#39;"),
-            _ => out.push(c),
-        }
-    }
-    out
-}
-
 fn duration_text(secs: u64) -> String {
     let (d, h, m, s) = (secs / 86_400, secs / 3600 % 24, secs / 60 % 60, secs % 60);
     match (d, h, m) {
@@ -589,6 +612,7 @@ fn rate_text(r: Option<f64>, bytes: bool) -> String {
     }
 }
 
+/// A series' labels as one line: the value of `first`, then `key=value` for the rest.
 fn labels_text(labels: &BTreeMap<String, String>, first: &str) -> String {
     let mut parts: Vec<String> = labels.get(first).into_iter().cloned().collect();
     parts.extend(
@@ -597,11 +621,11 @@ fn labels_text(labels: &BTreeMap<String, String>, first: &str) -> String {
             .filter(|(k, _)| k.as_str() != first)
             .map(|(k, v)| format!("{k}={v}")),
     );
-    escape(&parts.join(" · "))
+    parts.join(" · ")
 }
 
-fn badge(class: &str, text: &str) -> String {
-    format!("<span class=\"b {class}\">{}</span>", escape(text))
+fn badge(class: &str, text: &str) -> Markup {
+    html! { span.b.(class) { (text) } }
 }
 
 const STYLE: &str = "\
@@ -626,9 +650,44 @@ td.n,th.n{text-align:right;font-variant-numeric:tabular-nums;white-space:nowrap}
 .wrap{word-break:break-all}\
 @media(min-width:800px){main{grid-template-columns:1fr 1fr}.wide{grid-column:1/-1}}";
 
-/// The status page.
+/// The status page. Every value reaches the page through a maud splice, which escapes it:
+/// route and backend names, health-check details, ban reasons and certificate labels come
+/// from operators and peers.
 pub fn html(r: &Report) -> String {
-    let mut o = String::with_capacity(8 * 1024);
+    let page = html! {
+        (DOCTYPE)
+        html lang="en" {
+            head {
+                meta charset="utf-8";
+                meta name="viewport" content="width=device-width,initial-scale=1";
+                meta http-equiv="refresh" content=(REFRESH_SECONDS);
+                title { "mosaic-gateway status" }
+                // Our own constant: CSS is raw text in HTML, so escaping would corrupt it.
+                style { (PreEscaped(STYLE)) }
+            }
+            body {
+                (header(r))
+                main {
+                    @if let Some(why) = &r.not_ready {
+                        (readiness(why, r.drain_seconds_left))
+                    }
+                    (connections(&r.connections))
+                    (traffic(r))
+                    (backends(&r.pools))
+                    (rejections(r))
+                    (bans(r))
+                    (tls(r))
+                }
+            }
+        }
+    };
+    let mut out = page.into_string();
+    out.push('\n');
+    out
+}
+
+/// The dark bar: version, state, uptime and the other views.
+fn header(r: &Report) -> Markup {
     let state = if r.draining {
         badge("draining", "draining")
     } else if r.ready {
@@ -636,212 +695,246 @@ pub fn html(r: &Report) -> String {
     } else {
         badge("down", "not ready")
     };
-    let _ = write!(
-        o,
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
-<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\
-<meta http-equiv=\"refresh\" content=\"{REFRESH_SECONDS}\">\
-<title>mosaic-gateway status</title><style>{STYLE}</style></head><body>\
-<header><h1>mosaic-gateway {}</h1>{state}\
-<span class=\"meta\">up {} · refreshes every {REFRESH_SECONDS}s · <a href=\"/status.json\" style=\"color:#93c5fd\">JSON</a> · <a href=\"/metrics\" style=\"color:#93c5fd\">metrics</a></span></header><main>",
-        escape(r.version),
-        duration_text(r.uptime_seconds),
-    );
-    if let Some(why) = &r.not_ready {
-        let _ = write!(
-            o,
-            "<section class=\"wide\"><h2>Readiness</h2><p class=\"bad\" id=\"not-ready\">not ready: {}</p>",
-            escape(why)
-        );
-        if let Some(left) = r.drain_seconds_left {
-            let _ = write!(
-                o,
-                "<p>Draining: open connections are closed within {left:.0}s.</p>"
-            );
-        }
-        o.push_str("</section>");
-    }
-
-    o.push_str("<section><h2>Connections</h2><div class=\"scroll\"><table><tr><th>protocol</th><th class=\"n\">open</th><th class=\"n\">since start</th></tr>");
-    for c in &r.connections {
-        let _ = write!(
-            o,
-            "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
-            labels_text(&c.labels, "protocol"),
-            c.active,
-            c.total
-        );
-    }
-    o.push_str("</table></div></section>");
-
-    let _ = write!(
-        o,
-        "<section><h2>Traffic <span class=\"muted\">(last {}s)</span></h2><div class=\"scroll\"><table>\
-<tr><th>protocol</th><th class=\"n\">msg/s ↑</th><th class=\"n\">msg/s ↓</th><th class=\"n\">bytes ↑</th><th class=\"n\">bytes ↓</th></tr>",
-        r.rate_window_seconds
-    );
-    for t in &r.traffic {
-        let _ = write!(
-            o,
-            "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
-            labels_text(&t.labels, "protocol"),
-            rate_text(t.messages_per_second_up, false),
-            rate_text(t.messages_per_second_down, false),
-            rate_text(t.bytes_per_second_up, true),
-            rate_text(t.bytes_per_second_down, true),
-        );
-    }
-    o.push_str(
-        "</table></div><p class=\"muted\">↑ client to upstream, ↓ upstream to client</p></section>",
-    );
-
-    o.push_str("<section class=\"wide\"><h2>Backends</h2>");
-    for p in &r.pools {
-        let _ = write!(
-            o,
-            "<h3>{} / {} <span class=\"muted\">{} · {} of {} up</span></h3><div class=\"scroll\"><table>\
-<tr><th>backend</th><th>state</th><th class=\"n\">open</th><th class=\"n\">weight</th><th>last check</th></tr>",
-            escape(&p.route),
-            escape(p.pool),
-            escape(p.balance),
-            p.healthy,
-            p.backends.len()
-        );
-        for b in &p.backends {
-            let check = match &b.last_check {
-                Some(c) => format!(
-                    "<span class=\"{}\">{}</span> <span class=\"muted\">{} ago</span>",
-                    if c.ok { "" } else { "bad" },
-                    escape(&c.detail),
-                    duration_text(c.seconds_ago)
-                ),
-                None => "<span class=\"muted\">not yet</span>".into(),
-            };
-            let _ = write!(
-                o,
-                "<tr data-backend=\"{}\" data-state=\"{}\"><td class=\"wrap\">{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td><td>{check}</td></tr>",
-                escape(&b.backend),
-                b.state,
-                escape(&b.backend),
-                badge(b.state, b.state),
-                b.open_connections,
-                b.weight,
-            );
-        }
-        o.push_str("</table></div>");
-    }
-    o.push_str("</section>");
-
-    let _ = write!(
-        o,
-        "<section><h2>Rejected upgrades</h2><div class=\"scroll\"><table><tr><th>reason</th><th class=\"n\">last {}m</th><th class=\"n\">since start</th></tr>",
-        r.recent_window_seconds / 60
-    );
-    let mut shown = 0;
-    for x in r.rejections.iter().filter(|x| x.total > 0) {
-        shown += 1;
-        let _ = write!(
-            o,
-            "<tr><td>{}</td><td class=\"n\">{}</td><td class=\"n\">{}</td></tr>",
-            labels_text(&x.labels, "reason"),
-            x.recent,
-            x.total
-        );
-    }
-    if shown == 0 {
-        o.push_str("<tr><td colspan=\"3\" class=\"muted\">none since start</td></tr>");
-    }
-    o.push_str("</table></div></section>");
-
-    bans_html(&mut o, r);
-    o.push_str("<section><h2>TLS</h2>");
-    if r.tls {
-        let count = |m: &BTreeMap<String, u64>| m.values().sum::<u64>();
-        let failed: Vec<String> = r
-            .tls_handshake_failures
-            .iter()
-            .filter(|(_, n)| **n > 0)
-            .map(|(k, n)| format!("{} {n}", escape(k)))
-            .collect();
-        let _ = write!(
-            o,
-            "<p>handshakes since start: {} ({} authenticated) · failed: {}{}</p>",
-            count(&r.tls_handshakes),
-            r.tls_handshakes.get("authenticated").copied().unwrap_or(0),
-            count(&r.tls_handshake_failures),
-            if failed.is_empty() {
-                String::new()
-            } else {
-                format!(" <span class=\"muted\">({})</span>", failed.join(", "))
+    html! {
+        header {
+            h1 { "mosaic-gateway " (r.version) }
+            (state)
+            span.meta {
+                "up " (duration_text(r.uptime_seconds))
+                " · refreshes every " (REFRESH_SECONDS) "s · "
+                a href="/status.json" style="color:#93c5fd" { "JSON" }
+                " · "
+                a href="/metrics" style="color:#93c5fd" { "metrics" }
             }
-        );
-    }
-    if !r.tls {
-        o.push_str("<p class=\"muted\">plain ws:// (no TLS on the public listener)</p>");
-    } else if r.certificates.is_empty() {
-        o.push_str("<p class=\"muted\">the master key only (raw public key / self-signed)</p>");
-    } else {
-        o.push_str("<div class=\"scroll\"><table><tr><th>name</th><th>source</th><th class=\"n\">expires in</th></tr>");
-        for c in &r.certificates {
-            let left = match c.days_left {
-                Some(d) if d < 0.0 => "<span class=\"bad\">expired</span>".to_string(),
-                Some(d) if d < 14.0 => format!("<span class=\"warn\">{d:.1} days</span>"),
-                Some(d) => format!("{:.0} days", d.floor()),
-                None => "<span class=\"muted\">not issued yet</span>".into(),
-            };
-            let _ = write!(
-                o,
-                "<tr><td class=\"wrap\">{}</td><td>{}</td><td class=\"n\">{left}</td></tr>",
-                escape(&c.name),
-                escape(&c.source)
-            );
         }
-        o.push_str("</table></div>");
     }
-    o.push_str("</section></main></body></html>\n");
-    o
 }
 
-/// The bans section: what the table of standing holds against addresses now.
-fn bans_html(o: &mut String, r: &Report) {
-    let _ = write!(
-        o,
-        "<section><h2>Bans <span class=\"muted\">({} in force)</span></h2><div class=\"scroll\"><table id=\"bans\">\
-<tr><th>address</th><th>kind</th><th class=\"n\">ends in</th><th>reason</th></tr>",
-        r.bans_active
-    );
-    for b in &r.bans {
-        let _ = write!(
-            o,
-            "<tr data-ban=\"{}\"><td class=\"wrap\">{}</td><td>{}</td><td class=\"n\">{}</td><td class=\"wrap\">{}</td></tr>",
-            escape(&b.address),
-            escape(&b.address),
-            b.kind,
-            b.seconds_left.map_or_else(|| "unblocked by hand".into(), duration_text),
-            escape(&b.reason),
-        );
+/// Why `/readyz` fails, and how long the drain has left.
+fn readiness(why: &str, drain_seconds_left: Option<f64>) -> Markup {
+    html! {
+        section.wide {
+            h2 { "Readiness" }
+            p.bad #not-ready { "not ready: " (why) }
+            @if let Some(left) = drain_seconds_left {
+                p { "Draining: open connections are closed within " (format!("{left:.0}")) "s." }
+            }
+        }
     }
-    if r.bans.is_empty() {
-        o.push_str("<tr><td colspan=\"4\" class=\"muted\">none</td></tr>");
+}
+
+fn connections(rows: &[ConnectionRow]) -> Markup {
+    html! {
+        section {
+            h2 { "Connections" }
+            div.scroll { table {
+                tr { th { "protocol" } th.n { "open" } th.n { "since start" } }
+                @for c in rows {
+                    tr {
+                        td { (labels_text(&c.labels, "protocol")) }
+                        td.n { (c.active) }
+                        td.n { (c.total) }
+                    }
+                }
+            } }
+        }
     }
-    o.push_str("</table></div>");
-    if r.bans_active > r.bans.len() {
-        let _ = write!(o, "<p class=\"muted\">the first {} shown</p>", r.bans.len());
+}
+
+fn traffic(r: &Report) -> Markup {
+    html! {
+        section {
+            h2 { "Traffic " span.muted { "(last " (r.rate_window_seconds) "s)" } }
+            div.scroll { table {
+                tr {
+                    th { "protocol" }
+                    th.n { "msg/s ↑" }
+                    th.n { "msg/s ↓" }
+                    th.n { "bytes ↑" }
+                    th.n { "bytes ↓" }
+                }
+                @for t in &r.traffic {
+                    tr {
+                        td { (labels_text(&t.labels, "protocol")) }
+                        td.n { (rate_text(t.messages_per_second_up, false)) }
+                        td.n { (rate_text(t.messages_per_second_down, false)) }
+                        td.n { (rate_text(t.bytes_per_second_up, true)) }
+                        td.n { (rate_text(t.bytes_per_second_down, true)) }
+                    }
+                }
+            } }
+            p.muted { "↑ client to upstream, ↓ upstream to client" }
+        }
     }
-    o.push_str("</section>");
+}
+
+/// One table per pool.
+fn backends(pools: &[PoolReport]) -> Markup {
+    html! {
+        section.wide {
+            h2 { "Backends" }
+            @for p in pools {
+                h3 {
+                    (p.route) " / " (p.pool) " "
+                    span.muted { (p.balance) " · " (p.healthy) " of " (p.backends.len()) " up" }
+                }
+                div.scroll { table {
+                    tr {
+                        th { "backend" }
+                        th { "state" }
+                        th.n { "open" }
+                        th.n { "weight" }
+                        th { "last check" }
+                    }
+                    @for b in &p.backends { (backend(b)) }
+                } }
+            }
+        }
+    }
+}
+
+fn backend(b: &BackendRow) -> Markup {
+    html! {
+        tr data-backend=(b.backend) data-state=(b.state) {
+            td.wrap { (b.backend) }
+            td { (badge(b.state, b.state)) }
+            td.n { (b.open_connections) }
+            td.n { (b.weight) }
+            td {
+                @if let Some(c) = &b.last_check {
+                    span.bad[!c.ok] { (c.detail) }
+                    " "
+                    span.muted { (duration_text(c.seconds_ago)) " ago" }
+                } @else {
+                    span.muted { "not yet" }
+                }
+            }
+        }
+    }
+}
+
+/// Refused upgrades that happened at all, the most recent first.
+fn rejections(r: &Report) -> Markup {
+    let happened: Vec<&RejectionRow> = r.rejections.iter().filter(|x| x.total > 0).collect();
+    html! {
+        section {
+            h2 { "Rejected upgrades" }
+            div.scroll { table {
+                tr {
+                    th { "reason" }
+                    th.n { "last " (r.recent_window_seconds / 60) "m" }
+                    th.n { "since start" }
+                }
+                @for x in &happened {
+                    tr {
+                        td { (labels_text(&x.labels, "reason")) }
+                        td.n { (x.recent) }
+                        td.n { (x.total) }
+                    }
+                }
+                @if happened.is_empty() {
+                    tr { td colspan="3" class="muted" { "none since start" } }
+                }
+            } }
+        }
+    }
+}
+
+/// What the table of standing holds against addresses now.
+fn bans(r: &Report) -> Markup {
+    html! {
+        section {
+            h2 { "Bans " span.muted { "(" (r.bans_active) " in force)" } }
+            div.scroll { table #bans {
+                tr { th { "address" } th { "kind" } th.n { "ends in" } th { "reason" } }
+                @for b in &r.bans {
+                    tr data-ban=(b.address) {
+                        td.wrap { (b.address) }
+                        td { (b.kind) }
+                        td.n { (b.seconds_left.map_or_else(|| "unblocked by hand".into(), duration_text)) }
+                        td.wrap { (b.reason) }
+                    }
+                }
+                @if r.bans.is_empty() {
+                    tr { td colspan="4" class="muted" { "none" } }
+                }
+            } }
+            @if r.bans_active > r.bans.len() {
+                p.muted { "the first " (r.bans.len()) " shown" }
+            }
+        }
+    }
+}
+
+fn tls(r: &Report) -> Markup {
+    html! {
+        section {
+            h2 { "TLS" }
+            @if !r.tls {
+                p.muted { "plain ws:// (no TLS on the public listener)" }
+            } @else {
+                (handshakes(r))
+                @if r.certificates.is_empty() {
+                    p.muted { "the master key only (raw public key / self-signed)" }
+                } @else {
+                    (certificates(&r.certificates))
+                }
+            }
+        }
+    }
+}
+
+/// Handshakes since start, and the failures by reason.
+fn handshakes(r: &Report) -> Markup {
+    let count = |m: &BTreeMap<String, u64>| m.values().sum::<u64>();
+    let failed: Vec<String> = r
+        .tls_handshake_failures
+        .iter()
+        .filter(|(_, n)| **n > 0)
+        .map(|(k, n)| format!("{k} {n}"))
+        .collect();
+    let authenticated = r.tls_handshakes.get("authenticated").copied().unwrap_or(0);
+    html! {
+        p {
+            "handshakes since start: " (count(&r.tls_handshakes))
+            " (" (authenticated) " authenticated) · failed: " (count(&r.tls_handshake_failures))
+            @if !failed.is_empty() {
+                " " span.muted { "(" (failed.join(", ")) ")" }
+            }
+        }
+    }
+}
+
+fn certificates(rows: &[CertificateRow]) -> Markup {
+    html! {
+        div.scroll { table {
+            tr { th { "name" } th { "source" } th.n { "expires in" } }
+            @for c in rows {
+                tr {
+                    td.wrap { (c.name) }
+                    td { (c.source) }
+                    td.n { (expires_in(c.days_left)) }
+                }
+            }
+        } }
+    }
+}
+
+/// Days left, marked once under two weeks.
+fn expires_in(days_left: Option<f64>) -> Markup {
+    html! {
+        @match days_left {
+            Some(d) if d < 0.0 => { span.bad { "expired" } }
+            Some(d) if d < 14.0 => { span.warn { (format!("{d:.1} days")) } }
+            Some(d) => { (format!("{:.0} days", d.floor())) }
+            None => { span.muted { "not issued yet" } }
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn escapes_markup_and_quotes() {
-        assert_eq!(
-            escape("<script>\"a\" & 'b'</script>"),
-            "&lt;script&gt;&quot;a&quot; &amp; &#39;b&#39;&lt;/script&gt;"
-        );
-    }
 
     #[test]
     fn durations_and_rates_read_well() {
@@ -852,5 +945,133 @@ mod tests {
         assert_eq!(rate_text(None, false), "–");
         assert_eq!(rate_text(Some(2048.0), true), "2.0 KiB/s");
         assert_eq!(rate_text(Some(12.34), false), "12.3/s");
+    }
+
+    /// Markup and quotes, as an operator's or a peer's text may hold them.
+    const HOSTILE: &str = "<script>alert(\"x\")</script> & 'q'";
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn backend(name: &str, state: &'static str, check: Option<(bool, &str)>) -> BackendRow {
+        BackendRow {
+            backend: name.into(),
+            state,
+            open_connections: 3,
+            weight: 2,
+            last_check: check.map(|(ok, detail)| CheckRow {
+                ok,
+                detail: detail.into(),
+                at: 1_700_000_000,
+                seconds_ago: 75,
+            }),
+        }
+    }
+
+    fn certificate(name: &str, days_left: Option<f64>) -> CertificateRow {
+        CertificateRow {
+            name: name.into(),
+            source: if days_left.is_some() { "file" } else { "acme" }.into(),
+            names: vec![name.into()],
+            not_after: days_left.map(|_| 1_800_000_000),
+            days_left,
+        }
+    }
+
+    /// A pool serving a [`HOSTILE`] route, one of whose backends failed with [`HOSTILE`].
+    fn pool() -> PoolReport {
+        PoolReport {
+            route: HOSTILE.into(),
+            pool: "default",
+            balance: "round-robin",
+            healthy: 1,
+            backends: vec![
+                backend("ws://a.example/?x=1&y=\"2\"", "up", Some((true, "ok"))),
+                backend("ws://b.example/", "down", Some((false, HOSTILE))),
+                backend("ws://c.example/", "draining", None),
+            ],
+        }
+    }
+
+    /// A draining gateway with every section filled and [`HOSTILE`] text in seven places.
+    fn filled() -> Report {
+        let ban = |reason: &str, seconds_left: Option<u64>| BanRow {
+            address: "192.0.2.7".into(),
+            kind: if seconds_left.is_some() {
+                "temporary"
+            } else {
+                "blocked"
+            },
+            seconds_left,
+            reason: reason.into(),
+        };
+        Report {
+            version: "0.1.0",
+            started_at: 1_700_000_000,
+            now: 1_700_090_061,
+            uptime_seconds: 90_061,
+            ready: false,
+            not_ready: Some("draining".into()),
+            draining: true,
+            drain_seconds_left: Some(12.4),
+            connections: vec![ConnectionRow {
+                labels: labels(&[("protocol", "mosaic"), ("route", HOSTILE)]),
+                active: 2,
+                total: 40,
+            }],
+            traffic: vec![TrafficRow {
+                labels: labels(&[("protocol", "nostr")]),
+                messages_per_second_up: Some(12.34),
+                ..TrafficRow::default()
+            }],
+            rate_window_seconds: 60,
+            pools: vec![pool()],
+            rejections: vec![RejectionRow {
+                labels: labels(&[("reason", "bad_ws_version"), ("route", HOSTILE)]),
+                recent: 2,
+                total: 5,
+            }],
+            recent_window_seconds: 300,
+            tls: true,
+            certificates: vec![
+                certificate(HOSTILE, Some(61.7)),
+                certificate("soon.example", Some(9.25)),
+                certificate("gone.example", Some(-1.0)),
+                certificate("acme.example", None),
+            ],
+            tls_handshakes: BTreeMap::from([("authenticated".into(), 2), ("anonymous".into(), 5)]),
+            tls_handshake_failures: BTreeMap::from([
+                (HOSTILE.into(), 2),
+                ("client_hello".into(), 0),
+            ]),
+            bans_active: 3,
+            bans: vec![ban(HOSTILE, None), ban("too fast", Some(3700))],
+        }
+    }
+
+    #[test]
+    fn every_section_escapes_what_operators_and_peers_wrote() {
+        let page = html(&filled());
+        assert!(!page.contains("<script"), "{page}");
+        let escaped = "&lt;script&gt;alert(&quot;x&quot;)&lt;/script&gt; &amp; 'q'";
+        // Connections, pool heading, health check, rejections, certificate, TLS failure, ban.
+        assert_eq!(page.matches(escaped).count(), 7, "{page}");
+        assert!(page.contains(r#"data-backend="ws://a.example/?x=1&amp;y=&quot;2&quot;""#));
+        for shown in [
+            r#"<p class="bad" id="not-ready">not ready: draining</p>"#,
+            "<p>Draining: open connections are closed within 12s.</p>",
+            r#"<span class="b draining">draining</span>"#,
+            r#"<span class="warn">9.2 days</span>"#,
+            r#"<span class="bad">expired</span>"#,
+            r#"<span class="muted">not issued yet</span>"#,
+            "<td class=\"n\">1h 1m</td>",
+            r#"<p class="muted">the first 2 shown</p>"#,
+        ] {
+            assert!(page.contains(shown), "{shown} missing: {page}");
+        }
     }
 }

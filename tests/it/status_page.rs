@@ -366,3 +366,63 @@ async fn status_page_follows_the_drain() {
     drop(clients);
     tokio::time::timeout(T, drain).await.unwrap().unwrap();
 }
+
+/// What an operator or a peer writes reaches the page as text, whatever markup it holds:
+/// a ban's reason (from `bans.file` here; NIP-86 `blockip` fills the same field) and a
+/// backend URL's query, which also lands in an attribute.
+#[tokio::test]
+async fn status_page_shows_markup_in_a_ban_reason_and_a_backend_url_as_text() {
+    const REASON: &str =
+        r#"</td></tr></table><script>document.title="owned"</script><b title='t'>&amp; & "quoted""#;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("bans.json");
+    let bans = json!({"bans": [{"net": "192.0.2.7/32", "until_ms": null, "reason": REASON}]});
+    std::fs::write(&file, bans.to_string()).unwrap();
+    let backend = mosaic_backend().await;
+    let url = format!("ws://{}/?tenant=a&name='o'", backend.local_addr());
+    let gw = gateway(&format!(
+        "mosaic:\n  backends:\n    - url: \"{url}\"\nbans: {{ file: {} }}\n",
+        file.display()
+    ))
+    .await;
+    let admin = gw.admin_addr;
+
+    let status = status_json(admin).await;
+    assert_eq!(status["bans"][0]["reason"], REASON, "{status}");
+    assert_eq!(status["pools"][0]["backends"][0]["backend"], url.as_str());
+    let (code, html) = admin_get(admin, "/").await;
+    assert_eq!(code, 200);
+    for raw in ["<script", "<b title", "& \"quoted", "&name"] {
+        assert!(
+            !html.contains(raw),
+            "`{raw}` reached the page as markup: {html}"
+        );
+    }
+    assert!(
+        html.contains(
+            "&lt;/table&gt;&lt;script&gt;document.title=&quot;owned&quot;&lt;/script&gt;"
+        ),
+        "{html}"
+    );
+    assert!(
+        html.contains("&amp;amp; &amp; &quot;quoted&quot;"),
+        "{html}"
+    );
+    assert!(html.contains("?tenant=a&amp;name='o'\""), "{html}");
+
+    // As a browser parses it: the reason is one cell's text, the bans table keeps its two
+    // rows, the backend's attribute holds the URL, and no script exists or ran.
+    let Some(browser) = Chromium::launch(LaunchOptions::default()).await else {
+        return;
+    };
+    let page = open(&browser, &format!("http://{admin}/"), 1000, false).await;
+    let seen = page_eval(
+        page,
+        "[document.querySelector('#bans tr[data-ban] td:last-child').textContent, \
+          document.querySelectorAll('#bans tr').length, \
+          document.querySelector('tr[data-backend]').dataset.backend, \
+          document.scripts.length, document.title]",
+    )
+    .await;
+    assert_eq!(seen, json!([REASON, 2, url, 0, "mosaic-gateway status"]));
+}
