@@ -305,6 +305,15 @@ fn status_text(status: StatusCode, text: &'static str) -> Response<Body> {
     r
 }
 
+/// A status answer that ends the connection: the rest of a body the gateway stopped reading
+/// is still on the socket, so the next request could not be found in it.
+fn closing(status: StatusCode, text: &'static str) -> Response<Body> {
+    let mut r = status_text(status, text);
+    r.headers_mut()
+        .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
 /// The answer to a plain request no route takes.
 fn no_route(e: NoRoute) -> Response<Body> {
     match e {
@@ -443,24 +452,14 @@ fn relay_answer(
         Err(RelayError::TimedOut) => {
             status_text(StatusCode::GATEWAY_TIMEOUT, "nostr relay timed out\n")
         }
-        Err(RelayError::BodyStalled) => {
-            let mut r = status_text(
-                StatusCode::REQUEST_TIMEOUT,
-                "request body stopped arriving\n",
-            );
-            r.headers_mut()
-                .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
-            r
-        }
-        Err(RelayError::TooLarge) => {
-            let mut r = status_text(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "request body larger than this endpoint takes\n",
-            );
-            r.headers_mut()
-                .insert(hyper::header::CONNECTION, HeaderValue::from_static("close"));
-            r
-        }
+        Err(RelayError::BodyStalled) => closing(
+            StatusCode::REQUEST_TIMEOUT,
+            "request body stopped arriving\n",
+        ),
+        Err(RelayError::TooLarge) => closing(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "request body larger than this endpoint takes\n",
+        ),
     };
     let class = crate::metrics::status_class(response.status().as_u16());
     app.metrics
