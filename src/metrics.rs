@@ -72,57 +72,96 @@ impl Metrics {
     }
 }
 
-/// Every metric the gateway exports.
-pub struct Metrics {
-    registry: Registry,
+/// Declares [`Metrics`]: one row per series, `field: Type[labels] = "help"`. The field's
+/// name is the metric's (under `mosaic_gateway_`), and `Metrics::register_all` builds and
+/// registers every row, so a new series is one row here.
+macro_rules! metrics {
+    ($($(#[doc = $doc:literal])* $field:ident: $kind:ident[$($label:literal),*] = $help:literal,)*) => {
+        /// Every metric the gateway exports.
+        pub struct Metrics {
+            registry: Registry,
+            $($(#[doc = $doc])* pub $field: $kind,)*
+        }
+
+        impl Metrics {
+            /// Builds every series of the table and registers it in `r`.
+            fn register_all(r: Registry) -> Self {
+                Metrics {
+                    $($field: register(&r, stringify!($field), $kind::build(
+                        opts(stringify!($field), $help),
+                        &[$($label),*],
+                    )),)*
+                    registry: r,
+                }
+            }
+        }
+    };
+}
+
+metrics! {
     /// Open proxied connections by route and protocol.
-    pub connections_active: IntGaugeVec,
+    connections_active: IntGaugeVec["route", "protocol"] = "Open proxied WebSocket connections",
     /// Proxied connections opened, by route and protocol.
-    pub connections_total: IntCounterVec,
+    connections_total: IntCounterVec["route", "protocol"] = "Proxied WebSocket connections opened",
     /// Upgrades answered with an error, by route (empty before one is known) and reason.
-    pub handshake_rejections_total: IntCounterVec,
+    handshake_rejections_total: IntCounterVec["route", "reason"] =
+        "Upgrade requests answered with an error",
     /// Messages relayed, by route, protocol and direction.
-    pub messages_total: IntCounterVec,
+    messages_total: IntCounterVec["route", "protocol", "direction"] = "WebSocket messages relayed",
     /// Bytes relayed (frames included), by route, protocol and direction.
-    pub bytes_total: IntCounterVec,
+    bytes_total: IntCounterVec["route", "protocol", "direction"] =
+        "Bytes relayed after the upgrade",
     /// Mosaic rule violations, by kind.
-    pub protocol_violations_total: IntCounterVec,
+    protocol_violations_total: IntCounterVec["kind"] = "Mosaic protocol violations",
     /// 1 when a backend is healthy, by route, pool and backend.
-    pub backend_up: IntGaugeVec,
+    backend_up: IntGaugeVec["route", "pool", "backend"] =
+        "1 when the backend is healthy, 0 when down",
     /// Time to connect and upgrade to a backend, by pool.
-    pub backend_connect_duration_seconds: HistogramVec,
+    backend_connect_duration_seconds: HistogramVec["pool"] =
+        "Time to connect to a backend and complete its upgrade",
     /// TLS handshakes, by client_auth.
-    pub tls_handshakes_total: IntCounterVec,
+    tls_handshakes_total: IntCounterVec["client_auth"] = "Completed TLS handshakes",
     /// TLS handshakes that failed, by reason.
-    pub tls_handshake_failures_total: IntCounterVec,
+    tls_handshake_failures_total: IntCounterVec["reason"] =
+        "TLS handshakes that failed, by reason",
     /// Expiry of each served certificate (Unix seconds), by name.
-    pub tls_certificate_expiry_timestamp_seconds: GaugeVec,
+    tls_certificate_expiry_timestamp_seconds: GaugeVec["name"] =
+        "When each served certificate expires (Unix seconds)",
     /// Closes the gateway sent to clients, by code.
-    pub closes_sent_total: IntCounterVec,
+    closes_sent_total: IntCounterVec["code"] = "Close frames the gateway sent to clients",
     /// Relayed connections cut because a side stopped reading (`limits.write_timeout`),
     /// by that side.
-    pub write_timeouts_total: IntCounterVec,
+    write_timeouts_total: IntCounterVec["side"] =
+        "Relayed connections cut because a side took nothing for limits.write_timeout",
     /// Upstream handshake failures, by pool and kind.
-    pub upstream_failures_total: IntCounterVec,
+    upstream_failures_total: IntCounterVec["pool", "kind"] =
+        "Failed upstream connects or upgrades",
     /// Plain HTTP requests forwarded to the nostr relay, by status class.
-    pub http_requests_total: IntCounterVec,
+    http_requests_total: IntCounterVec["status"] =
+        "Plain HTTP requests forwarded to the nostr relay",
     /// Client header lines the gateway refused to pass on, by reason (`underscore`).
-    pub headers_dropped_total: IntCounterVec,
+    headers_dropped_total: IntCounterVec["reason"] =
+        "Client header lines never passed upstream, by reason",
     /// 1 while the gateway drains.
-    pub draining: Gauge,
+    draining: Gauge[] = "1 while the gateway drains after SIGTERM",
     /// 1 when `/readyz` answers 200 (set on every scrape).
-    pub ready: IntGauge,
+    ready: IntGauge[] =
+        "1 when /readyz answers 200: listening, a healthy backend in every pool, not draining",
     /// Rate limits and access lists applied, by protocol and limit.
-    pub rate_limited_total: IntCounterVec,
+    rate_limited_total: IntCounterVec["protocol", "limit"] =
+        "Connections, messages and bytes held back, answered or refused by a rate limit or access list",
     /// Clients remembered by the rate limiters' shared tables, by table.
-    pub rate_limiter_entries: IntGaugeVec,
+    rate_limiter_entries: IntGaugeVec["table"] =
+        "Clients (addresses or keys) the rate limiters' shared tables remember",
     /// Bans and NIP-86 blocks in force.
-    pub bans_active: IntGauge,
+    bans_active: IntGauge[] = "Client addresses banned now (temporary bans and NIP-86 blocks)",
     /// WebSockets opened as HTTP/2 streams (RFC 8441), by protocol; each is also counted
     /// in `connections_total`.
-    pub http2_websockets_total: IntCounterVec,
+    http2_websockets_total: IntCounterVec["protocol"] =
+        "WebSockets opened as HTTP/2 streams (RFC 8441 extended CONNECT)",
     /// Mosaic connections opened, by version (`2025`, `2024`).
-    pub mosaic_connections_total: IntCounterVec,
+    mosaic_connections_total: IntCounterVec["version"] =
+        "Mosaic connections opened, by the version their subprotocol token names",
 }
 
 /// Registers a metric built from a fixed definition. Names and labels are compile-time
@@ -140,16 +179,49 @@ fn opts(name: &str, help: &str) -> Opts {
     Opts::new(name, help).namespace("mosaic_gateway")
 }
 
-fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    register(r, name, IntCounterVec::new(opts(name, help), labels))
+/// How a row of the `metrics!` table is built from its options and labels.
+trait Series: Sized {
+    fn build(opts: Opts, labels: &[&str]) -> prometheus::Result<Self>;
 }
 
-fn int_gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    register(r, name, IntGaugeVec::new(opts(name, help), labels))
+impl Series for IntCounterVec {
+    fn build(opts: Opts, labels: &[&str]) -> prometheus::Result<Self> {
+        IntCounterVec::new(opts, labels)
+    }
 }
 
-fn gauge(r: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
-    register(r, name, GaugeVec::new(opts(name, help), labels))
+impl Series for IntGaugeVec {
+    fn build(opts: Opts, labels: &[&str]) -> prometheus::Result<Self> {
+        IntGaugeVec::new(opts, labels)
+    }
+}
+
+impl Series for GaugeVec {
+    fn build(opts: Opts, labels: &[&str]) -> prometheus::Result<Self> {
+        GaugeVec::new(opts, labels)
+    }
+}
+
+impl Series for Gauge {
+    fn build(opts: Opts, _: &[&str]) -> prometheus::Result<Self> {
+        Gauge::with_opts(opts)
+    }
+}
+
+impl Series for IntGauge {
+    fn build(opts: Opts, _: &[&str]) -> prometheus::Result<Self> {
+        IntGauge::with_opts(opts)
+    }
+}
+
+/// The gateway's one histogram is the upstream connect time, so histograms get its buckets.
+impl Series for HistogramVec {
+    fn build(opts: Opts, labels: &[&str]) -> prometheus::Result<Self> {
+        HistogramVec::new(
+            HistogramOpts::from(opts).buckets(CONNECT_BUCKETS.to_vec()),
+            labels,
+        )
+    }
 }
 
 /// `rate_limited_total{protocol,limit}` series known in advance: both protocols for every
@@ -186,179 +258,17 @@ const CONNECT_BUCKETS: [f64; 13] = [
 impl Metrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
-        let r = Registry::new();
-        let connections_active = int_gauge(
-            &r,
-            "connections_active",
-            "Open proxied WebSocket connections",
-            &["route", "protocol"],
-        );
-        let connections_total = counter(
-            &r,
-            "connections_total",
-            "Proxied WebSocket connections opened",
-            &["route", "protocol"],
-        );
-        let messages_total = counter(
-            &r,
-            "messages_total",
-            "WebSocket messages relayed",
-            &["route", "protocol", "direction"],
-        );
-        let bytes_total = counter(
-            &r,
-            "bytes_total",
-            "Bytes relayed after the upgrade",
-            &["route", "protocol", "direction"],
-        );
-        let name = "backend_connect_duration_seconds";
-        let help = "Time to connect to a backend and complete its upgrade";
-        let backend_connect_duration_seconds = register(
-            &r,
-            name,
-            HistogramVec::new(
-                HistogramOpts::new(name, help)
-                    .namespace("mosaic_gateway")
-                    .buckets(CONNECT_BUCKETS.to_vec()),
-                &["pool"],
+        let m = Metrics::register_all(Registry::new());
+        let build_info = GaugeVec::build(
+            opts(
+                "build_info",
+                "Always 1; the version label says which build runs",
             ),
-        );
-        gauge(
-            &r,
-            "build_info",
-            "Always 1; the version label says which build runs",
-            &["version"],
-        )
-        .with_label_values(&[env!("CARGO_PKG_VERSION")])
-        .set(1.0);
-        let draining = register(
-            &r,
-            "draining",
-            Gauge::with_opts(opts("draining", "1 while the gateway drains after SIGTERM")),
-        );
-        let ready = register(
-            &r,
-            "ready",
-            IntGauge::with_opts(opts(
-                "ready",
-                "1 when /readyz answers 200: listening, a healthy backend in every pool, not draining",
-            )),
-        );
-        let rate_limited_total = counter(
-            &r,
-            "rate_limited_total",
-            "Connections, messages and bytes held back, answered or refused by a rate limit or access list",
-            &["protocol", "limit"],
-        );
-        let rate_limiter_entries = int_gauge(
-            &r,
-            "rate_limiter_entries",
-            "Clients (addresses or keys) the rate limiters' shared tables remember",
-            &["table"],
-        );
-        let bans_active = register(
-            &r,
-            "bans_active",
-            IntGauge::with_opts(opts(
-                "bans_active",
-                "Client addresses banned now (temporary bans and NIP-86 blocks)",
-            )),
-        );
-        let mosaic_connections_total = counter(
-            &r,
-            "mosaic_connections_total",
-            "Mosaic connections opened, by the version their subprotocol token names",
             &["version"],
         );
-        for v in crate::relay::profile::MosaicVersion::ALL {
-            mosaic_connections_total.with_label_values(&[v.label()]);
-        }
-        let m = Metrics {
-            mosaic_connections_total,
-            bans_active,
-            rate_limited_total,
-            rate_limiter_entries,
-            connections_active,
-            connections_total,
-            handshake_rejections_total: counter(
-                &r,
-                "handshake_rejections_total",
-                "Upgrade requests answered with an error",
-                &["route", "reason"],
-            ),
-            messages_total,
-            bytes_total,
-            protocol_violations_total: counter(
-                &r,
-                "protocol_violations_total",
-                "Mosaic protocol violations",
-                &["kind"],
-            ),
-            backend_up: int_gauge(
-                &r,
-                "backend_up",
-                "1 when the backend is healthy, 0 when down",
-                &["route", "pool", "backend"],
-            ),
-            backend_connect_duration_seconds,
-            tls_handshakes_total: counter(
-                &r,
-                "tls_handshakes_total",
-                "Completed TLS handshakes",
-                &["client_auth"],
-            ),
-            tls_handshake_failures_total: counter(
-                &r,
-                "tls_handshake_failures_total",
-                "TLS handshakes that failed, by reason",
-                &["reason"],
-            ),
-            tls_certificate_expiry_timestamp_seconds: gauge(
-                &r,
-                "tls_certificate_expiry_timestamp_seconds",
-                "When each served certificate expires (Unix seconds)",
-                &["name"],
-            ),
-            closes_sent_total: counter(
-                &r,
-                "closes_sent_total",
-                "Close frames the gateway sent to clients",
-                &["code"],
-            ),
-            write_timeouts_total: counter(
-                &r,
-                "write_timeouts_total",
-                "Relayed connections cut because a side took nothing for limits.write_timeout",
-                &["side"],
-            ),
-            upstream_failures_total: counter(
-                &r,
-                "upstream_failures_total",
-                "Failed upstream connects or upgrades",
-                &["pool", "kind"],
-            ),
-            http_requests_total: counter(
-                &r,
-                "http_requests_total",
-                "Plain HTTP requests forwarded to the nostr relay",
-                &["status"],
-            ),
-            headers_dropped_total: counter(
-                &r,
-                "headers_dropped_total",
-                "Client header lines never passed upstream, by reason",
-                &["reason"],
-            ),
-            http2_websockets_total: counter(
-                &r,
-                "http2_websockets_total",
-                "WebSockets opened as HTTP/2 streams (RFC 8441 extended CONNECT)",
-                &["protocol"],
-            ),
-            draining,
-            ready,
-            registry: r,
-        };
+        register(&m.registry, "build_info", build_info)
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1.0);
         m.preset();
         m
     }
@@ -399,6 +309,10 @@ impl Metrics {
             .with_label_values(&["underscore"]);
         for p in WEBSOCKET_PROTOCOLS {
             self.http2_websockets_total.with_label_values(&[p]);
+        }
+        for v in crate::relay::profile::MosaicVersion::ALL {
+            self.mosaic_connections_total
+                .with_label_values(&[v.label()]);
         }
     }
 

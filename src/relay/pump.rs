@@ -574,12 +574,25 @@ enum Held {
     Stop,
 }
 
+/// Writes `$buf` to `$dst`, marked as under way on `$lane` for `limits.write_timeout` (the
+/// relay's timer). A macro rather than an awaited helper, which would keep its own copies of
+/// what it borrows in every connection's future.
+macro_rules! write_marked {
+    ($lane:expr, $dst:expr, $buf:expr) => {{
+        $lane.counters().write.begin();
+        let written = $dst.write_all($buf).await;
+        $lane.counters().write.end();
+        written
+    }};
+}
+
 /// One direction: `src` → `dst`, starting with the bytes already read from `src`.
 /// `limits` are this direction's rate limits: the client's, or the upstream's byte budget.
 ///
 /// A plain fn returning an `async move` block, not an `async fn`: an async fn moves its
 /// arguments into locals, and the future keeps both copies (measured: 104 bytes per
-/// direction, on every idle connection).
+/// direction, on every idle connection). For the same reason the steps that await stay in
+/// the block: an awaited helper would keep its own copies of what it borrows.
 #[allow(clippy::manual_async_fn)]
 fn forward<'a, R: Source + 'a, W: AsyncWrite + Unpin + 'a>(
     mut src: R,
@@ -588,7 +601,7 @@ fn forward<'a, R: Source + 'a, W: AsyncWrite + Unpin + 'a>(
     rules: Option<MosaicRules>,
     lane: Lane<'a>,
     mut limits: Option<&'a mut DirLimits>,
-) -> impl std::future::Future<Output = DirReport> + 'a {
+) -> impl Future<Output = DirReport> + 'a {
     // Set up outside the block, so the block captures each value once; the lane is one
     // pointer and a byte, everything else is derived from it.
     let mut tracker = Tracker::new(lane.dir, rules);
@@ -605,57 +618,26 @@ fn forward<'a, R: Source + 'a, W: AsyncWrite + Unpin + 'a>(
                 l.limiter.start_pass();
             }
             let hold = loop {
-                let pass = match limits.as_deref_mut() {
-                    Some(l) if !closing => limited_scan(l, &mut tracker, pending, lane),
-                    _ => plain_scan(&mut tracker, pending, lane, closing),
-                };
+                let pass = scan(limits.as_deref_mut(), &mut tracker, pending, lane, closing);
                 // Only these outlive the write (a future keeps what crosses an await).
                 let (safe, used, then, after) = (pass.safe, pass.used, pass.then, pass.after);
                 if safe > 0 {
-                    // Marked around the write, for `limits.write_timeout` (the relay's timer).
-                    lane.counters().write.begin();
-                    let written = dst.write_all(&pending[..safe]).await;
-                    lane.counters().write.end();
-                    if written.is_err() {
+                    if write_marked!(lane, dst, &pending[..safe]).is_err() {
                         break Held::Stop;
                     }
-                    lane.counters()
-                        .bytes
-                        .fetch_add(safe as u64, Ordering::Relaxed);
-                    lane.counters()
-                        .messages
-                        .store(tracker.messages(), Ordering::Relaxed);
-                    lane.counters()
-                        .close_seen
-                        .store(tracker.close_seen(), Ordering::Relaxed);
+                    count_written(lane, &tracker, safe);
                 }
                 pending.advance(used);
                 tracker.consumed(used);
-                match after {
-                    After::Nothing => {}
-                    After::Violation(v) => {
-                        rep.violated = true;
-                        violated(v, lane);
-                    }
-                    After::PolicyClose => {
-                        rep.violated = true;
-                        lane.send_peer(Command::Close(1008));
-                        lane.send_mine(Command::Close(1001));
-                    }
-                    After::PeerClosed => {
-                        lane.counters().close_seen.store(true, Ordering::Relaxed);
-                        break Held::Stop;
-                    }
-                }
-                if let Some(h) = then {
+                if let Some(h) = settle(after, lane, &mut rep).or(then) {
                     break h;
                 }
             };
-            // A rate limit holding this direction back: nothing more is read until the throttle's
-            // timer ends the hold (`timed`), or a nudge from the peer does.
             if hold == Held::Stop {
                 break 'relay;
             }
+            // A rate limit holding this direction back: nothing more is read until the
+            // throttle's timer ends the hold (`timed`), or a nudge from the peer does.
             let (mut held, timed) = (hold != Held::No, hold == Held::Throttled);
             {
                 // The gateway's own frames are built in a buffer that lives only while they
@@ -667,65 +649,18 @@ fn forward<'a, R: Source + 'a, W: AsyncWrite + Unpin + 'a>(
                     && tracker.at_message_boundary()
                     && lane.shared.take_answers(&mut out)
                 {
-                    lane.counters().write.begin();
-                    let written = dst.write_all(&out).await;
-                    lane.counters().write.end();
-                    if written.is_err() {
+                    if write_marked!(lane, dst, &out).is_err() {
                         break 'relay;
                     }
                     // The client's direction may be waiting for the queue to empty.
                     lane.nudge_peer();
                 }
-                // Act on commands at the first boundary where they are legal.
-                while let Some(cmd) = lane.mine().peek() {
-                    if closing {
-                        lane.mine().pop(cmd);
-                        continue;
+                while let Some(cmd) = next_command(lane, &tracker, closing) {
+                    if encode_command(cmd, lane, &mut tracker, &mut out) {
+                        closing = true;
+                        held = false;
                     }
-                    let ready = match cmd {
-                        Command::CloseQueries | Command::Closing(_) => {
-                            tracker.at_message_boundary()
-                        }
-                        Command::Close(_) | Command::Ping => tracker.at_frame_boundary(),
-                    };
-                    if !ready {
-                        break;
-                    }
-                    lane.mine().pop(cmd);
-                    out.clear();
-                    let mask = (!lane.to_client()).then(random_mask);
-                    match cmd {
-                        Command::CloseQueries => {
-                            // In the connection's version: 2025 adds Closing after them.
-                            if let Some(p) = tracker.profile() {
-                                for id in lane.shared.queries.take() {
-                                    let m = p.query_closed(id, Closed::ShuttingDown);
-                                    encode_frame(&mut out, 0x2, m.as_bytes(), mask);
-                                }
-                                if let Some(m) = p.closing(Closing::ShuttingDown) {
-                                    encode_frame(&mut out, 0x2, m.as_bytes(), mask);
-                                }
-                            }
-                        }
-                        Command::Closing(why) => {
-                            if let Some(m) = tracker.profile().and_then(|p| p.closing(why)) {
-                                encode_frame(&mut out, 0x2, m.as_bytes(), mask);
-                            }
-                        }
-                        Command::Ping => encode_frame(&mut out, 0x9, b"mosaic-gateway", mask),
-                        Command::Close(code) => {
-                            encode_close(&mut out, code, close_reason(code), mask);
-                            lane.counters().sent_close.store(code, Ordering::Relaxed);
-                            closing = true;
-                            held = false;
-                            // From here on the tracker only looks for the peer's close frame.
-                            tracker.make_transparent();
-                        }
-                    }
-                    lane.counters().write.begin();
-                    let written = dst.write_all(&out).await;
-                    lane.counters().write.end();
-                    if written.is_err() {
+                    if write_marked!(lane, dst, &out).is_err() {
                         break 'relay;
                     }
                 }
@@ -733,39 +668,15 @@ fn forward<'a, R: Source + 'a, W: AsyncWrite + Unpin + 'a>(
             if closing && tracker.close_seen() {
                 break;
             }
-            // Read more, or act on a command. Under load the buffer is reused from read to
-            // read; it is released only when the socket has nothing to give, so an idle
-            // connection parks without one.
             let woke = std::future::poll_fn(|cx| {
-                if lane.mine().take_signal() {
-                    return Poll::Ready(Woke::Command);
-                }
-                if held {
-                    // A limit holds the client back: no reads (TCP backpressure) until the
-                    // throttle's time is up, or a nudge says the answers were written.
-                    let throttle = limits.as_deref_mut().and_then(|l| l.throttle.as_mut());
-                    return match throttle {
-                        Some(t) if timed => {
-                            std::future::Future::poll(t.as_mut(), cx).map(|()| Woke::Resume)
-                        }
-                        _ => Poll::Pending,
-                    };
-                }
-                if pending.capacity() == pending.len() {
-                    if let Err(e) = std::task::ready!(src.poll_readable(cx)) {
-                        return Poll::Ready(Woke::Read(Err(e)));
-                    }
-                    pending.reserve(READ_CHUNK);
-                }
-                match src.poll_fill(cx, pending) {
-                    Poll::Ready(r) => Poll::Ready(Woke::Read(r)),
-                    Poll::Pending => {
-                        if pending.is_empty() {
-                            *pending = BytesMut::new();
-                        }
-                        Poll::Pending
-                    }
-                }
+                wake(
+                    cx,
+                    lane,
+                    (held, timed),
+                    limits.as_deref_mut(),
+                    pending,
+                    &mut src,
+                )
             })
             .await;
             match woke {
@@ -786,24 +697,179 @@ fn forward<'a, R: Source + 'a, W: AsyncWrite + Unpin + 'a>(
         *pending = BytesMut::new();
         if rep.source_ended && !closing && !tracker.close_seen() && tracker.at_frame_boundary() {
             // The peer vanished without a close frame: say so on the other side.
-            let mut out = Vec::new();
-            let code = if lane.to_client() { 1014 } else { 1001 };
-            encode_close(
-                &mut out,
-                code,
-                close_reason(code),
-                (!lane.to_client()).then(random_mask),
-            );
-            if dst.write_all(&out).await.is_ok() {
+            if dst.write_all(&vanished_close(lane)).await.is_ok() {
                 // Derived again rather than kept across the write: holding it there grows
                 // the connection's future by 16 bytes (1,024 → 1,040, the task's limit).
-                let code = if lane.to_client() { 1014 } else { 1001 };
+                let code = vanished_code(lane);
                 lane.counters().sent_close.store(code, Ordering::Relaxed);
             }
         }
         let _ = dst.shutdown().await;
         rep
     }
+}
+
+/// Counts `safe` bytes written on, with the messages and the close frame the tracker has
+/// seen up to them.
+///
+/// This and the other steps `forward` takes on every pass or wake-up are inlined always:
+/// left to the optimiser, `wake` and `settle` stayed calls, 2 % more instructions per
+/// request/response round trip (callgrind) than the loop written in one piece.
+#[inline(always)]
+fn count_written(lane: Lane<'_>, tracker: &Tracker, safe: usize) {
+    let counters = lane.counters();
+    counters.bytes.fetch_add(safe as u64, Ordering::Relaxed);
+    counters
+        .messages
+        .store(tracker.messages(), Ordering::Relaxed);
+    counters
+        .close_seen
+        .store(tracker.close_seen(), Ordering::Relaxed);
+}
+
+/// Tells both writers what a pass found once its bytes are written; `Some(Held::Stop)` when
+/// the direction is done (the closing peer's close frame came).
+#[inline(always)]
+fn settle(after: After, lane: Lane<'_>, rep: &mut DirReport) -> Option<Held> {
+    match after {
+        After::Nothing => {}
+        After::Violation(v) => {
+            rep.violated = true;
+            violated(v, lane);
+        }
+        After::PolicyClose => {
+            rep.violated = true;
+            lane.send_peer(Command::Close(1008));
+            lane.send_mine(Command::Close(1001));
+        }
+        After::PeerClosed => {
+            lane.counters().close_seen.store(true, Ordering::Relaxed);
+            return Some(Held::Stop);
+        }
+    }
+    None
+}
+
+/// The next command for this direction's writer that is legal where the tracker stands;
+/// taken off the queue. Once the gateway's close is out, whatever is queued is dropped.
+#[inline(always)]
+fn next_command(lane: Lane<'_>, tracker: &Tracker, closing: bool) -> Option<Command> {
+    let control = lane.mine();
+    while let Some(cmd) = control.peek() {
+        if closing {
+            control.pop(cmd);
+            continue;
+        }
+        let ready = match cmd {
+            Command::CloseQueries | Command::Closing(_) => tracker.at_message_boundary(),
+            Command::Close(_) | Command::Ping => tracker.at_frame_boundary(),
+        };
+        if !ready {
+            return None;
+        }
+        control.pop(cmd);
+        return Some(cmd);
+    }
+    None
+}
+
+/// Encodes the frames of `cmd` into `out` (masked towards the upstream); true for the
+/// gateway's close, after which the tracker only looks for the peer's close frame.
+fn encode_command(cmd: Command, lane: Lane<'_>, tracker: &mut Tracker, out: &mut Vec<u8>) -> bool {
+    out.clear();
+    let mask = (!lane.to_client()).then(random_mask);
+    match cmd {
+        Command::CloseQueries => {
+            // In the connection's version: 2025 adds Closing after them.
+            if let Some(p) = tracker.profile() {
+                for id in lane.shared.queries.take() {
+                    let m = p.query_closed(id, Closed::ShuttingDown);
+                    encode_frame(out, 0x2, m.as_bytes(), mask);
+                }
+                if let Some(m) = p.closing(Closing::ShuttingDown) {
+                    encode_frame(out, 0x2, m.as_bytes(), mask);
+                }
+            }
+        }
+        Command::Closing(why) => {
+            if let Some(m) = tracker.profile().and_then(|p| p.closing(why)) {
+                encode_frame(out, 0x2, m.as_bytes(), mask);
+            }
+        }
+        Command::Ping => encode_frame(out, 0x9, b"mosaic-gateway", mask),
+        Command::Close(code) => {
+            encode_close(out, code, close_reason(code), mask);
+            lane.counters().sent_close.store(code, Ordering::Relaxed);
+            tracker.make_transparent();
+            return true;
+        }
+    }
+    false
+}
+
+/// Waits to read more, or for a command. Under load the buffer is reused from read to read;
+/// it is released only when the socket has nothing to give, so an idle connection parks
+/// without one. `(held, timed)`: a limit holds the direction back, until its throttle's
+/// timer fires if `timed`.
+#[inline(always)]
+fn wake<R: Source>(
+    cx: &mut Context<'_>,
+    lane: Lane<'_>,
+    (held, timed): (bool, bool),
+    limits: Option<&mut DirLimits>,
+    pending: &mut BytesMut,
+    src: &mut R,
+) -> Poll<Woke> {
+    if lane.mine().take_signal() {
+        return Poll::Ready(Woke::Command);
+    }
+    if held {
+        // A limit holds the client back: no reads (TCP backpressure) until the throttle's
+        // time is up, or a nudge says the answers were written.
+        return match limits.and_then(|l| l.throttle.as_mut()) {
+            Some(t) if timed => t.as_mut().poll(cx).map(|()| Woke::Resume),
+            _ => Poll::Pending,
+        };
+    }
+    if pending.capacity() == pending.len() {
+        if let Err(e) = std::task::ready!(src.poll_readable(cx)) {
+            return Poll::Ready(Woke::Read(Err(e)));
+        }
+        pending.reserve(READ_CHUNK);
+    }
+    match src.poll_fill(cx, pending) {
+        Poll::Ready(r) => Poll::Ready(Woke::Read(r)),
+        Poll::Pending => {
+            if pending.is_empty() {
+                *pending = BytesMut::new();
+            }
+            Poll::Pending
+        }
+    }
+}
+
+/// The close code the other side hears when this direction's source vanished without a
+/// close frame: 1014 to a client whose upstream went, 1001 to an upstream whose client did.
+#[inline]
+fn vanished_code(lane: Lane<'_>) -> u16 {
+    if lane.to_client() {
+        1014
+    } else {
+        1001
+    }
+}
+
+/// The close frame that says this direction's source vanished.
+fn vanished_close(lane: Lane<'_>) -> Vec<u8> {
+    let mut out = Vec::new();
+    let code = vanished_code(lane);
+    encode_close(
+        &mut out,
+        code,
+        close_reason(code),
+        (!lane.to_client()).then(random_mask),
+    );
+    out
 }
 
 /// Every close code the gateway itself sends to clients (`closes_sent_total{code}`): what
@@ -839,6 +905,22 @@ impl Pass {
             then: Some(then),
             after: After::Nothing,
         }
+    }
+}
+
+/// One scan pass: within the rate limits when the direction has them, except while the
+/// gateway closes, when only the peer's close frame matters.
+#[inline(always)]
+fn scan(
+    limits: Option<&mut DirLimits>,
+    tracker: &mut Tracker,
+    pending: &mut BytesMut,
+    lane: Lane<'_>,
+    closing: bool,
+) -> Pass {
+    match limits {
+        Some(l) if !closing => limited_scan(l, tracker, pending, lane),
+        _ => plain_scan(tracker, pending, lane, closing),
     }
 }
 
