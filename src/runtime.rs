@@ -171,38 +171,10 @@ pub async fn start_with(
 ) -> Result<Running, StartError> {
     let metrics = Arc::new(Metrics::new());
     metrics.preset_rejections("");
-    let public = config.listen_addr();
-    let admin = config.admin_addr();
-    let acme_http_addr = config
-        .tls
-        .as_ref()
-        .and_then(|t| t.acme.as_ref())
-        .and_then(|a| a.http_listen.as_deref())
-        .and_then(|a| a.parse::<SocketAddr>().ok());
     let gateway = Gateway::build(config, &metrics)?;
     // A first answer for `dns:` backends before serving, so the pool is not empty at start.
     crate::upstreams::discovery::refresh(&gateway, resolver.as_ref()).await;
-    let workers = gateway.config.worker_count();
-    let bind_err = |key, addr| move |source| StartError::Bind { key, addr, source };
-    let public_l = bind_group(public, workers).map_err(bind_err("listen", public))?;
-    let admin_l = TcpListener::bind(admin)
-        .await
-        .map_err(bind_err("admin.listen", admin))?;
-    let acme_http_l = match acme_http_addr {
-        Some(addr) => Some(
-            TcpListener::bind(addr)
-                .await
-                .map_err(bind_err("tls.acme.http_listen", addr))?,
-        ),
-        None => None,
-    };
-    let extra = match extra_tls {
-        Some((addr, tls)) => {
-            let l = bind_group(addr, workers).map_err(bind_err("TLS listener", addr))?;
-            Some((l, tls))
-        }
-        None => None,
-    };
+    let listeners = Listeners::bind(&gateway.config, extra_tls).await?;
     let app = App::new(gateway, metrics);
     // Expiry series from the first scrape on; the certificate task keeps them current.
     if let Some(tls) = app.gateway().tls.clone() {
@@ -211,26 +183,108 @@ pub async fn start_with(
             &tls,
         );
     }
-    let public_addr = public_l[0]
-        .local_addr()
-        .map_err(bind_err("listen", public))?;
-    let admin_addr = admin_l
-        .local_addr()
-        .map_err(bind_err("admin.listen", admin))?;
-    let extra_tls_addr = match &extra {
-        Some((l, _)) => Some(
-            l[0].local_addr()
-                .map_err(bind_err("TLS listener", public))?,
-        ),
-        None => None,
-    };
-    let mut per_worker: Vec<Vec<(std::net::TcpListener, Option<Arc<TlsTerminator>>)>> =
-        public_l.into_iter().map(|l| vec![(l, None)]).collect();
-    if let Some((ls, tls)) = extra {
-        for (w, l) in per_worker.iter_mut().zip(ls) {
-            w.push((l, Some(tls.clone())));
+    let Listeners {
+        per_worker,
+        admin,
+        acme_http,
+        public_addr,
+        admin_addr,
+        extra_tls_addr,
+    } = listeners;
+    let workers = per_worker.len();
+    let stop = start_workers(&app, per_worker)?;
+    // The sockets are listening (the kernel queues connections) from here on.
+    app.listening
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let tasks = spawn_tasks(&app, admin, acme_http, resolver);
+    tracing::info!(%public_addr, %admin_addr, workers, "mosaic-gateway listening");
+    Ok(Running {
+        app,
+        public_addr,
+        admin_addr,
+        extra_tls_addr,
+        tasks,
+        stop,
+    })
+}
+
+/// A worker's listening sockets: its own `listen` socket, and its socket of the extra TLS
+/// listener with the terminator that serves it.
+type WorkerListeners = Vec<(std::net::TcpListener, Option<Arc<TlsTerminator>>)>;
+
+/// Every socket the gateway serves, bound before anything runs, so a port already taken
+/// fails the start with the key that names it.
+struct Listeners {
+    per_worker: Vec<WorkerListeners>,
+    admin: TcpListener,
+    acme_http: Option<TcpListener>,
+    public_addr: SocketAddr,
+    admin_addr: SocketAddr,
+    extra_tls_addr: Option<SocketAddr>,
+}
+
+impl Listeners {
+    async fn bind(
+        config: &Config,
+        extra_tls: Option<(SocketAddr, Arc<TlsTerminator>)>,
+    ) -> Result<Listeners, StartError> {
+        let workers = config.worker_count();
+        let bind_err = |key, addr| move |source| StartError::Bind { key, addr, source };
+        let (public, admin) = (config.listen_addr(), config.admin_addr());
+        let public_l = bind_group(public, workers).map_err(bind_err("listen", public))?;
+        let admin_l = TcpListener::bind(admin)
+            .await
+            .map_err(bind_err("admin.listen", admin))?;
+        let acme_http = match acme_http_addr(config) {
+            Some(addr) => Some(
+                TcpListener::bind(addr)
+                    .await
+                    .map_err(bind_err("tls.acme.http_listen", addr))?,
+            ),
+            None => None,
+        };
+        let public_addr = public_l[0]
+            .local_addr()
+            .map_err(bind_err("listen", public))?;
+        let admin_addr = admin_l
+            .local_addr()
+            .map_err(bind_err("admin.listen", admin))?;
+        let mut per_worker: Vec<WorkerListeners> =
+            public_l.into_iter().map(|l| vec![(l, None)]).collect();
+        let mut extra_tls_addr = None;
+        if let Some((addr, tls)) = extra_tls {
+            let ls = bind_group(addr, workers).map_err(bind_err("TLS listener", addr))?;
+            extra_tls_addr = Some(ls[0].local_addr().map_err(bind_err("TLS listener", addr))?);
+            for (w, l) in per_worker.iter_mut().zip(ls) {
+                w.push((l, Some(tls.clone())));
+            }
         }
+        Ok(Listeners {
+            per_worker,
+            admin: admin_l,
+            acme_http,
+            public_addr,
+            admin_addr,
+            extra_tls_addr,
+        })
     }
+}
+
+/// `tls.acme.http_listen`, when ACME asks for an HTTP-01 listener.
+fn acme_http_addr(config: &Config) -> Option<SocketAddr> {
+    config
+        .tls
+        .as_ref()
+        .and_then(|t| t.acme.as_ref())
+        .and_then(|a| a.http_listen.as_deref())
+        .and_then(|a| a.parse::<SocketAddr>().ok())
+}
+
+/// Starts one event loop per worker on its listeners; the sender stops them all.
+fn start_workers(
+    app: &Arc<App>,
+    per_worker: Vec<WorkerListeners>,
+) -> Result<tokio::sync::watch::Sender<bool>, StartError> {
     let (stop, stop_rx) = tokio::sync::watch::channel(false);
     // Every event loop exists before any worker accepts, so each can hand connections to
     // any other from the first one on.
@@ -253,54 +307,48 @@ pub async fn start_with(
             stop_rx.clone(),
         )?;
     }
-    // The sockets are listening (the kernel queues connections) from here on.
-    app.listening
-        .store(true, std::sync::atomic::Ordering::Relaxed);
+    Ok(stop)
+}
+
+/// The background tasks on the control loop: the admin listener, the status sampler,
+/// health checks, DNS discovery, certificate upkeep, the enforcer, the ACME HTTP-01
+/// listener and memory upkeep. The tasks of lower parts read the current generation
+/// through the closures given here, not through `App`.
+fn spawn_tasks(
+    app: &Arc<App>,
+    admin: TcpListener,
+    acme_http: Option<TcpListener>,
+    resolver: Arc<dyn Resolve>,
+) -> Vec<tokio::task::JoinHandle<()>> {
     let status = Arc::new(crate::ops::status::Status::new());
+    let current = |app: &Arc<App>| {
+        let app = app.clone();
+        move || app.gateway()
+    };
     let mut tasks = vec![
-        tokio::spawn(crate::ops::admin::serve(
-            app.clone(),
-            status.clone(),
-            admin_l,
-        )),
+        tokio::spawn(crate::ops::admin::serve(app.clone(), status.clone(), admin)),
         tokio::spawn(crate::ops::status::sample(app.clone(), status)),
-        tokio::spawn(crate::upstreams::health::run({
-            let app = app.clone();
-            move || app.gateway().routes.health_targets()
-        })),
-        tokio::spawn(crate::upstreams::discovery::run(
-            {
-                let app = app.clone();
-                move || app.gateway()
-            },
-            resolver,
-        )),
-        tokio::spawn(crate::tls::upkeep::run(
-            {
-                let app = app.clone();
-                move || app.gateway().tls_upkeep()
-            },
-            app.metrics.tls_certificate_expiry_timestamp_seconds.clone(),
-        )),
+        tokio::spawn({
+            let gw = current(app);
+            crate::upstreams::health::run(move || gw().routes.health_targets())
+        }),
+        tokio::spawn(crate::upstreams::discovery::run(current(app), resolver)),
+        tokio::spawn({
+            let gw = current(app);
+            let expiry = app.metrics.tls_certificate_expiry_timestamp_seconds.clone();
+            crate::tls::upkeep::run(move || gw().tls_upkeep(), expiry)
+        }),
         tokio::spawn(crate::ops::enforcer::run(app.clone())),
     ];
-    if let Some(l) = acme_http_l {
-        let app = app.clone();
+    if let Some(l) = acme_http {
+        let gw = current(app);
         tasks.push(tokio::spawn(crate::tls::acme_http::serve(
-            move || app.gateway().acme_http(),
+            move || gw().acme_http(),
             l,
         )));
     }
     tasks.extend(spawn_memory_upkeep());
-    tracing::info!(%public_addr, %admin_addr, workers, "mosaic-gateway listening");
-    Ok(Running {
-        app,
-        public_addr,
-        admin_addr,
-        extra_tls_addr,
-        tasks,
-        stop,
-    })
+    tasks
 }
 
 impl Running {
