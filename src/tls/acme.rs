@@ -522,125 +522,15 @@ impl AcmeManager {
     ) -> Result<(), AcmeError> {
         let started = Instant::now();
         let account = self.account(account_slot).await?;
-        let ids: Vec<Identifier> = self
-            .settings
-            .domains
-            .iter()
-            .map(|d| Identifier::Dns(d.clone()))
-            .collect();
-
-        let replaces = previous.and_then(|p| p.cert_id.clone());
-        let mut order = match replaces {
-            Some(id) => match account.new_order(&NewOrder::new(&ids).replaces(id)).await {
-                Ok(order) => order,
-                Err(e) => {
-                    debug!(error = %Chain(&e), "ACME: order with `replaces` not accepted, ordering without it");
-                    account
-                        .new_order(&NewOrder::new(&ids))
-                        .await
-                        .map_err(acme_err("new order"))?
-                }
-            },
-            None => account
-                .new_order(&NewOrder::new(&ids))
-                .await
-                .map_err(acme_err("new order"))?,
-        };
-        let order_url = order.url().to_owned();
-
+        let mut order = self.new_order(&account, previous).await?;
         let mut guard = ChallengeGuard {
             manager: self,
             domains: Vec::new(),
             tokens: Vec::new(),
         };
-        let mut challenged = 0usize;
-        {
-            let mut authorizations = order.authorizations();
-            while let Some(authz) = authorizations.next().await {
-                let mut authz = authz.map_err(acme_err("fetch authorization"))?;
-                let domain = normalize(&authz.identifier().to_string());
-                match authz.status {
-                    AuthorizationStatus::Pending => {}
-                    AuthorizationStatus::Valid => continue,
-                    other => {
-                        return Err(AcmeError::Authorization {
-                            domain,
-                            status: format!("{other:?}"),
-                        });
-                    }
-                }
-                let kind = match self.settings.challenge {
-                    Challenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
-                    Challenge::Http01 => ChallengeType::Http01,
-                };
-                let mut challenge =
-                    authz
-                        .challenge(kind)
-                        .ok_or_else(|| AcmeError::ChallengeNotOffered {
-                            domain: domain.clone(),
-                            challenge: self.settings.challenge,
-                        })?;
-                let key_auth = challenge.key_authorization();
-                match self.settings.challenge {
-                    Challenge::TlsAlpn01 => {
-                        let cert = alpn_challenge_cert(
-                            &domain,
-                            key_auth.digest().as_ref(),
-                            &self.provider,
-                        )?;
-                        guard.add_alpn(domain, Arc::new(cert));
-                    }
-                    Challenge::Http01 => {
-                        guard.add_token(challenge.token.clone(), key_auth.as_str().to_owned());
-                    }
-                }
-                challenge
-                    .set_ready()
-                    .await
-                    .map_err(acme_err("challenge ready"))?;
-                challenged += 1;
-            }
-        }
-
-        let status = match order.poll_ready(&POLL).await {
-            Ok(status) => status,
-            Err(instant_acme::Error::Api(problem)) => {
-                return Err(AcmeError::OrderFailed {
-                    order: order_url,
-                    status: "with an error".into(),
-                    detail: problem.to_string() + &authz_errors(&mut order).await,
-                });
-            }
-            Err(e) => return Err(acme_err("wait for validation")(e)),
-        };
-        if status != OrderStatus::Ready {
-            return Err(AcmeError::OrderFailed {
-                order: order_url,
-                status: format!("{status:?}"),
-                detail: authz_errors(&mut order).await,
-            });
-        }
-
-        let key_pair = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|source| {
-            AcmeError::Generate {
-                what: "certificate key",
-                source,
-            }
-        })?;
-        let mut params =
-            CertificateParams::new(self.settings.domains.clone()).map_err(|source| {
-                AcmeError::Generate {
-                    what: "CSR parameters",
-                    source,
-                }
-            })?;
-        params.distinguished_name = DistinguishedName::new();
-        let csr = params
-            .serialize_request(&key_pair)
-            .map_err(|source| AcmeError::Generate {
-                what: "CSR",
-                source,
-            })?;
+        let challenged = self.answer_challenges(&mut order, &mut guard).await?;
+        wait_ready(&mut order).await?;
+        let (key_pair, csr) = self.csr()?;
         order
             .finalize_csr(csr.der())
             .await
@@ -671,6 +561,111 @@ impl AcmeManager {
         );
         self.current.store(Some(Arc::new(issued)));
         Ok(())
+    }
+
+    /// Places the order for the configured names; a renewal names the certificate it
+    /// replaces (ARI), and is placed again without that if the CA refuses it.
+    async fn new_order(
+        &self,
+        account: &Account,
+        previous: Option<&Issued>,
+    ) -> Result<instant_acme::Order, AcmeError> {
+        let ids: Vec<Identifier> = self
+            .settings
+            .domains
+            .iter()
+            .map(|d| Identifier::Dns(d.clone()))
+            .collect();
+        if let Some(id) = previous.and_then(|p| p.cert_id.clone()) {
+            match account.new_order(&NewOrder::new(&ids).replaces(id)).await {
+                Ok(order) => return Ok(order),
+                Err(e) => {
+                    debug!(error = %Chain(&e), "ACME: order with `replaces` not accepted, ordering without it");
+                }
+            }
+        }
+        account
+            .new_order(&NewOrder::new(&ids))
+            .await
+            .map_err(acme_err("new order"))
+    }
+
+    /// Sets up the configured challenge for every pending authorization of `order` (held in
+    /// `guard` until the order is done) and tells the CA it is ready; how many it set up.
+    async fn answer_challenges(
+        &self,
+        order: &mut instant_acme::Order,
+        guard: &mut ChallengeGuard<'_>,
+    ) -> Result<usize, AcmeError> {
+        let mut challenged = 0usize;
+        let mut authorizations = order.authorizations();
+        while let Some(authz) = authorizations.next().await {
+            let mut authz = authz.map_err(acme_err("fetch authorization"))?;
+            let domain = normalize(&authz.identifier().to_string());
+            match authz.status {
+                AuthorizationStatus::Pending => {}
+                AuthorizationStatus::Valid => continue,
+                other => {
+                    return Err(AcmeError::Authorization {
+                        domain,
+                        status: format!("{other:?}"),
+                    });
+                }
+            }
+            let kind = match self.settings.challenge {
+                Challenge::TlsAlpn01 => ChallengeType::TlsAlpn01,
+                Challenge::Http01 => ChallengeType::Http01,
+            };
+            let mut challenge =
+                authz
+                    .challenge(kind)
+                    .ok_or_else(|| AcmeError::ChallengeNotOffered {
+                        domain: domain.clone(),
+                        challenge: self.settings.challenge,
+                    })?;
+            let key_auth = challenge.key_authorization();
+            match self.settings.challenge {
+                Challenge::TlsAlpn01 => {
+                    let cert =
+                        alpn_challenge_cert(&domain, key_auth.digest().as_ref(), &self.provider)?;
+                    guard.add_alpn(domain, Arc::new(cert));
+                }
+                Challenge::Http01 => {
+                    guard.add_token(challenge.token.clone(), key_auth.as_str().to_owned());
+                }
+            }
+            challenge
+                .set_ready()
+                .await
+                .map_err(acme_err("challenge ready"))?;
+            challenged += 1;
+        }
+        Ok(challenged)
+    }
+
+    /// A new certificate key and the DER certificate request for the configured names.
+    fn csr(&self) -> Result<(KeyPair, rcgen::CertificateSigningRequest), AcmeError> {
+        let key_pair = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).map_err(|source| {
+            AcmeError::Generate {
+                what: "certificate key",
+                source,
+            }
+        })?;
+        let mut params =
+            CertificateParams::new(self.settings.domains.clone()).map_err(|source| {
+                AcmeError::Generate {
+                    what: "CSR parameters",
+                    source,
+                }
+            })?;
+        params.distinguished_name = DistinguishedName::new();
+        let csr = params
+            .serialize_request(&key_pair)
+            .map_err(|source| AcmeError::Generate {
+                what: "CSR",
+                source,
+            })?;
+        Ok((key_pair, csr))
     }
 
     /// The account: in memory, else from the cache file, else newly registered.
@@ -874,6 +869,31 @@ fn alpn_challenge_cert(
             source,
         })?;
     Ok(CertifiedKey::new(vec![cert.der().clone()], signing_key))
+}
+
+/// Waits for the CA to validate every authorization of `order`; an order that ends any
+/// other way than ready fails with what the authorizations say.
+async fn wait_ready(order: &mut instant_acme::Order) -> Result<(), AcmeError> {
+    let order_url = order.url().to_owned();
+    let status = match order.poll_ready(&POLL).await {
+        Ok(status) => status,
+        Err(instant_acme::Error::Api(problem)) => {
+            return Err(AcmeError::OrderFailed {
+                order: order_url,
+                status: "with an error".into(),
+                detail: problem.to_string() + &authz_errors(order).await,
+            });
+        }
+        Err(e) => return Err(acme_err("wait for validation")(e)),
+    };
+    if status != OrderStatus::Ready {
+        return Err(AcmeError::OrderFailed {
+            order: order_url,
+            status: format!("{status:?}"),
+            detail: authz_errors(order).await,
+        });
+    }
+    Ok(())
 }
 
 /// Errors of the order's authorizations and challenges, for the log line.

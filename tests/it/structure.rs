@@ -241,3 +241,80 @@ fn the_pipeline_stages_know_only_the_stages_after_them() {
         }
     }
 }
+
+/// The longest body a function in `src/` may have, in lines from `fn` to its closing brace:
+/// past it a function mixes steps that read better named.
+const LONGEST_FUNCTION: usize = 120;
+
+/// Every function of `text` with a body, as (name, lines from `fn` to its closing brace).
+/// rustfmt's layout makes this exact: a body closes on a line holding only `}` at the
+/// indentation its `fn` line has.
+fn function_lengths(text: &str) -> Vec<(String, usize)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let mut out = Vec::new();
+    for (i, line) in lines.iter().enumerate() {
+        let body = line.trim_start();
+        let indent = &line[..line.len() - body.len()];
+        let Some(at) = body.find("fn ") else {
+            continue;
+        };
+        let before = &body[..at];
+        let is_fn = before
+            .split_whitespace()
+            .all(|w| w.starts_with("pub") || ["const", "async", "unsafe"].contains(&w));
+        if !is_fn || body.starts_with("//") {
+            continue;
+        }
+        let name: String = body[at + 3..]
+            .chars()
+            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+            .collect();
+        // The signature ends at the first line ending in `{` (a body), `;` (a declaration)
+        // or `}` (a body on one line).
+        let Some(open) = (i..lines.len()).find(|&j| {
+            let t = lines[j].trim_end();
+            t.ends_with('{') || t.ends_with(';') || t.ends_with('}')
+        }) else {
+            continue;
+        };
+        if !lines[open].trim_end().ends_with('{') {
+            continue;
+        }
+        let close = format!("{indent}}}");
+        if let Some(end) = (open + 1..lines.len()).find(|&j| lines[j].trim_end() == close) {
+            out.push((name, end - i + 1));
+        }
+    }
+    out
+}
+
+#[test]
+fn no_function_in_src_is_longer_than_the_limit() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut long = Vec::new();
+    let mut counted = 0;
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for (name, n) in function_lengths(&text) {
+            counted += 1;
+            if n > LONGEST_FUNCTION {
+                let rel = file.strip_prefix(&src).unwrap().display();
+                long.push(format!("{rel}: {name} is {n} lines"));
+            }
+        }
+    }
+    assert!(counted > 500, "too few functions found: {counted}");
+    assert!(
+        long.is_empty(),
+        "over {LONGEST_FUNCTION} lines, split into named steps:\n{}",
+        long.join("\n")
+    );
+}
+
+#[test]
+fn the_length_check_measures_bodies_and_skips_declarations() {
+    let text = "trait T {\n    fn declared(&self);\n}\n\npub(crate) async fn f(\n    a: u8,\n) -> u8 {\n    a\n}\nfn g() {}\n";
+    assert_eq!(function_lengths(text), [("f".to_string(), 5)]);
+}
