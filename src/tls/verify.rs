@@ -68,6 +68,39 @@ pub(crate) struct ClientKeyVerifier {
     pub(crate) algs: WebPkiSupportedAlgorithms,
 }
 
+/// The signature half of both verifiers (client keys and server keys): ed25519 only, over
+/// a raw public key or an X.509 certificate as `self.raw` says. rustls asks for it through
+/// two traits with the same methods, so the methods are written once here.
+macro_rules! ed25519_signatures {
+    () => {
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            verify_signature(&self.algs, self.raw, false, message, cert, dss)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, Error> {
+            verify_signature(&self.algs, self.raw, true, message, cert, dss)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            vec![SignatureScheme::ED25519]
+        }
+
+        fn requires_raw_public_keys(&self) -> bool {
+            self.raw
+        }
+    };
+}
+
 impl ClientCertVerifier for ClientKeyVerifier {
     fn offer_client_auth(&self) -> bool {
         self.offer
@@ -90,31 +123,7 @@ impl ClientCertVerifier for ClientKeyVerifier {
         ed25519_key_of(end_entity, self.raw).map(|_| ClientCertVerified::assertion())
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        verify_signature(&self.algs, self.raw, false, message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        verify_signature(&self.algs, self.raw, true, message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        vec![SignatureScheme::ED25519]
-    }
-
-    fn requires_raw_public_keys(&self) -> bool {
-        self.raw
-    }
+    ed25519_signatures!();
 }
 
 /// Client-side verifier of a server's ed25519 key (RPK or X.509), optionally pinned.
@@ -157,29 +166,5 @@ impl ServerCertVerifier for ServerKeyVerifier {
         }
     }
 
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        verify_signature(&self.algs, self.raw, false, message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, Error> {
-        verify_signature(&self.algs, self.raw, true, message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        vec![SignatureScheme::ED25519]
-    }
-
-    fn requires_raw_public_keys(&self) -> bool {
-        self.raw
-    }
+    ed25519_signatures!();
 }
