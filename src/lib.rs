@@ -40,7 +40,7 @@ pub mod runtime;
 pub mod tls;
 pub mod upstreams;
 
-// The paths outside code (tests, fuzz targets) has used since the modules were at the root.
+// The paths outside code (tests, fuzz targets) used while these modules sat at the root.
 pub use ops::shutdown;
 pub use protocol::{fields, handshake, hello, proxy_protocol, request_head};
 pub use upstreams::discovery;
